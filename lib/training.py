@@ -1,0 +1,296 @@
+"""Supervised fine-tuning with the Trinity: loading, response-only loss, monitoring, resuming.
+
+One call, `train(...)`, runs a trl SFTTrainer on pre-tokenized conversations whose labels carry
+loss only on assistant tokens (see `lib.data.tokenize_conversation`). Everything a run produces
+lands under its run folder:
+
+    <run>/adapter/                      the final LoRA/DoRA adapter (peft format)
+    <run>/checkpoints/checkpoint-N/     every `save_steps`; a rerun resumes from the last one
+    <run>/training-status.json          rewritten atomically at every logging step
+    <run>/logs/training.log             one line per logging step
+    <run>/logs/samples.jsonl            greedy generations every `sample_every` steps
+    <run>/metrics/training-stats.json   tokens/s, peak memory, losses, wall time
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .artifacts import read_json, write_json
+from .lora import TrinityConfig, trainable_parameters
+from .model import ModelSource, load_causal_lm, load_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings. Batch = batch_size x gradient_accumulation_steps sequences."""
+
+    max_steps: int = 60
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    warmup_steps: int = 5
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_seq_length: int = 512
+    logging_steps: int = 1
+    save_steps: int = 20
+    sample_every: int = 20
+    sample_max_new_tokens: int = 64
+    gradient_checkpointing: bool = True
+    optim: str = "adamw_torch"
+    seed: int = 3407
+
+
+def run_paths(run_dir: str | Path) -> dict[str, Path]:
+    """The files and folders of one run (see the module docstring)."""
+    run_dir = Path(run_dir)
+    return {
+        "run": run_dir,
+        "adapter": run_dir / "adapter",
+        "checkpoints": run_dir / "checkpoints",
+        "status": run_dir / "training-status.json",
+        "log": run_dir / "logs" / "training.log",
+        "samples": run_dir / "logs" / "samples.jsonl",
+        "stats": run_dir / "metrics" / "training-stats.json",
+    }
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The highest-numbered complete checkpoint folder of a run, or None."""
+    folder = run_paths(run_dir)["checkpoints"]
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+# ------------------------------------------------------------------ memory
+
+def peak_memory_gib(device: str) -> tuple[float, str]:
+    """(GiB, what it measures): max reserved on a CUDA GPU, else the process's peak RSS."""
+    if device == "cuda":
+        return torch.cuda.max_memory_reserved() / 2**30, "torch.cuda.max_memory_reserved"
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS (ru_maxrss)"
+
+
+# ------------------------------------------------------------------ loading
+
+def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str, compute_dtype: torch.dtype,
+                      max_seq_length: int, gradient_checkpointing: bool = True):
+    """(peft model, tokenizer): an NF4 base with the Trinity adapter, through `backend`.
+
+    backend "unsloth" uses FastModel (CUDA only); "peft" uses transformers + bitsandbytes + peft
+    with `prepare_model_for_kbit_training`. Raises ValueError for an unknown backend.
+    """
+    if backend == "unsloth":
+        from unsloth import FastModel
+
+        model, tokenizer = FastModel.from_pretrained(source.path_or_id, max_seq_length=max_seq_length,
+                                                     load_in_4bit=True, dtype=None, full_finetuning=False)
+        model = FastModel.get_peft_model(
+            model, r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
+            use_dora=trinity.use_dora, target_modules=list(trinity.target_modules), lora_dropout=trinity.dropout,
+            bias="none", use_gradient_checkpointing="unsloth" if gradient_checkpointing else False)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = load_tokenizer(source).chat_template
+        return model, tokenizer
+    if backend != "peft":
+        raise ValueError(f"unknown backend {backend!r}: use 'unsloth' or 'peft'")
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_causal_lm(source, compute_dtype, load_in_4bit=True)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return get_peft_model(model, trinity.to_peft()), load_tokenizer(source)
+
+
+# ------------------------------------------------------------------ monitoring
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class StatusCallback(TrainerCallback):
+    """Writes training-status.json (atomically) and a log line at every logging step."""
+
+    def __init__(self, run_dir: Path, num_epochs_hint: float | None = None):
+        self.paths = run_paths(run_dir)
+        self.status = {"running": True, "step": 0, "total_steps": 0, "epoch": 0.0, "total_epochs": 0.0,
+                       "loss": None, "learning_rate": None, "eta_seconds": None, "started_at": utc_now(),
+                       "checkpoint_at": None, "error": None}
+        self._t0 = time.monotonic()
+        self._first_step = None
+
+    def write(self, **changes) -> None:
+        self.status.update(changes)
+        write_json(self.paths["status"], self.status)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._first_step = state.global_step
+        self._t0 = time.monotonic()
+        self.write(step=state.global_step, total_steps=state.max_steps,
+                   total_epochs=round(float(state.num_train_epochs), 4))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        done = state.global_step - self._first_step
+        elapsed = time.monotonic() - self._t0
+        eta = elapsed / done * (state.max_steps - state.global_step) if done else None
+        self.write(step=state.global_step, epoch=round(state.epoch or 0.0, 4), loss=logs["loss"],
+                   learning_rate=logs.get("learning_rate"), eta_seconds=None if eta is None else round(eta, 1))
+        self.paths["log"].parent.mkdir(parents=True, exist_ok=True)
+        with open(self.paths["log"], "a", encoding="utf-8") as log:
+            log.write(json.dumps({"time": utc_now(), "step": state.global_step, **logs}) + "\n")
+
+    def on_save(self, args, state, control, **kwargs):
+        self.write(checkpoint_at=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.write(running=False, step=state.global_step, eta_seconds=0)
+
+
+class SampleCallback(TrainerCallback):
+    """Greedy generations for a few fixed prompts every `every` steps, appended to samples.jsonl."""
+
+    def __init__(self, run_dir: Path, tokenizer, prompts: list[list[dict]], every: int, max_new_tokens: int):
+        self.path = run_paths(run_dir)["samples"]
+        self.tokenizer, self.prompts, self.every, self.max_new_tokens = tokenizer, prompts, every, max_new_tokens
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every <= 0 or not self.prompts or state.global_step % self.every:
+            return
+        from .evaluation import generate
+
+        was_training = model.training
+        model.eval()
+        outputs = generate(model, self.tokenizer, self.prompts, self.max_new_tokens, batch_size=len(self.prompts))
+        model.train(was_training)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for i, text in enumerate(outputs):
+                handle.write(json.dumps({"step": state.global_step, "prompt": i, "text": text}) + "\n")
+
+
+# ------------------------------------------------------------------ training
+
+def tokenized_dataset(tokenizer, records, max_seq_length: int):
+    """A datasets.Dataset of input_ids and labels (-100 outside assistant turns)."""
+    from datasets import Dataset
+
+    from .data import tokenize_conversation
+
+    rows = []
+    for record in records:
+        tokens = tokenize_conversation(tokenizer, record.messages)
+        if len(tokens["input_ids"]) > max_seq_length:
+            raise ValueError(f"{record.file}:{record.line}: {len(tokens['input_ids'])} tokens > max_seq_length "
+                             f"{max_seq_length}; run lib.data.prepare_dataset first")
+        labels = [t if m else -100 for t, m in zip(tokens["input_ids"], tokens["assistant_masks"])]
+        rows.append({"input_ids": tokens["input_ids"], "labels": labels})
+    return Dataset.from_list(rows)
+
+
+def sft_config(config: TrainingConfig, run_dir: Path, device: str, compute_dtype: torch.dtype):
+    """The trl SFTConfig for a run: checkpoints under <run>/checkpoints, no hub, no reporting."""
+    from trl import SFTConfig
+
+    gpu = device == "cuda"
+    return SFTConfig(
+        output_dir=str(run_paths(run_dir)["checkpoints"]), max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay, optim=config.optim,
+        logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=3,
+        max_length=config.max_seq_length, seed=config.seed, data_seed=config.seed,
+        bf16=gpu and compute_dtype == torch.bfloat16, fp16=False,
+        gradient_checkpointing=False,  # already set up by the loader (peft or unsloth)
+        report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+        use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=True)
+
+
+@dataclass
+class TrainingResult:
+    run_dir: Path
+    resumed_from: str | None
+    stats: dict
+    log_history: list[dict]
+
+
+def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str | Path, device: str,
+          compute_dtype: torch.dtype, sample_prompts: list[list[dict]] = (), resume: bool = True,
+          extra_callbacks=()) -> TrainingResult:
+    """Train `model` (a peft model from `load_for_training`) and save the adapter under `run_dir`.
+
+    With `resume` and a checkpoint in <run>/checkpoints, training continues from the last one:
+    optimizer, scheduler, RNG and data order restored, so the loss curve continues. A
+    KeyboardInterrupt or error is recorded in training-status.json and re-raised.
+    """
+    from trl import SFTTrainer
+
+    run_dir = Path(run_dir)
+    paths = run_paths(run_dir)
+    if device == "cpu":
+        # Denormal floats make CPU matmuls erratically slow in long runs; flush them to zero.
+        torch.set_flush_denormal(True)
+    status = StatusCallback(run_dir)
+    callbacks = [status, *extra_callbacks]
+    if sample_prompts:
+        callbacks.append(SampleCallback(run_dir, tokenizer, list(sample_prompts), config.sample_every,
+                                        config.sample_max_new_tokens))
+    trainer = SFTTrainer(model=model, args=sft_config(config, run_dir, device, compute_dtype),
+                         train_dataset=tokenized_dataset(tokenizer, train_records, config.max_seq_length),
+                         processing_class=tokenizer, callbacks=callbacks)
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.monotonic()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except BaseException as err:  # KeyboardInterrupt included: record it, then let it propagate
+        status.write(running=False, error=f"{type(err).__name__}: {err}".strip(": "))
+        raise
+    wall = time.monotonic() - started
+    trainer.model.save_pretrained(paths["adapter"])
+    tokenizer.save_pretrained(paths["adapter"])
+    tokens = trainer.state.num_input_tokens_seen - (read_json(checkpoint / "trainer_state.json").get(
+        "num_input_tokens_seen", 0) if checkpoint else 0)
+    peak, peak_kind = peak_memory_gib(device)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    stats = {
+        "steps": trainer.state.global_step, "resumed_from": checkpoint.name if checkpoint else None,
+        "train_seconds_this_session": round(wall, 1), "tokens_this_session": int(tokens),
+        "tokens_per_second": round(tokens / wall, 1) if wall else None,
+        "peak_memory_gib": round(peak, 3), "peak_memory_measure": peak_kind,
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "device": device, "compute_dtype": str(compute_dtype).replace("torch.", ""),
+        "trainable_parameters": trainable_parameters(model), "config": asdict(config),
+        "finished_at": utc_now(),
+    }
+    write_json(paths["stats"], stats)
+    return TrainingResult(run_dir, stats["resumed_from"], stats, trainer.state.log_history)
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The training log, one entry per step, across resumed sessions.
+
+    Steps logged after the last checkpoint of an interrupted session are trained again on resume;
+    the resumed session's entry replaces the lost one.
+    """
+    path = run_paths(run_dir)["log"]
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        by_step[entry["step"]] = entry
+    return [by_step[step] for step in sorted(by_step)]
