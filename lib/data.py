@@ -341,7 +341,7 @@ def validate_files(files: dict[str, str | Path]) -> dict[str, list[Record]]:
         records[split], found = load_records(path)
         issues.extend(found)
     if issues:
-        raise DataValidationError(issues)
+        raise DataValidationError(sorted(issues, key=lambda i: (i.file, i.line)))
     return records
 
 
@@ -368,3 +368,43 @@ def prepare_dataset(files: dict[str, str | Path], tokenizer, max_seq_length: int
     report = DataReport(read, dict(removed["exact"]), dict(removed["normalized"]), too_long,
                         {s: len(r) for s, r in records.items()}, max_seq_length, lengths)
     return PreparedData(records, report)
+
+
+def save_prepared(prepared: PreparedData, folder: str | Path) -> None:
+    """Write the cleaned splits (messages + meta + source file:line) and the report to `folder`."""
+    from dataclasses import asdict
+
+    from .artifacts import write_json, write_jsonl
+
+    folder = Path(folder)
+    for split, records in prepared.records.items():
+        write_jsonl(folder / f"{split}.jsonl", [asdict(r) for r in records])
+    write_json(folder / "data-report.json", asdict(prepared.report))
+
+
+def load_prepared(folder: str | Path) -> dict[str, list[Record]]:
+    """Read the splits written by `save_prepared`; FileNotFoundError names what is missing."""
+    folder = Path(folder)
+    missing = [s for s in SPLITS if not (folder / f"{s}.jsonl").exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: no prepared {', '.join(missing)} split(s); run chapter 03_data first")
+    records = {}
+    for split in SPLITS:
+        lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        records[split] = [Record(**json.loads(line)) for line in lines if line.strip()]
+    return records
+
+
+def split_files(folder: str | Path) -> dict[str, Path]:
+    """{split: path} for train/val/test in `folder`, each as .jsonl or .json.
+
+    Raises FileNotFoundError naming the folder and the split that is missing.
+    """
+    folder = Path(folder)
+    files = {}
+    for split in SPLITS:
+        found = [folder / f"{split}{ext}" for ext in (".jsonl", ".json") if (folder / f"{split}{ext}").exists()]
+        if not found:
+            raise FileNotFoundError(f"{folder}: no {split}.jsonl or {split}.json")
+        files[split] = found[0]
+    return files

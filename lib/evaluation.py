@@ -26,6 +26,24 @@ from .artifacts import write_json
 from .data import Record, tokenize_conversation
 
 
+# ------------------------------------------------------------------ loading
+
+def load_finetuned(source, adapter_dir: str | Path, compute_dtype: torch.dtype, load_in_4bit: bool = True):
+    """The NF4 base with a saved adapter on top, in eval mode: the model as it was trained.
+
+    `source` is a `lib.model.ModelSource`; raises FileNotFoundError if `adapter_dir` holds no
+    adapter_config.json.
+    """
+    from peft import PeftModel
+
+    from .model import load_causal_lm
+
+    if not (Path(adapter_dir) / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; train first (chapter 04)")
+    base = load_causal_lm(source, compute_dtype, load_in_4bit=load_in_4bit)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+
+
 # ------------------------------------------------------------------ generation
 
 @torch.no_grad()

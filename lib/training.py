@@ -1,7 +1,9 @@
 """Supervised fine-tuning with the Trinity: loading, response-only loss, monitoring, resuming.
 
-One call, `train(...)`, runs a trl SFTTrainer on pre-tokenized conversations whose labels carry
-loss only on assistant tokens (see `lib.data.tokenize_conversation`). Everything a run produces
+One call, `train(...)`, runs a transformers Trainer on pre-tokenized conversations whose labels
+carry loss only on assistant tokens (see `lib.data.tokenize_conversation`). trl's SFTTrainer
+would do the same, but trl 1.15 computes its loss with a Triton kernel that does not exist on a
+CPU; the plain Trainer with a padding collator runs everywhere. Everything a run produces
 lands under its run folder:
 
     <run>/adapter/                      the final LoRA/DoRA adapter (peft format)
@@ -73,6 +75,15 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
 
 # ------------------------------------------------------------------ memory
 
+def current_memory_gib(device: str) -> float:
+    """Memory in use now, GiB: reserved by torch on a CUDA GPU, else the process's RSS."""
+    if device == "cuda":
+        return torch.cuda.memory_reserved() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
 def peak_memory_gib(device: str) -> tuple[float, str]:
     """(GiB, what it measures): max reserved on a CUDA GPU, else the process's peak RSS."""
     if device == "cuda":
@@ -121,8 +132,9 @@ def utc_now() -> str:
 class StatusCallback(TrainerCallback):
     """Writes training-status.json (atomically) and a log line at every logging step."""
 
-    def __init__(self, run_dir: Path, num_epochs_hint: float | None = None):
+    def __init__(self, run_dir: Path, device: str):
         self.paths = run_paths(run_dir)
+        self.device = device
         self.status = {"running": True, "step": 0, "total_steps": 0, "epoch": 0.0, "total_epochs": 0.0,
                        "loss": None, "learning_rate": None, "eta_seconds": None, "started_at": utc_now(),
                        "checkpoint_at": None, "error": None}
@@ -150,7 +162,8 @@ class StatusCallback(TrainerCallback):
                    learning_rate=logs.get("learning_rate"), eta_seconds=None if eta is None else round(eta, 1))
         self.paths["log"].parent.mkdir(parents=True, exist_ok=True)
         with open(self.paths["log"], "a", encoding="utf-8") as log:
-            log.write(json.dumps({"time": utc_now(), "step": state.global_step, **logs}) + "\n")
+            log.write(json.dumps({"time": utc_now(), "step": state.global_step, **logs,
+                                  "memory_gib": round(current_memory_gib(self.device), 3)}) + "\n")
 
     def on_save(self, args, state, control, **kwargs):
         self.write(checkpoint_at=state.global_step)
@@ -200,22 +213,22 @@ def tokenized_dataset(tokenizer, records, max_seq_length: int):
     return Dataset.from_list(rows)
 
 
-def sft_config(config: TrainingConfig, run_dir: Path, device: str, compute_dtype: torch.dtype):
-    """The trl SFTConfig for a run: checkpoints under <run>/checkpoints, no hub, no reporting."""
-    from trl import SFTConfig
+def training_arguments(config: TrainingConfig, run_dir: Path, device: str, compute_dtype: torch.dtype):
+    """transformers TrainingArguments: checkpoints under <run>/checkpoints, no hub, no reporting."""
+    from transformers import TrainingArguments
 
     gpu = device == "cuda"
-    return SFTConfig(
+    return TrainingArguments(
         output_dir=str(run_paths(run_dir)["checkpoints"]), max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay, optim=config.optim,
         logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=3,
-        max_length=config.max_seq_length, seed=config.seed, data_seed=config.seed,
+        seed=config.seed, data_seed=config.seed,
         bf16=gpu and compute_dtype == torch.bfloat16, fp16=False,
         gradient_checkpointing=False,  # already set up by the loader (peft or unsloth)
         report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
-        use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=True)
+        use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=False)
 
 
 @dataclass
@@ -235,21 +248,23 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     optimizer, scheduler, RNG and data order restored, so the loss curve continues. A
     KeyboardInterrupt or error is recorded in training-status.json and re-raised.
     """
-    from trl import SFTTrainer
+    from transformers import DataCollatorForSeq2Seq, Trainer
 
     run_dir = Path(run_dir)
     paths = run_paths(run_dir)
     if device == "cpu":
         # Denormal floats make CPU matmuls erratically slow in long runs; flush them to zero.
         torch.set_flush_denormal(True)
-    status = StatusCallback(run_dir)
+    status = StatusCallback(run_dir, device)
     callbacks = [status, *extra_callbacks]
     if sample_prompts:
         callbacks.append(SampleCallback(run_dir, tokenizer, list(sample_prompts), config.sample_every,
                                         config.sample_max_new_tokens))
-    trainer = SFTTrainer(model=model, args=sft_config(config, run_dir, device, compute_dtype),
-                         train_dataset=tokenized_dataset(tokenizer, train_records, config.max_seq_length),
-                         processing_class=tokenizer, callbacks=callbacks)
+    # Pads input_ids with the pad token and labels with -100, so padding carries no loss.
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=training_arguments(config, run_dir, device, compute_dtype),
+                      train_dataset=tokenized_dataset(tokenizer, train_records, config.max_seq_length),
+                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     checkpoint = last_checkpoint(run_dir) if resume else None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

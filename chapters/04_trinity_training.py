@@ -1,0 +1,183 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Trinity training: QLoRA + LoRA r=64 + rsLoRA + DoRA
+#
+# This chapter fine-tunes Gemma 3 on the prepared dataset of chapter 03 with the Trinity:
+#
+# * **QLoRA**: the base weights are stored in 4-bit NormalFloat (NF4) with double quantization of
+#   the block constants, and stay frozen;
+# * **LoRA, rank 64, alpha 32** on all 7 projections of every layer (q, k, v, o, gate, up, down);
+# * **rsLoRA**: the update B·A is scaled by alpha/sqrt(r) instead of alpha/r;
+# * **DoRA**: each output channel's magnitude is learned separately from its direction.
+#
+# Only assistant tokens carry loss (response-only loss). The run writes a status file at every
+# logging step, checkpoints every `save_steps`, and resumes from the last checkpoint when rerun
+# after an interruption (Ctrl-C, a killed kernel, a Colab disconnect).
+
+# %% tags=["parameters"]
+model_name = "gemma-3-270m"          # embedded alias, local folder, or hub id (e.g. unsloth/gemma-3-4b-it)
+dataset_dir = "data/python-stdlib"   # folder with train/val/test .jsonl or .json
+run_name = "default"                 # artifacts go to <output_dir>/<run_name>/
+output_dir = "output"
+max_steps = 100
+max_seq_length = 384
+rank = 64
+alpha = 32
+use_rslora = True
+use_dora = True
+backend = "auto"                     # "auto", "unsloth" or "peft"
+seed = 3407
+batch_size = 4
+gradient_accumulation_steps = 1
+learning_rate = 2e-4
+warmup_steps = 5
+save_steps = 25
+sample_every = 25                    # greedy samples of 2 validation prompts every N steps
+sample_max_new_tokens = 64
+resume = True                        # continue from the last checkpoint of this run, if any
+course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # cloned on Colab only
+
+# %%
+# Setup: on Colab, clone the course and install its stack; locally, run from the repository root.
+import os, subprocess, sys
+from pathlib import Path
+
+if "google.colab" in sys.modules and not Path("lib").is_dir():
+    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
+                    "unsloth"], check=True)
+    os.chdir("/content/course")
+os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
+sys.path.insert(0, os.getcwd())
+
+# %% [markdown]
+# ## Backend, data and model
+#
+# The backend and compute precision come from chapter 00's check; the data from chapter 03's
+# prepared splits.
+
+# %%
+import pandas as pd
+import torch
+from lib.data import load_prepared
+from lib.environment import validate_environment
+
+env = validate_environment()
+chosen_backend = env.backend if backend == "auto" else backend
+print(f"backend: {chosen_backend} ({env.backend_reason}); compute dtype: {env.compute_dtype} ({env.dtype_reason})")
+run_dir = Path(output_dir) / run_name
+splits = load_prepared(run_dir / "data")
+print({split: len(rows) for split, rows in splits.items()})
+
+# %%
+from lib.lora import TrinityConfig, trainable_parameters
+from lib.model import resolve_model
+from lib.training import load_for_training
+
+torch.manual_seed(seed)
+trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
+source = resolve_model(model_name)
+model, tokenizer = load_for_training(source, trinity, chosen_backend, env.compute_dtype, max_seq_length)
+counts = trainable_parameters(model)
+pd.DataFrame([trinity.to_dict() | {"target_modules": ", ".join(trinity.target_modules)},
+              {"rank": f"trainable: {counts['trainable']:,}", "alpha": f"of {counts['total']:,}",
+               "scaling": f"{counts['percent']:.2f}%"}]).T
+
+# %% [markdown]
+# With rsLoRA the scaling is alpha/sqrt(r) = 32/8 = 4 at r=64; plain LoRA would use
+# alpha/r = 0.5, eight times smaller. The parameter count includes DoRA's magnitude vectors (one
+# per output channel of each adapted layer).
+#
+# ## Response-only loss, checked
+#
+# The labels of each training sequence are -100 (ignored) everywhere except on the assistant's
+# answer. Decoding the tokens that carry loss must give back exactly the answer and the
+# end-of-turn marker, nothing of the prompt:
+
+# %%
+from lib.data import tokenize_conversation
+
+example = splits["train"][0]
+tokens = tokenize_conversation(tokenizer, example.messages)
+trained = [t for t, m in zip(tokens["input_ids"], tokens["assistant_masks"]) if m]
+decoded = tokenizer.decode(trained)
+print(f"{sum(tokens['assistant_masks'])} of {len(tokens['input_ids'])} tokens carry loss:\n{decoded}")
+assert decoded == example.reference + "<end_of_turn>\n"
+
+# %% [markdown]
+# ## Train
+#
+# `training-status.json` in the run folder is rewritten (atomically) at every logging step:
+# another notebook or `watch cat output/<run>/training-status.json` can follow the run. If this
+# cell is interrupted, rerunning it continues from the last checkpoint.
+
+# %%
+from lib.training import TrainingConfig, train
+
+config = TrainingConfig(max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                        learning_rate=learning_rate, warmup_steps=warmup_steps, max_seq_length=max_seq_length,
+                        save_steps=save_steps, sample_every=sample_every, sample_max_new_tokens=sample_max_new_tokens,
+                        optim="adamw_8bit" if env.device == "cuda" else "adamw_torch", seed=seed)
+sample_prompts = [record.prompt_messages for record in splits["val"][:2]]
+result = train(model, tokenizer, splits["train"], config, run_dir, env.device, env.compute_dtype,
+               sample_prompts=sample_prompts, resume=resume)
+pd.Series(result.stats).drop(["config", "trainable_parameters"])
+
+# %% [markdown]
+# ## Loss and memory
+#
+# The loss is the mean cross-entropy over assistant tokens of each batch. Memory is what the
+# process holds at each logged step: on a GPU, memory reserved by PyTorch's allocator; on a CPU,
+# the resident set size.
+
+# %%
+from lib import plots
+from lib.artifacts import read_json
+from lib.training import read_log, run_paths
+
+log = read_log(run_dir)
+plots.training_curves(log, "reserved by torch" if env.device == "cuda" else "resident set size (RSS)");
+
+# %% [markdown]
+# ## What the model writes as it trains
+#
+# Greedy completions of two validation prompts (modules never trained on), every
+# `sample_every` steps:
+
+# %%
+from lib.artifacts import read_jsonl
+
+samples_path = run_paths(run_dir)["samples"]
+samples = pd.DataFrame(read_jsonl(samples_path)) if samples_path.exists() else pd.DataFrame()
+if len(samples):
+    for (step, prompt), text in samples.set_index(["step", "prompt"])["text"].items():
+        print(f"=== step {step}, prompt {prompt}: {sample_prompts[prompt][-1]['content'].splitlines()[0]}\n{text}\n")
+
+# %% [markdown]
+# ## The run's files
+
+# %%
+import json
+
+status = read_json(run_paths(run_dir)["status"])
+print(json.dumps(status, indent=2))
+assert status["running"] is False and status["error"] is None and status["step"] == max_steps
+
+# %% [markdown]
+# ## Summary
+#
+# The adapter is in `output/<run>/adapter` (peft format), with the statistics above in
+# `output/<run>/metrics/training-stats.json`. Chapter 06 measures what it learned on the test
+# split.
