@@ -22,9 +22,9 @@
 # `python -m lib.environment` prints this table and exits non-zero when a required check fails.
 
 # %% tags=["parameters"]
-model_name = "gemma-3-270m"          # embedded alias, local folder, or hub id (e.g. unsloth/gemma-3-4b-it)
-dataset_dir = "data/python-stdlib"   # folder with train/val/test .jsonl or .json
-run_name = "default"                 # artifacts go to <output_dir>/<run_name>/
+model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
+dataset_dir = "data/python-stdlib"   # train/val/test .jsonl or .json
+run_name = "default"                 # artifacts: <output_dir>/<run_name>/
 output_dir = "output"
 max_steps = 100
 max_seq_length = 384
@@ -34,9 +34,9 @@ use_rslora = True
 use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
 seed = 3407
-course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # cloned on Colab only
+course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
-# %%
+# %% tags=["hide-input"]
 # Setup: on Colab, clone the course and install its stack; locally, run from the repository root.
 import os, subprocess, sys
 from pathlib import Path
@@ -48,6 +48,10 @@ if "google.colab" in sys.modules and not Path("lib").is_dir():
     os.chdir("/content/course")
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
+
+from lib.environment import quiet_library_logs
+
+quiet_library_logs()
 
 # %% [markdown]
 # ## The checks
@@ -78,11 +82,11 @@ pd.DataFrame(report.table())
 # and computes in float32 on such GPUs, which costs memory but never overflows.
 
 # %%
-chosen = report.backend if backend == "auto" else backend
+chosen, why = (report.backend, report.backend_reason) if backend == "auto" else (backend, "set by parameter")
 pd.DataFrame([
     {"setting": "device", "value": report.device, "why": ""},
-    {"setting": "backend", "value": chosen, "why": report.backend_reason if backend == "auto" else "set by parameter"},
-    {"setting": "compute dtype", "value": str(report.compute_dtype).replace("torch.", ""), "why": report.dtype_reason},
+    {"setting": "backend", "value": chosen, "why": why},
+    {"setting": "compute dtype", "value": str(report.compute_dtype), "why": report.dtype_reason},
 ])
 
 # %% [markdown]

@@ -21,9 +21,9 @@
 # before any model loads.
 
 # %% tags=["parameters"]
-model_name = "gemma-3-270m"          # embedded alias, local folder, or hub id (e.g. unsloth/gemma-3-4b-it)
-dataset_dir = "data/python-stdlib"   # folder with train/val/test .jsonl or .json
-run_name = "default"                 # artifacts go to <output_dir>/<run_name>/
+model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
+dataset_dir = "data/python-stdlib"   # train/val/test .jsonl or .json
+run_name = "default"                 # artifacts: <output_dir>/<run_name>/
 output_dir = "output"
 max_steps = 100
 max_seq_length = 384
@@ -33,9 +33,9 @@ use_rslora = True
 use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
 seed = 3407
-course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # cloned on Colab only
+course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
-# %%
+# %% tags=["hide-input"]
 # Setup: on Colab, clone the course and install its stack; locally, run from the repository root.
 import os, subprocess, sys
 from pathlib import Path
@@ -47,6 +47,10 @@ if "google.colab" in sys.modules and not Path("lib").is_dir():
     os.chdir("/content/course")
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
+
+from lib.environment import quiet_library_logs
+
+quiet_library_logs()
 
 # %% [markdown]
 # ## The default dataset: the Python standard library
@@ -62,13 +66,14 @@ import json
 import pandas as pd
 from lib.artifacts import read_json
 
-build = read_json(Path(dataset_dir) / "build-report.json") if (Path(dataset_dir) / "build-report.json").exists() else None
-if build:
-    report = build["report"]
+build_file = Path(dataset_dir) / "build-report.json"   # only built datasets have one
+if build_file.exists():
+    report = read_json(build_file)["report"]
     print(f"Built from Python {report['python_version']}: {report['modules_scanned']} modules, "
           f"{report['functions_seen']} top-level functions")
-    display(pd.DataFrame([{"reason left out": k, "functions": v} for k, v in report["skipped"].items()]
-                         + [{"reason left out": f"kept in {k}", "functions": v} for k, v in report["kept"].items()]))
+    rows = [{"functions": n, "outcome": f"left out: {reason}"} for reason, n in report["skipped"].items()]
+    rows += [{"functions": n, "outcome": f"kept in {split}"} for split, n in report["kept"].items()]
+    display(pd.DataFrame(rows))
 
 # %% [markdown]
 # One training example, as the model will see it:
@@ -90,10 +95,11 @@ for message in example.messages:
 # %%
 from lib.data import to_messages
 
+ask, answer = "Reverse a string.", "s[::-1]"
 formats = {
-    "alpaca": {"instruction": "Reverse a string.", "input": "s = 'abc'", "output": "s[::-1]"},
-    "ShareGPT": {"conversations": [{"from": "human", "value": "Reverse a string."}, {"from": "gpt", "value": "s[::-1]"}]},
-    "messages": {"messages": [{"role": "user", "content": "Reverse a string."}, {"role": "assistant", "content": "s[::-1]"}]},
+    "alpaca": {"instruction": ask, "input": "s = 'abc'", "output": answer},
+    "ShareGPT": {"conversations": [{"from": "human", "value": ask}, {"from": "gpt", "value": answer}]},
+    "messages": {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]},
 }
 pd.DataFrame([{"format": name, "converted": to_messages(record)} for name, record in formats.items()])
 
@@ -114,7 +120,7 @@ bad_lines = [
     '{"instruction": "Broken JSON", "output": "x"',
     json.dumps({"instruction": "No answer field."}),
     json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}),
-    json.dumps({"messages": [{"role": "assistant", "content": "I speak first"}, {"role": "user", "content": "?"}]}),
+    json.dumps({"messages": [{"role": "assistant", "content": "Me first"}, {"role": "user", "content": "?"}]}),
     json.dumps({"conversations": [{"from": "robot", "value": "beep"}]}),
 ]
 bad_file = atomic_write_text(run_dir / "examples" / "bad.jsonl", "\n".join(bad_lines) + "\n")

@@ -27,9 +27,9 @@
 # after an interruption (Ctrl-C, a killed kernel, a Colab disconnect).
 
 # %% tags=["parameters"]
-model_name = "gemma-3-270m"          # embedded alias, local folder, or hub id (e.g. unsloth/gemma-3-4b-it)
-dataset_dir = "data/python-stdlib"   # folder with train/val/test .jsonl or .json
-run_name = "default"                 # artifacts go to <output_dir>/<run_name>/
+model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
+dataset_dir = "data/python-stdlib"   # train/val/test .jsonl or .json
+run_name = "default"                 # artifacts: <output_dir>/<run_name>/
 output_dir = "output"
 max_steps = 100
 max_seq_length = 384
@@ -44,12 +44,12 @@ gradient_accumulation_steps = 1
 learning_rate = 2e-4
 warmup_steps = 5
 save_steps = 25
-sample_every = 25                    # greedy samples of 2 validation prompts every N steps
+sample_every = 25                    # sample 2 validation prompts every N steps
 sample_max_new_tokens = 64
-resume = True                        # continue from the last checkpoint of this run, if any
-course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # cloned on Colab only
+resume = True                        # continue from this run's last checkpoint
+course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
-# %%
+# %% tags=["hide-input"]
 # Setup: on Colab, clone the course and install its stack; locally, run from the repository root.
 import os, subprocess, sys
 from pathlib import Path
@@ -61,6 +61,10 @@ if "google.colab" in sys.modules and not Path("lib").is_dir():
     os.chdir("/content/course")
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
+
+from lib.environment import quiet_library_logs
+
+quiet_library_logs()
 
 # %% [markdown]
 # ## Backend, data and model
@@ -76,7 +80,8 @@ from lib.environment import validate_environment
 
 env = validate_environment()
 chosen_backend = env.backend if backend == "auto" else backend
-print(f"backend: {chosen_backend} ({env.backend_reason}); compute dtype: {env.compute_dtype} ({env.dtype_reason})")
+print(f"backend: {chosen_backend} ({env.backend_reason})")
+print(f"compute dtype: {env.compute_dtype} ({env.dtype_reason})")
 run_dir = Path(output_dir) / run_name
 splits = load_prepared(run_dir / "data")
 print({split: len(rows) for split, rows in splits.items()})
@@ -91,14 +96,15 @@ trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=
 source = resolve_model(model_name)
 model, tokenizer = load_for_training(source, trinity, chosen_backend, env.compute_dtype, max_seq_length)
 counts = trainable_parameters(model)
-pd.DataFrame([trinity.to_dict() | {"target_modules": ", ".join(trinity.target_modules)},
-              {"rank": f"trainable: {counts['trainable']:,}", "alpha": f"of {counts['total']:,}",
-               "scaling": f"{counts['percent']:.2f}%"}]).T
+settings = trinity.to_dict() | {"target_modules": ", ".join(trinity.target_modules),
+                                "trainable parameters": f"{counts['trainable']:,} of {counts['total']:,} "
+                                                        f"({counts['percent']:.2f}%)"}
+pd.DataFrame(settings.items(), columns=["setting", "value"])
 
 # %% [markdown]
-# With rsLoRA the scaling is alpha/sqrt(r) = 32/8 = 4 at r=64; plain LoRA would use
-# alpha/r = 0.5, eight times smaller. The parameter count includes DoRA's magnitude vectors (one
-# per output channel of each adapted layer).
+# `scaling` is the factor on B·A: alpha/sqrt(r) under rsLoRA, alpha/r under plain LoRA, so at
+# r=64 rsLoRA's update is sqrt(64) = 8 times larger for the same alpha. The trainable count
+# includes DoRA's magnitude vectors (one per output channel of each adapted layer).
 #
 # ## Response-only loss, checked
 #
@@ -126,10 +132,11 @@ assert decoded == example.reference + "<end_of_turn>\n"
 # %%
 from lib.training import TrainingConfig, train
 
-config = TrainingConfig(max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-                        learning_rate=learning_rate, warmup_steps=warmup_steps, max_seq_length=max_seq_length,
-                        save_steps=save_steps, sample_every=sample_every, sample_max_new_tokens=sample_max_new_tokens,
-                        optim="adamw_8bit" if env.device == "cuda" else "adamw_torch", seed=seed)
+config = TrainingConfig(
+    max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+    learning_rate=learning_rate, warmup_steps=warmup_steps, max_seq_length=max_seq_length, seed=seed,
+    save_steps=save_steps, sample_every=sample_every, sample_max_new_tokens=sample_max_new_tokens,
+    optim="adamw_8bit" if env.device == "cuda" else "adamw_torch")  # the recipe's 8-bit AdamW on a GPU
 sample_prompts = [record.prompt_messages for record in splits["val"][:2]]
 result = train(model, tokenizer, splits["train"], config, run_dir, env.device, env.compute_dtype,
                sample_prompts=sample_prompts, resume=resume)

@@ -25,9 +25,9 @@
 #   asked function**, and **chrF** against the reference source (character n-gram F-score).
 
 # %% tags=["parameters"]
-model_name = "gemma-3-270m"          # embedded alias, local folder, or hub id (e.g. unsloth/gemma-3-4b-it)
-dataset_dir = "data/python-stdlib"   # folder with train/val/test .jsonl or .json
-run_name = "default"                 # artifacts go to <output_dir>/<run_name>/
+model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
+dataset_dir = "data/python-stdlib"   # train/val/test .jsonl or .json
+run_name = "default"                 # artifacts: <output_dir>/<run_name>/
 output_dir = "output"
 max_steps = 100
 max_seq_length = 384
@@ -41,11 +41,11 @@ eval_limit = None                    # test records for the loss (None: all)
 generate_n = 24                      # test records to generate for (greedy)
 max_new_tokens = 160
 eval_batch_size = 4
-min_loss_drop = 0.15                 # gate: fine-tuned response loss at least 15% below the baseline
-min_chrf_gain = 5.0                  # gate: and chrF at least 5 points above it
-course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # cloned on Colab only
+min_loss_drop = 0.15                 # gate: response loss >= 15% below baseline
+min_task_gain = 25.0                 # gate: and defines-function rate >= 25 points up
+course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
-# %%
+# %% tags=["hide-input"]
 # Setup: on Colab, clone the course and install its stack; locally, run from the repository root.
 import os, subprocess, sys
 from pathlib import Path
@@ -57,6 +57,10 @@ if "google.colab" in sys.modules and not Path("lib").is_dir():
     os.chdir("/content/course")
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
+
+from lib.environment import quiet_library_logs
+
+quiet_library_logs()
 
 # %%
 import pandas as pd
@@ -117,7 +121,13 @@ for i in range(min(2, len(rows["base"]))):
 # * **baseline-established**: the base model's metrics are measured and stored in
 #   `metrics/baseline.json`;
 # * **model-performance**: the fine-tuned model's response loss is at least `min_loss_drop`
-#   (relative) below the baseline's, *and* its chrF at least `min_chrf_gain` points above.
+#   (relative) below the baseline's, *and* the share of generations that define the asked
+#   function is at least `min_task_gain` percentage points higher.
+#
+# chrF is reported but not gated. It compares characters, and a base model that answers by
+# repeating the prompt (signature, module name, docstring) shares many character n-grams with
+# the reference without writing any code: compare the base model's chrF with its parse rate in
+# the table above.
 
 # %%
 from lib.artifacts import write_json
@@ -125,7 +135,7 @@ from lib.evaluation import baseline_gate, performance_gate, write_gates
 
 metrics_dir = run_dir / "metrics"
 gates = [baseline_gate(results["base"], metrics_dir / "baseline.json"),
-         performance_gate(results["base"], results["fine-tuned"], min_loss_drop, min_chrf_gain)]
+         performance_gate(results["base"], results["fine-tuned"], min_loss_drop, min_task_gain)]
 write_json(metrics_dir / "evaluation.json", {"results": results, "examples": rows})
 write_gates(metrics_dir / "gates.json", gates)
 pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g in gates])
@@ -135,5 +145,5 @@ pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g i
 #
 # The table and plot above are this run's measured answer: how far the fine-tuned model moved
 # from the base model on modules it never saw. The base Gemma 3 270M is a pretrained model, not
-# an instruction-tuned one; it does not know the chat format and rarely answers a request with
-# code, which the fine-tune teaches in few steps.
+# an instruction-tuned one, and was never taught the chat format; the side-by-side samples show
+# what it does with a request instead of answering it.

@@ -191,8 +191,8 @@ def to_messages(obj: Any) -> list[dict]:
         where = f"{key}[{i}]"
         if not isinstance(turn, dict):
             raise _FieldError(where, f"expected an object, got {type(turn).__name__}")
-        role_key = "role" if "role" in turn else "from"
-        text_key = "content" if "content" in turn else "value"
+        # messages use role/content; ShareGPT uses from/value, or role/content in newer exports
+        role_key, text_key = ("role", "content") if kind == "messages" or "role" in turn else ("from", "value")
         role = _string_field(turn, role_key, f"{where}.{role_key}")
         if role not in ROLE_ALIASES:
             raise _FieldError(f"{where}.{role_key}", f"unknown role {role!r}")
@@ -294,9 +294,9 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = ids(messages[: i + 1], False)
-        start, end = len(ids(messages[:i], True)), len(prefix)
-        if full[:end] != prefix:
+        prompt, through_turn = ids(messages[:i], True), ids(messages[: i + 1], False)
+        start, end = len(prompt), len(through_turn)
+        if full[:start] != prompt or full[:end] != through_turn:
             raise ValueError("chat template does not render conversations prefix by prefix")
         mask[start:end] = [1] * (end - start)
     return {"input_ids": full, "assistant_masks": mask}

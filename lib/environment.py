@@ -138,6 +138,24 @@ def validate_environment() -> EnvironmentReport:
     return report
 
 
+def quiet_library_logs() -> None:
+    """Silence progress bars and advisory warnings of the libraries, so chapters show results.
+
+    Hides transformers' weight-loading bars, bitsandbytes' note that the optional `kernels`
+    package (a hub download, impossible offline) is missing, and tqdm's ipywidgets notice.
+    Errors still show.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="IProgress not found")  # before tqdm is first imported
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def main() -> int:
     report = validate_environment()
     for row in report.table():

@@ -119,7 +119,8 @@ def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str,
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model = load_causal_lm(source, compute_dtype, load_in_4bit=True)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
     return get_peft_model(model, trinity.to_peft()), load_tokenizer(source)
 
 
@@ -248,7 +249,7 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     optimizer, scheduler, RNG and data order restored, so the loss curve continues. A
     KeyboardInterrupt or error is recorded in training-status.json and re-raised.
     """
-    from transformers import DataCollatorForSeq2Seq, Trainer
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
     run_dir = Path(run_dir)
     paths = run_paths(run_dir)
@@ -265,6 +266,7 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     trainer = Trainer(model=model, args=training_arguments(config, run_dir, device, compute_dtype),
                       train_dataset=tokenized_dataset(tokenizer, train_records, config.max_seq_length),
                       data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -272,13 +274,18 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     except BaseException as err:  # KeyboardInterrupt included: record it, then let it propagate
-        status.write(running=False, error=f"{type(err).__name__}: {err}".strip(": "))
+        status.write(running=False, step=trainer.state.global_step, error=f"{type(err).__name__}: {err}".strip(": "))
         raise
     wall = time.monotonic() - started
     trainer.model.save_pretrained(paths["adapter"])
     tokenizer.save_pretrained(paths["adapter"])
     tokens = trainer.state.num_input_tokens_seen - (read_json(checkpoint / "trainer_state.json").get(
         "num_input_tokens_seen", 0) if checkpoint else 0)
+    if tokens == 0 and paths["stats"].exists():
+        # The last checkpoint had already reached max_steps: nothing trained now, keep the
+        # statistics of the session that did the work.
+        stats = read_json(paths["stats"])
+        return TrainingResult(run_dir, checkpoint.name if checkpoint else None, stats, trainer.state.log_history)
     peak, peak_kind = peak_memory_gib(device)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     stats = {

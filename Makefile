@@ -1,0 +1,26 @@
+# Two commands on a fresh machine (see README):
+#   make course   install, execute every chapter with its defaults (papermill), build the book
+#   make test     install, then run the tests (unit, chapters, book build, browser)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: course test install browser
+
+$(VENV)/installed: requirements.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	touch $@
+
+install: $(VENV)/installed
+
+# Headless Chromium for the browser test: Debian's package (playwright drives it, no download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+course: install
+	$(PY) -m tools.course all
+
+test: install browser
+	$(PY) -m pytest -q

@@ -1,0 +1,37 @@
+"""Shared test helpers: a tiny random-initialised Gemma 3 with the real Gemma 3 tokenizer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lib.data import Record  # noqa: E402
+from lib.model import load_tokenizer, resolve_model  # noqa: E402
+
+
+def make_tiny_gemma(folder: Path) -> Path:
+    """Save a 2-layer, 64-wide Gemma 3 (random weights, real vocabulary and tokenizer) to `folder`."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = load_tokenizer(resolve_model("gemma-3-270m"))
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024)
+    model = Gemma3ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def code_records(n: int) -> list[Record]:
+    """n short, distinct code conversations."""
+    return [Record([{"role": "user", "content": f"Write add_{i}(x) returning x plus {i}."},
+                    {"role": "assistant", "content": f"def add_{i}(x):\n    return x + {i}"}], "mem", i + 1,
+                   {"function": f"add_{i}"}) for i in range(n)]

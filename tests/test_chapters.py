@@ -1,0 +1,63 @@
+"""nbdev's discipline: every chapter runs (papermill, smoke parameters), the book builds with
+warnings as errors, and a real browser shows each chapter's figures."""
+
+import nbformat
+import pytest
+
+from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_chapter
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """All chapters executed in order with smoke parameters; a failing cell fails here."""
+    folder = tmp_path_factory.mktemp("book")
+    out = tmp_path_factory.mktemp("output")
+    for source in chapters():
+        parameters = SMOKE_PARAMETERS["*"] | SMOKE_PARAMETERS.get(source.stem, {}) | {"output_dir": str(out)}
+        execute_chapter(source, folder / "chapters" / f"{source.stem}.ipynb", parameters)
+    return folder
+
+
+def image_outputs(notebook_path) -> int:
+    notebook = nbformat.read(notebook_path, as_version=4)
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.get("outputs", []))
+
+
+def test_every_chapter_executes_without_error(executed):
+    for source in chapters():
+        notebook = nbformat.read(executed / "chapters" / f"{source.stem}.ipynb", as_version=4)
+        errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if o.output_type == "error"]
+        assert not errors, f"{source.stem}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        assert notebook.metadata["papermill"]["parameters"]["run_name"] == "smoke"
+
+
+@pytest.fixture(scope="module")
+def html(executed):
+    return build_book(executed)  # raises if Sphinx warns (-W)
+
+
+def test_pages_show_their_figures_in_a_browser(executed, html):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        for source in chapters():
+            expected = image_outputs(executed / "chapters" / f"{source.stem}.ipynb")
+            page.goto((html / "chapters" / f"{source.stem}.html").as_uri())
+            page.wait_for_load_state("load")
+            shown = page.eval_on_selector_all(
+                "main img", "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+            heading = page.inner_text("main h1")
+            assert shown == expected, f"{source.stem}: {shown} figures shown, notebook has {expected}"
+            assert heading.split(".")[0].strip() == str(int(source.stem[:2])), heading
+            assert "Traceback" not in page.inner_text("main")
+        browser.close()
+    assert image_outputs(executed / "chapters" / "04_trinity_training.ipynb") >= 1
+    assert image_outputs(executed / "chapters" / "06_evaluate.ipynb") >= 1

@@ -1,0 +1,41 @@
+import math
+
+import pytest
+import torch
+
+from lib.lora import ALL_LINEAR_MODULES, TrinityConfig, trainable_parameters
+from lib.training import load_for_training
+
+
+def test_scaling_rslora_vs_lora():
+    assert TrinityConfig(rank=64, alpha=32).scaling == 32 / math.sqrt(64)
+    assert TrinityConfig(rank=64, alpha=32, use_rslora=False).scaling == 32 / 64
+
+
+@pytest.mark.parametrize("kwargs, message", [({"rank": 0}, "rank"), ({"alpha": 0}, "alpha"),
+                                             ({"target_modules": ()}, "target_modules")])
+def test_invalid_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrinityConfig(**kwargs)
+
+
+def test_trinity_on_gemma_adapts_all_seven_projections(tiny_source):
+    trinity = TrinityConfig(rank=8, alpha=16)
+    model, _ = load_for_training(tiny_source, trinity, "peft", torch.bfloat16, 128)
+    config = model.peft_config["default"]
+    assert (config.r, config.lora_alpha, config.use_rslora, config.use_dora) == (8, 16, True, True)
+    assert set(config.target_modules) == set(ALL_LINEAR_MODULES)
+    layers = [m for n, m in model.named_modules() if n.endswith(ALL_LINEAR_MODULES) and hasattr(m, "lora_A")]
+    assert len(layers) == 7 * 2  # 7 projections x 2 layers
+    assert all(type(m.base_layer).__name__ == "Linear4bit" for m in layers)
+    assert all(m.base_layer.weight.quant_state.quant_type == "nf4" for m in layers)
+    # B starts at zero: the adapted model starts as the base model
+    assert all(torch.count_nonzero(m.lora_B["default"].weight) == 0 for m in layers)
+    # trainable = A and B of each layer + DoRA magnitude (one per output channel)
+    expected = sum(8 * (m.in_features + m.out_features) + m.out_features for m in layers)
+    assert trainable_parameters(model)["trainable"] == expected
+
+
+def test_unknown_backend(tiny_source):
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        load_for_training(tiny_source, TrinityConfig(), "jax", torch.float32, 128)

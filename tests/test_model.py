@@ -1,0 +1,65 @@
+import os
+
+import pytest
+import torch
+
+from helpers import ROOT, code_records
+from lib.lora import TrinityConfig
+from lib.model import ModelNotFoundError, gemma3_chat_template, resolve_model
+from lib.training import load_for_training
+
+
+def test_tokenizer_matches_gemma3_vocabulary(tokenizer):
+    assert tokenizer.convert_tokens_to_ids(["<start_of_turn>", "<end_of_turn>", "\n"]) == [105, 106, 107]
+    assert tokenizer.bos_token_id == 2 and tokenizer.eos_token_id == 1 and tokenizer.pad_token_id == 0
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer("def f(x):\n    return x")["input_ids"])
+    assert pieces == ["<bos>", "def", "\u2581f", "(", "x", "):", "\n", "\u2581\u2581\u2581\u2581", "return", "\u2581x"]
+
+
+def test_tokenizer_round_trips_real_code(tokenizer):
+    source = (ROOT / "lib" / "data.py").read_text()
+    ids = tokenizer(source, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == source
+    assert len(ids) < len(source) / 2.5  # merges work: far fewer tokens than characters
+
+
+def test_official_chat_template(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"}]
+    assert tokenizer.chat_template == gemma3_chat_template()
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+                    "<start_of_turn>model\nHello<end_of_turn>\n")
+
+
+def test_unknown_model_says_what_was_tried(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as err:
+        resolve_model("no-such-org/no-such-model")
+    message = str(err.value)
+    assert "embedded models ['gemma-3-270m']" in message
+    assert "local folder no-such-org/no-such-model: does not exist" in message
+    assert "Hugging Face Hub id 'no-such-org/no-such-model'" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_local_folder_resolves(tiny_source):
+    assert resolve_model(tiny_source.path_or_id).kind == "local"
+
+
+def test_dora_eval_matches_train_mode_on_cpu(tiny_source):
+    """Regression: bitsandbytes' CPU repacking in eval mode broke peft DoRA's weight norm."""
+    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", torch.bfloat16, 128)
+    ids = tokenizer("def add(a, b):\n    return a + b", return_tensors="pt")["input_ids"]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        train_mode = model(input_ids=ids, labels=ids).loss.item()
+        model.eval()
+        eval_mode = model(input_ids=ids, labels=ids).loss.item()
+    assert eval_mode == pytest.approx(train_mode, rel=1e-3)

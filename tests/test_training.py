@@ -1,0 +1,101 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from helpers import ROOT, code_records
+from lib.artifacts import read_json
+from lib.data import Record, tokenize_conversation
+from lib.lora import TrinityConfig
+from lib.training import (TrainingConfig, last_checkpoint, load_for_training, read_log, run_paths,
+                          tokenized_dataset, train)
+
+WORKER = ROOT / "tests" / "resume_worker.py"
+
+
+def test_only_assistant_tokens_carry_loss(tokenizer):
+    messages = [{"role": "system", "content": "You write Python."},
+                {"role": "user", "content": "Square x."}, {"role": "assistant", "content": "x * x"},
+                {"role": "user", "content": "Now cube it."}, {"role": "assistant", "content": "x ** 3"}]
+    tokens = tokenize_conversation(tokenizer, messages)
+    assert tokens["input_ids"] == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    spans, current = [], []
+    for token, mask in zip(tokens["input_ids"], tokens["assistant_masks"]):
+        if mask:
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    spans.append(tokenizer.decode(current))
+    assert spans == ["x * x<end_of_turn>\n", "x ** 3<end_of_turn>\n"]
+
+
+def test_template_that_is_not_prefix_consistent_is_refused(tokenizer):
+    reversed_tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    reversed_tokenizer.chat_template = "{% for m in messages|reverse %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(ValueError, match="prefix by prefix"):
+        tokenize_conversation(reversed_tokenizer, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+
+
+def test_dataset_labels_mask_prompt_and_refuse_too_long(tokenizer):
+    records = code_records(2)
+    dataset = tokenized_dataset(tokenizer, records, 128)
+    row = dataset[0]
+    kept = [t for t, l in zip(row["input_ids"], row["labels"]) if l != -100]
+    assert tokenizer.decode(kept) == records[0].reference + "<end_of_turn>\n"
+    with pytest.raises(ValueError, match=r"mem:1: \d+ tokens > max_seq_length 8"):
+        tokenized_dataset(tokenizer, records, 8)
+
+
+def test_status_file_and_interrupt_are_recorded(tiny_source, tmp_path):
+    class CtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", torch.bfloat16, 128)
+    config = TrainingConfig(max_steps=5, batch_size=2, save_steps=2, warmup_steps=0, max_seq_length=128, sample_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tokenizer, code_records(10), config, tmp_path, "cpu", torch.bfloat16, extra_callbacks=[CtrlC()])
+    status = read_json(run_paths(tmp_path)["status"])
+    assert set(status) == {"running", "step", "total_steps", "epoch", "total_epochs", "loss", "learning_rate",
+                           "eta_seconds", "started_at", "checkpoint_at", "error"}
+    assert (status["running"], status["step"], status["total_steps"], status["checkpoint_at"]) == (False, 3, 5, 2)
+    assert status["error"] == "KeyboardInterrupt" and status["loss"] > 0 and status["eta_seconds"] > 0
+    assert last_checkpoint(tmp_path).name == "checkpoint-2"
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_killed_run_resumes_and_its_loss_curve_continues(tiny_source, tmp_path):
+    env = os.environ | {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, str(WORKER), tiny_source.path_or_id, str(reference), "0"], env=env, check=True,
+                   capture_output=True)
+
+    run = tmp_path / "interrupted"
+    worker = subprocess.Popen([sys.executable, str(WORKER), tiny_source.path_or_id, str(run), "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert worker.poll() is None, worker.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert read_json(run_paths(run)["status"])["step"] < 6  # it really stopped early
+
+    rerun = subprocess.run([sys.executable, str(WORKER), tiny_source.path_or_id, str(run), "0"], env=env,
+                           capture_output=True, text=True, check=True)
+    assert "resumed_from checkpoint-4" in rerun.stdout
+    stats = read_json(run_paths(run)["stats"])
+    assert stats["resumed_from"] == "checkpoint-4" and stats["steps"] == 6
+    resumed, uninterrupted = read_log(run), read_log(reference)
+    assert [e["step"] for e in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [e["loss"] for e in resumed] == pytest.approx([e["loss"] for e in uninterrupted], rel=1e-3)
+    assert (run / "adapter" / "adapter_model.safetensors").exists()

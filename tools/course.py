@@ -1,0 +1,110 @@
+"""Run the course: execute every chapter once with papermill, then build the book from the results.
+
+    python -m tools.course all            # execute with default parameters, build _build/html
+    python -m tools.course execute        # only execute (into _build/executed)
+    python -m tools.course build          # only build from already executed notebooks
+
+The book never re-executes (execute_notebooks: off): what it shows is what papermill ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK_FILES = ("_config.yml", "_toc.yml", "intro.md")
+
+
+# Small parameters that exercise every cell of every chapter in a few minutes (the tests use them).
+SMOKE_PARAMETERS = {
+    "*": {"run_name": "smoke", "max_seq_length": 256},
+    "04_trinity_training": {"max_steps": 3, "batch_size": 2, "save_steps": 2, "warmup_steps": 1,
+                            "sample_every": 2, "sample_max_new_tokens": 8},
+    "06_evaluate": {"max_steps": 3, "eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
+}
+
+
+def chapters(root: Path = ROOT) -> list[Path]:
+    """The chapter sources listed in _toc.yml, in book order."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    return [root / f"{entry['file']}.py" for entry in toc["chapters"]]
+
+
+def execute_chapter(source: Path, output: Path, parameters: dict | None = None) -> float:
+    """Convert a py:percent chapter to a notebook and execute it with papermill; returns seconds.
+
+    Raises papermill.PapermillExecutionError (with the failing cell) if any cell fails; the
+    partially executed notebook is still written to `output` for inspection.
+    """
+    import jupytext
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    notebook = output.with_suffix(".source.ipynb")
+    jupytext.write(jupytext.read(source), notebook)
+    # The kernel must run this interpreter (the venv's), whatever `python` is on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    started = time.monotonic()
+    try:
+        papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, cwd=str(ROOT),
+                                   kernel_name="python3", progress_bar=False)
+    finally:
+        notebook.unlink(missing_ok=True)
+    return time.monotonic() - started
+
+
+def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None) -> dict[str, float]:
+    """Execute every chapter in order into `executed_dir/chapters/`; {chapter: seconds}."""
+    timings = {}
+    for source in chapters():
+        extra = (parameters or {}).get(source.stem, {}) | (parameters or {}).get("*", {})
+        seconds = execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
+        timings[source.stem] = round(seconds, 1)
+        print(f"executed {source.stem} in {seconds:.0f} s", flush=True)
+    return timings
+
+
+def build_book(executed_dir: Path, html_dir: Path | None = None) -> Path:
+    """Build the HTML book from executed notebooks, warnings as errors; returns the html folder.
+
+    Copies the book's config, toc and intro next to the executed chapters and runs Jupyter Book
+    (1.x) there. Raises subprocess.CalledProcessError if the build fails or warns.
+    """
+    for name in BOOK_FILES:
+        shutil.copy(ROOT / name, executed_dir / name)
+    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", "-W", "-n", "--keep-going", str(executed_dir)],
+                   check=True)
+    html = executed_dir / "_build" / "html"
+    if html_dir:
+        if html_dir.exists():
+            shutil.rmtree(html_dir)
+        shutil.copytree(html, html_dir)
+        return html_dir
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["all", "execute", "build"])
+    parser.add_argument("--executed-dir", type=Path, default=ROOT / "_build" / "executed")
+    args = parser.parse_args(argv)
+    if args.step in ("all", "execute"):
+        started = time.monotonic()
+        timings = execute_all(args.executed_dir)
+        print(f"all chapters executed in {time.monotonic() - started:.0f} s: {timings}")
+    if args.step in ("all", "build"):
+        html = build_book(args.executed_dir, ROOT / "_build" / "html")
+        print(f"book: {html / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
