@@ -47,7 +47,6 @@ class TrainingConfig:
     save_steps: int = 20
     sample_every: int = 20
     sample_max_new_tokens: int = 64
-    gradient_checkpointing: bool = True
     optim: str = "adamw_torch"
     seed: int = 3407
 
@@ -240,6 +239,25 @@ class TrainingResult:
     log_history: list[dict]
 
 
+def save_adapter(model, tokenizer, folder: Path) -> Path:
+    """Save the adapter (peft format) and tokenizer to `folder`, replacing it only when complete."""
+    import shutil
+
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if folder.exists():
+        previous = folder.with_name(f".{folder.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        folder.rename(previous)
+        staging.rename(folder)
+        shutil.rmtree(previous)
+    else:
+        staging.rename(folder)
+    return folder
+
+
 def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str | Path, device: str,
           compute_dtype: torch.dtype, sample_prompts: list[list[dict]] = (), resume: bool = True,
           extra_callbacks=()) -> TrainingResult:
@@ -277,8 +295,7 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
         status.write(running=False, step=trainer.state.global_step, error=f"{type(err).__name__}: {err}".strip(": "))
         raise
     wall = time.monotonic() - started
-    trainer.model.save_pretrained(paths["adapter"])
-    tokenizer.save_pretrained(paths["adapter"])
+    save_adapter(trainer.model, tokenizer, paths["adapter"])
     tokens = trainer.state.num_input_tokens_seen - (read_json(checkpoint / "trainer_state.json").get(
         "num_input_tokens_seen", 0) if checkpoint else 0)
     if tokens == 0 and paths["stats"].exists():
