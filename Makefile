@@ -7,10 +7,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: course test install browser
 
-$(VENV)/installed: requirements.txt constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+$(VENV)/installed: requirements.txt constraints.txt tools/install.sh
+	bash tools/install.sh $(VENV)
 	touch $@
 
 install: $(VENV)/installed

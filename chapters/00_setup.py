@@ -69,11 +69,13 @@ pd.DataFrame(report.table())
 # %% [markdown]
 # ## Backend and precision
 #
-# Where a CUDA GPU is present and unsloth imports, training runs through unsloth's `FastModel`:
-# fused LoRA kernels and gradient checkpointing that offloads activations. Everywhere else it runs
-# through plain transformers + peft + bitsandbytes, which support the whole Trinity (NF4 base,
-# LoRA r=64, rsLoRA, DoRA), on a CPU too. A `backend` parameter other than `auto` overrides the
-# choice.
+# Where unsloth imports, training runs through its `FastModel`: on a CUDA GPU with its fused
+# LoRA kernels and gradient checkpointing that offloads activations; without a GPU through its
+# CPU fallback, which this course measured running the whole Trinity faster than plain peft on
+# the same CPU (`data/measurements/unsloth-cpu-fallback.json`). Where unsloth is missing or fails
+# to import, training runs through plain transformers + peft + bitsandbytes, which support the
+# whole Trinity (NF4 base, LoRA r=64, rsLoRA, DoRA) on a CPU too. A `backend` parameter other than
+# `auto` overrides the choice.
 #
 # **Precision on a T4.** Gemma 3 was trained in bfloat16, and some of its activations exceed
 # float16's largest value (65,504): in float16 they become `inf`, and the loss becomes NaN. A T4

@@ -76,10 +76,11 @@ quiet_library_logs()
 import pandas as pd
 import torch
 from lib.data import load_prepared
-from lib.environment import validate_environment
+from lib.environment import import_backend, validate_environment
 
 env = validate_environment()
 chosen_backend = env.backend if backend == "auto" else backend
+import_backend(chosen_backend)  # unsloth must be imported before transformers to patch it
 print(f"backend: {chosen_backend} ({env.backend_reason})")
 print(f"compute dtype: {env.compute_dtype} ({env.dtype_reason})")
 run_dir = Path(output_dir) / run_name

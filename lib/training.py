@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from .artifacts import read_json, write_json
 from .lora import TrinityConfig, trainable_parameters
-from .model import ModelSource, load_causal_lm, load_tokenizer
+from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str,
                       max_seq_length: int, gradient_checkpointing: bool = True):
     """(peft model, tokenizer): an NF4 base with the Trinity adapter, through `backend`.
 
-    backend "unsloth" uses FastModel (CUDA only); "peft" uses transformers + bitsandbytes + peft
+    backend "unsloth" uses FastModel (on a GPU, or its CPU fallback; import it first, see
+    `lib.environment.import_backend`); "peft" uses transformers + bitsandbytes + peft
     with `prepare_model_for_kbit_training`. Raises ValueError for an unknown backend.
     """
     if backend == "unsloth":
@@ -105,6 +106,8 @@ def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str,
 
         model, tokenizer = FastModel.from_pretrained(source.path_or_id, max_seq_length=max_seq_length,
                                                      load_in_4bit=True, dtype=None, full_finetuning=False)
+        if not torch.cuda.is_available():  # unsloth's CPU fallback meets the same bitsandbytes repacking
+            keep_4bit_layout_on_cpu(model)
         model = FastModel.get_peft_model(
             model, r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
             use_dora=trinity.use_dora, target_modules=list(trinity.target_modules), lora_dropout=trinity.dropout,

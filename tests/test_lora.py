@@ -39,3 +39,23 @@ def test_trinity_on_gemma_adapts_all_seven_projections(tiny_source):
 def test_unknown_backend(tiny_source):
     with pytest.raises(ValueError, match="unknown backend 'jax'"):
         load_for_training(tiny_source, TrinityConfig(), "jax", torch.float32, 128)
+
+
+def test_unsloth_backend_runs_the_trinity_on_this_machine(tiny_source, tmp_path):
+    """unsloth's path (its CPU fallback here, FastModel on a GPU), in a child process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    env = os.environ | {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "unsloth_worker.py"), tiny_source.path_or_id,
+                           str(tmp_path)], env=env, capture_output=True, text=True)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][7:])
+    assert (result["steps"], result["use_dora"], result["use_rslora"], result["r"]) == (3, True, True, 8)
+    assert result["eval_mode"] == pytest.approx(result["train_mode"], rel=1e-3)  # no 4-bit repacking
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
