@@ -8,4 +8,5 @@ lora            the Trinity adapter config: LoRA rank/alpha, rsLoRA, DoRA, targe
 training        SFT with response-only loss, status file, checkpoints and resume
 evaluation      base vs fine-tuned: response loss, perplexity, code metrics, gates
 plots           every figure of the book
+artifacts       atomic writes of run files (write, then rename)
 """
