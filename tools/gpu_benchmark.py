@@ -2,7 +2,9 @@
 
     python -m tools.gpu_benchmark MODEL_DIR --steps 40 --backends unsloth peft
 
-MODEL_DIR holds a Gemma 3 config and tokenizer (no weights needed): the model is random-initialised
+MODEL_DIR holds a Gemma 3 config and tokenizer (no weights needed), e.g. a copy of the embedded
+model's cache folder (~/.cache/gemma-trinity-course/gemma-3-270m) without model.safetensors, so
+that it travels to a GPU machine with no network. The model is random-initialised
 from the real Gemma 3 270M config, because speed and memory do not depend on weight values, and
 the 270M weights (253 MB) cannot travel to an offline GPU machine. Data, tokenizer, Trinity
 settings and training code are the course's own (`lib.training.train`), one fresh process per
