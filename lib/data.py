@@ -302,6 +302,12 @@ def tokenize_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int
     return {"input_ids": full, "assistant_masks": mask}
 
 
+def response_labels(tokens: dict[str, list[int]]) -> list[int]:
+    """Labels for causal-LM loss from `tokenize_conversation`'s output: the token id where the
+    assistant mask is 1, -100 (ignored by cross-entropy) elsewhere. Same length as input_ids."""
+    return [t if m else -100 for t, m in zip(tokens["input_ids"], tokens["assistant_masks"])]
+
+
 # ---------------------------------------------------------------- the whole preparation
 
 @dataclass
@@ -388,11 +394,9 @@ def load_prepared(folder: str | Path) -> dict[str, list[Record]]:
     missing = [s for s in SPLITS if not (folder / f"{s}.jsonl").exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: no prepared {', '.join(missing)} split(s); run chapter 03_data first")
-    records = {}
-    for split in SPLITS:
-        lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
-        records[split] = [Record(**json.loads(line)) for line in lines if line.strip()]
-    return records
+    from .artifacts import read_jsonl
+
+    return {split: [Record(**row) for row in read_jsonl(folder / f"{split}.jsonl")] for split in SPLITS}
 
 
 def split_files(folder: str | Path) -> dict[str, Path]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import write_json
-from .data import Record, tokenize_conversation
+from .data import Record, response_labels, tokenize_conversation
 
 
 # ------------------------------------------------------------------ loading
@@ -108,7 +108,7 @@ def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4) 
             n = len(e["input_ids"])
             ids[i, :n] = torch.tensor(e["input_ids"])
             attention[i, :n] = 1
-            labels[i, :n] = torch.tensor([t if m else -100 for t, m in zip(e["input_ids"], e["assistant_masks"])])
+            labels[i, :n] = torch.tensor(response_labels(e))
         logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
         losses = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),

@@ -203,7 +203,7 @@ def tokenized_dataset(tokenizer, records, max_seq_length: int):
     """A datasets.Dataset of input_ids and labels (-100 outside assistant turns)."""
     from datasets import Dataset
 
-    from .data import tokenize_conversation
+    from .data import response_labels, tokenize_conversation
 
     rows = []
     for record in records:
@@ -211,8 +211,7 @@ def tokenized_dataset(tokenizer, records, max_seq_length: int):
         if len(tokens["input_ids"]) > max_seq_length:
             raise ValueError(f"{record.file}:{record.line}: {len(tokens['input_ids'])} tokens > max_seq_length "
                              f"{max_seq_length}; run lib.data.prepare_dataset first")
-        labels = [t if m else -100 for t, m in zip(tokens["input_ids"], tokens["assistant_masks"])]
-        rows.append({"input_ids": tokens["input_ids"], "labels": labels})
+        rows.append({"input_ids": tokens["input_ids"], "labels": response_labels(tokens)})
     return Dataset.from_list(rows)
 
 
