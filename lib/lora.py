@@ -59,3 +59,50 @@ def trainable_parameters(peft_model) -> dict[str, int]:
     """{'trainable', 'total', 'percent'} as peft counts them (4-bit weights at their full count)."""
     trainable, total = peft_model.get_nb_trainable_parameters()
     return {"trainable": trainable, "total": total, "percent": 100 * trainable / total}
+
+
+def adapter_parameters(linear_shapes: dict[str, tuple[int, int]], num_layers: int, rank: int,
+                       target_modules=ALL_LINEAR_MODULES, use_dora: bool = False) -> int:
+    """Trainable parameters of a LoRA adapter: r * (in + out) per targeted W (out x in), per layer.
+
+    linear_shapes: {module: (out_features, in_features)} of one decoder layer
+    (`lib.gemma3.Gemma3Shape.linear_shapes`). DoRA adds the magnitude vector, out per W.
+    Raises KeyError for a target module the shapes do not have.
+    """
+    per_layer = 0
+    for module in target_modules:
+        out_features, in_features = linear_shapes[module]
+        per_layer += rank * (in_features + out_features) + (out_features if use_dora else 0)
+    return num_layers * per_layer
+
+
+def lora_output_by_hand(lora_layer, x, adapter: str = "default"):
+    """y = W x + s B A x from a peft LoRA layer's tensors (no peft call); x (..., in) -> (..., out).
+
+    W is dequantized when 4-bit; everything in float32. Compare with the layer's own forward.
+    """
+    from .dora import base_weight
+
+    weight = base_weight(lora_layer)
+    a, b = lora_layer.lora_A[adapter].weight.float(), lora_layer.lora_B[adapter].weight.float()
+    return x @ weight.T + lora_layer.scaling[adapter] * (x @ a.T) @ b.T
+
+
+def update_norms(model, adapter: str = "default") -> list[dict]:
+    """||W' - W||_F / ||W||_F for every adapted layer: how far training moved each weight.
+
+    W' is the effective weight (`lib.dora.adapted_weight`: LoRA or DoRA). One row per layer.
+    """
+    import torch
+
+    from .dora import adapted_weight, base_weight
+
+    rows = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {}):
+                weight = base_weight(module)
+                change = torch.linalg.norm(adapted_weight(module, adapter) - weight) / torch.linalg.norm(weight)
+                rows.append({"layer": int(name.split("layers.")[1].split(".")[0]), "module": name.rsplit(".", 1)[-1],
+                             "relative_update": float(change)})
+    return rows

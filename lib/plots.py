@@ -51,3 +51,91 @@ def base_vs_finetuned(base: dict, tuned: dict):
     fig.suptitle("Base vs fine-tuned on the held-out test split")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ 01_concepts
+
+def quantization_errors(errors):
+    """Grouped bars: relative Frobenius error per projection type (rows) and method (columns).
+
+    errors: a DataFrame indexed by module with one column per method.
+    """
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    errors.plot.bar(ax=ax, rot=0, width=0.8)
+    ax.set(ylabel="||W - W_hat||_F / ||W||_F", xlabel="", title="4-bit round-trip error on Gemma 3 270M weights")
+    ax.legend(title="method")
+    fig.tight_layout()
+    return fig
+
+
+def normalized_weight_histogram(values, levels, title: str):
+    """Histogram of block-normalized weights (values / block absmax) with the 4-bit code's levels."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.hist(values.numpy(), bins=200, color="tab:blue", alpha=0.7, density=True)
+    for level in levels.tolist():
+        ax.axvline(level, color="tab:red", linewidth=0.8)
+    ax.set(xlabel="weight / absmax of its block of 64", ylabel="density", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def rank_sweep_curves(results: list[dict], smooth: int = 4):
+    """Training loss against step for each rank: alpha/r (left) and alpha/sqrt(r) (right).
+
+    Thin lines: each step's loss (same batches in every run); thick: moving average over `smooth`.
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len({r["run"]["rank"] for r in results})))
+    ranks = sorted({r["run"]["rank"] for r in results})
+    for ax, rslora in zip(axes, (False, True)):
+        for result in (r for r in results if r["run"]["use_rslora"] == rslora and not r["run"]["use_dora"]):
+            color = colors[ranks.index(result["run"]["rank"])]
+            losses = np.array([e["loss"] for e in result["log"]])
+            steps = np.arange(1, len(losses) + 1)
+            ax.plot(steps, losses, color=color, alpha=0.25, linewidth=0.8)
+            window = min(smooth, len(losses))
+            smoothed = np.convolve(losses, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smoothed, color=color, linewidth=2,
+                    label=f"r={result['run']['rank']} (s={result['peft_scaling']:.3g})")
+        ax.set(xlabel="optimizer step", title="rsLoRA: s = alpha/sqrt(r)" if rslora else "LoRA: s = alpha/r")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("training loss (nats/token)")
+    fig.tight_layout()
+    return fig
+
+
+def update_norm_by_rank(results: list[dict]):
+    """Mean relative weight update ||W' - W|| / ||W|| at the end of each run, against rank."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for rslora, label in ((False, "LoRA (alpha/r)"), (True, "rsLoRA (alpha/sqrt(r))")):
+        runs = sorted((r for r in results if r["run"]["use_rslora"] == rslora and not r["run"]["use_dora"]),
+                      key=lambda r: r["run"]["rank"])
+        means = [sum(u["relative_update"] for u in r["update_norms"]) / len(r["update_norms"]) for r in runs]
+        ax.plot([r["run"]["rank"] for r in runs], means, marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="mean ||W' - W||_F / ||W||_F",
+           title="How far the adapter moved the weights")
+    ax.set_xticks([r["run"]["rank"] for r in results], labels=[str(r["run"]["rank"]) for r in results])
+    ax.minorticks_off()
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def magnitude_vs_direction(panels: dict[str, tuple[list[dict], float]]):
+    """The DoRA paper's Figure 2: Delta M against Delta D, one point per (layer, step), per run.
+
+    panels: {title: (rows with step/delta_magnitude/delta_direction, correlation across layers at the
+    last step)}.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6))
+    for ax, (title, (rows, correlation)) in zip(axes, panels.items()):
+        scatter = ax.scatter([r["delta_direction"] for r in rows], [r["delta_magnitude"] for r in rows],
+                             c=[r["step"] for r in rows], cmap="viridis", s=14)
+        ax.set(xlabel="Delta D (mean 1 - cos)", ylabel="Delta M (mean |m - m0|)",
+               title=f"{title}\nlast step: correlation across layers {correlation:+.2f}")
+        ax.ticklabel_format(style="sci", scilimits=(-2, 2))
+        fig.colorbar(scatter, ax=ax, label="step")
+    fig.tight_layout()
+    return fig

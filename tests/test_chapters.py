@@ -58,6 +58,10 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
             assert shown == expected, f"{source.stem}: {shown} figures shown, notebook has {expected}"
             assert heading.split(".")[0].strip() == str(int(source.stem[:2])), heading
             assert "Traceback" not in page.inner_text("main")
+            if source.stem == "01_concepts":  # the claims ledger is rendered with measured verdicts
+                ledger = page.inner_text("main table:last-of-type")
+                assert "C05" in ledger and "holds" in ledger and "not measured yet" in ledger
         browser.close()
+    assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "04_trinity_training.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "06_evaluate.ipynb") >= 1

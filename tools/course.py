@@ -26,6 +26,7 @@ BOOK_FILES = ("_config.yml", "_toc.yml", "intro.md")
 # Small parameters that exercise every cell of every chapter in a few minutes (the tests use them).
 SMOKE_PARAMETERS = {
     "*": {"run_name": "smoke", "max_seq_length": 256},
+    "01_concepts": {"sweep_ranks": [4, 64], "sweep_steps": 3, "track_every": 1},
     "04_trinity_training": {"max_steps": 3, "batch_size": 2, "save_steps": 2, "warmup_steps": 1,
                             "sample_every": 2, "sample_max_new_tokens": 8},
     "06_evaluate": {"max_steps": 3, "eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},

@@ -1,0 +1,172 @@
+"""Short adapter training runs that differ in one setting (rank, LoRA vs rsLoRA scaling, DoRA).
+
+Each run trains the course's NF4 base with a peft adapter through `lib.training.train`, in a fresh
+Python process, so that its peak memory is its own and no state leaks from one run into the next.
+Same data, order, seed and learning rate in every run: the curves differ only by the setting.
+
+    python -m lib.adapter_runs RUN_DIR/spec.json     # what `run_in_fresh_process` calls
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .artifacts import read_json, write_json
+from .lora import ALL_LINEAR_MODULES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AdapterRun:
+    """One short run. `track_every`: record the DoRA paper's Delta M / Delta D every N steps."""
+
+    name: str
+    rank: int
+    use_rslora: bool
+    use_dora: bool = False
+    alpha: float = 32
+    steps: int = 24
+    batch_size: int = 2
+    max_seq_length: int = 256
+    learning_rate: float = 2e-4
+    warmup_steps: int = 2
+    seed: int = 3407
+    track_every: int = 4
+    model_name: str = "gemma-3-270m"
+    dataset_dir: str = "data/python-stdlib"
+    target_modules: tuple[str, ...] = field(default=ALL_LINEAR_MODULES)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+
+def _callbacks(track_every: int, changes: list, step_seconds: list):
+    """A step timer (forward, backward and optimizer only) and the Delta M / Delta D tracker."""
+    import time
+
+    from transformers import TrainerCallback
+
+    from .dora import adapted_weights, layer_changes
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step_seconds.append(time.perf_counter() - self.started)
+
+    class MagnitudeDirectionTracker(TrainerCallback):
+        """Delta M / Delta D of q_proj and v_proj against the weights at step 0, every N steps."""
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.reference = adapted_weights(model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if track_every > 0 and state.global_step % track_every == 0:
+                changes.extend({"step": state.global_step, **row} for row in layer_changes(model, self.reference))
+
+    return [StepTimer(), MagnitudeDirectionTracker()]
+
+
+def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
+    """Train `run` in this process; write and return <run_dir>/result.json (see `summarize`)."""
+    import torch
+    from peft import get_peft_model
+
+    from .data import prepare_dataset, split_files
+    from .environment import choose_compute_dtype
+    from .lora import TrinityConfig, update_norms
+    from .model import load_causal_lm, load_tokenizer, resolve_model
+    from .training import TrainingConfig, current_memory_gib, peak_memory_gib, read_log, train
+
+    run_dir = Path(run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, _ = choose_compute_dtype(device == "cuda", device == "cuda" and torch.cuda.is_bf16_supported())
+    torch.manual_seed(run.seed)
+    source = resolve_model(run.model_name)
+    tokenizer = load_tokenizer(source)
+    records = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, run.max_seq_length).records["train"]
+    model = load_causal_lm(source, dtype, load_in_4bit=True)
+    memory_after_load = current_memory_gib(device)
+    trinity = TrinityConfig(rank=run.rank, alpha=run.alpha, use_rslora=run.use_rslora, use_dora=run.use_dora,
+                            target_modules=run.target_modules)
+    model = get_peft_model(model, trinity.to_peft())
+    peft_scaling = next(m.scaling["default"] for m in model.modules() if hasattr(m, "scaling")
+                        and isinstance(getattr(m, "scaling"), dict) and "default" in m.scaling)
+    changes, seconds = [], []
+    config = TrainingConfig(max_steps=run.steps, batch_size=run.batch_size, max_seq_length=run.max_seq_length,
+                            learning_rate=run.learning_rate, warmup_steps=run.warmup_steps,
+                            lr_scheduler_type="constant_with_warmup", save_steps=10 * run.steps, sample_every=0,
+                            seed=run.seed)
+    result = train(model, tokenizer, records, config, run_dir, device, dtype, resume=False,
+                   extra_callbacks=_callbacks(run.track_every, changes, seconds))
+    peak, peak_kind = peak_memory_gib(device)
+    summary = {"run": asdict(run), "device": device, "peft_scaling": peft_scaling,
+               "trainable_parameters": result.stats["trainable_parameters"]["trainable"],
+               "log": read_log(run_dir), "update_norms": update_norms(model), "magnitude_direction": changes,
+               "memory_after_load_gib": round(memory_after_load, 3), "peak_memory_gib": round(peak, 3),
+               "peak_memory_measure": peak_kind}
+    summary |= summarize(summary["log"], seconds)
+    write_json(run_dir / "result.json", summary)
+    return summary
+
+
+def summarize(log: list[dict], step_seconds: list[float]) -> dict:
+    """Loss at start and end (means over the first and last quarter of steps), whether the loss
+    rose or became non-finite (`diverged`), and the median step time in seconds (first step,
+    which warms up, left out)."""
+    losses = [entry["loss"] for entry in log]
+    quarter = max(1, len(losses) // 4)
+    start, end = statistics.fmean(losses[:quarter]), statistics.fmean(losses[-quarter:])
+    finite = all(math.isfinite(x) for x in losses)
+    return {"start_loss": start, "end_loss": end, "loss_drop": start - end,
+            "diverged": (not finite) or end > start,
+            "step_seconds": step_seconds,
+            "median_step_seconds": statistics.median(step_seconds[1:]) if len(step_seconds) > 1 else None}
+
+
+def run_in_fresh_process(run: AdapterRun, run_dir: str | Path) -> dict:
+    """Train `run` in a new Python process (`python -m lib.adapter_runs`) and return its result.
+
+    The worker's output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
+    log's last lines when the worker fails.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = write_json(run_dir / "spec.json", asdict(run))
+    (run_dir / "result.json").unlink(missing_ok=True)
+    log_path = run_dir / "worker.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        code = subprocess.run([sys.executable, "-m", "lib.adapter_runs", str(spec)], cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "\n".join(log_path.read_text(encoding="utf-8").splitlines()[-15:])
+        raise RuntimeError(f"adapter run {run.name!r} failed (exit {code}); {log_path} ends with:\n{tail}")
+    return read_json(run_dir / "result.json")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    spec["target_modules"] = tuple(spec["target_modules"])
+    from .environment import quiet_library_logs
+
+    quiet_library_logs()
+    train_adapter(AdapterRun(**spec), spec_path.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The claims ledger: each quantitative claim of the source documents beside what the course measured.
+
+The claims live in data/claims/source-claims.json (stable ids C01..C30). A chapter records what
+it measured with `ClaimsLedger(chapter).record(...)`; the records go to
+<output>/claims/<chapter>.json (rewritten whole, atomically, at every record, and started afresh
+when the chapter runs again). `ledger_table` joins the claims with every chapter's records, in
+chapter order, so a later chapter's table holds everything measured before it.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .artifacts import read_json, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_CLAIMS = ROOT / "data" / "claims" / "source-claims.json"
+VERDICTS = ("holds", "does not hold", "depends")
+
+
+def source_claims(path: str | Path = SOURCE_CLAIMS) -> dict[str, dict]:
+    """{id: {"id", "claim", "seeds"}} of the source documents' claims."""
+    return {claim["id"]: claim for claim in read_json(path)["claims"]}
+
+
+def hardware() -> str:
+    """A short description of where this process measures: the GPU's name, else the CPU's."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name()}"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"CPU: {model}, {os.cpu_count()} cores"
+
+
+def verdict_within(measured: float, claimed: float, rel_tol: float) -> str:
+    """"holds" when |measured - claimed| <= rel_tol * |claimed|, else "does not hold"."""
+    return "holds" if abs(measured - claimed) <= rel_tol * abs(claimed) else "does not hold"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    claim_id: str
+    measured: str
+    verdict: str
+    chapter: str
+    section: str
+    hardware: str
+    note: str = ""
+
+
+class ClaimsLedger:
+    """The records of one chapter. Raises KeyError for an unknown claim id, ValueError for a
+    verdict outside VERDICTS."""
+
+    def __init__(self, chapter: str, output_dir: str | Path = "output", claims_path: str | Path = SOURCE_CLAIMS):
+        self.chapter = chapter
+        self.path = Path(output_dir) / "claims" / f"{chapter}.json"
+        self.claims = source_claims(claims_path)
+        self.records: list[Measurement] = []
+        self.path.unlink(missing_ok=True)  # a rerun replaces this chapter's records
+
+    def record(self, claim_id: str, measured: str, verdict: str, section: str, note: str = "",
+               where: str | None = None) -> None:
+        """Add one measurement and save. `where` defaults to this machine (`hardware()`)."""
+        if claim_id not in self.claims:
+            raise KeyError(f"unknown claim id {claim_id!r}; ids are listed in {SOURCE_CLAIMS}")
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} for {claim_id}: use one of {VERDICTS}")
+        entry = Measurement(claim_id, measured, verdict, self.chapter, section, where or hardware(), note)
+        self.records = [r for r in self.records if not (r.claim_id == claim_id and r.section == section)] + [entry]
+        write_json(self.path, [asdict(r) for r in self.records])
+
+
+def read_records(output_dir: str | Path = "output") -> list[Measurement]:
+    """Every chapter's records under <output_dir>/claims, in chapter order (chapters are numbered)."""
+    folder = Path(output_dir) / "claims"
+    files = sorted(folder.glob("*.json")) if folder.exists() else []
+    return [Measurement(**row) for path in files for row in read_json(path)]
+
+
+def ledger_table(output_dir: str | Path = "output", only_measured: bool = False, claims_path=SOURCE_CLAIMS):
+    """A pandas DataFrame: one row per (claim, measurement); claims measured nowhere yet get one
+    row with verdict "not measured yet" unless `only_measured`."""
+    import pandas as pd
+
+    claims = source_claims(claims_path)
+    by_claim: dict[str, list[Measurement]] = {}
+    for record in read_records(output_dir):
+        by_claim.setdefault(record.claim_id, []).append(record)
+    rows = []
+    for claim_id, claim in claims.items():
+        records = by_claim.get(claim_id, [])
+        for r in records:
+            rows.append({"id": claim_id, "claim": claim["claim"], "measured": r.measured, "verdict": r.verdict,
+                         "where": f"{r.chapter} § {r.section}; {r.hardware}", "note": r.note})
+        if not records and not only_measured:
+            rows.append({"id": claim_id, "claim": claim["claim"], "measured": "", "verdict": "not measured yet",
+                         "where": "", "note": ""})
+    return pd.DataFrame(rows)

@@ -1,0 +1,36 @@
+import math
+
+import pytest
+
+from lib.adapter_runs import AdapterRun, run_in_fresh_process, summarize, train_adapter
+
+
+def log(losses):
+    return [{"step": i + 1, "loss": x} for i, x in enumerate(losses)]
+
+
+def test_summarize_flags_rising_and_non_finite_losses():
+    falling = summarize(log([3.0, 2.8, 2.5, 2.2]), [1.0, 0.5, 0.7, 0.6])
+    assert not falling["diverged"] and falling["loss_drop"] == pytest.approx(0.8)
+    assert falling["median_step_seconds"] == 0.6  # first step (warm-up) left out
+    assert summarize(log([2.0, 2.5, 3.0, 4.0]), [1, 1, 1, 1])["diverged"]
+    assert summarize(log([2.0, math.nan, 1.0, 1.0]), [1, 1, 1, 1])["diverged"]
+
+
+def test_a_short_run_records_loss_scaling_updates_and_changes(tiny_source, tmp_path):
+    run = AdapterRun("tiny", rank=4, use_rslora=True, use_dora=True, steps=2, track_every=1,
+                     model_name=tiny_source.path_or_id, max_seq_length=256)
+    result = train_adapter(run, tmp_path)
+    assert result["peft_scaling"] == pytest.approx(32 / 2)  # alpha / sqrt(4)
+    assert [e["step"] for e in result["log"]] == [1, 2]
+    assert {r["step"] for r in result["magnitude_direction"]} == {1, 2}
+    assert len(result["update_norms"]) == 2 * 7 and all(u["relative_update"] > 0 for u in result["update_norms"])
+    assert len(result["step_seconds"]) == 2 and (tmp_path / "result.json").exists()
+
+
+def test_a_failing_run_raises_with_the_workers_log(tmp_path):
+    run = AdapterRun("broken", rank=4, use_rslora=False, model_name=str(tmp_path / "no-such-model"))
+    with pytest.raises(RuntimeError, match="adapter run 'broken' failed") as error:
+        run_in_fresh_process(run, tmp_path / "run")
+    assert "no-such-model" in str(error.value)
+    assert not (tmp_path / "run" / "result.json").exists()
