@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: course test install browser
+.PHONY: course test install browser go
 
 $(VENV)/installed: requirements.txt constraints.txt tools/install.sh
 	bash tools/install.sh $(VENV)
@@ -17,8 +17,12 @@ install: $(VENV)/installed
 browser:
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
+# Go's text/template for the Ollama Modelfile test: Debian's package, Ollama's own template engine.
+go:
+	@command -v go >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go; }
+
 course: install
 	$(PY) -m tools.course all
 
-test: install browser
+test: install browser go
 	$(PY) -m pytest -q

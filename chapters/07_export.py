@@ -1,0 +1,266 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 7. Export: adapter, merged model, GGUF and Ollama, each one run
+#
+# A fine-tuned model is only useful where it can run. This chapter exports the run of chapter 04
+# four ways and runs every artifact on the test split before calling it done:
+#
+# | artifact | what it is | runs with |
+# |---|---|---|
+# | LoRA adapter | B, A and DoRA magnitudes only (peft format) | peft, on top of the base |
+# | merged 16-bit | the base with the adapter folded in (safetensors) | plain transformers |
+# | GGUF f16, q8_0, q4_k_m | llama.cpp's format, quantized to 8 and ~4.5 bits | llama.cpp, Ollama, LM Studio |
+# | Modelfile | Ollama's recipe: GGUF, chat template, stop token, sampling | `ollama create` |
+#
+# The usual one-liner (unsloth's `save_pretrained_gguf`) clones and compiles llama.cpp from
+# GitHub, which fails without internet. Here the llama.cpp that ships inside the
+# llama-cpp-python source package does the work: its converter turns the merged model into
+# GGUF, and its quantizer (compiled once at install time) makes q8_0 and q4_k_m. Nothing in this
+# chapter uses the network.
+
+# %% tags=["parameters"]
+model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
+run_name = "default"                 # artifacts: <output_dir>/<run_name>/
+output_dir = "output"
+adapter_dir = None                   # None: the adapter chapter 04 trained, <run>/adapter
+quantizations = ["q8_0", "q4_k_m"]
+eval_limit = None                    # test records for the loss (None: all)
+generate_n = 24                      # test records to generate for (greedy)
+max_new_tokens = 160
+eval_batch_size = 4
+n_ctx = 1024                         # llama.cpp context for evaluation
+max_relative_change = 0.05           # gate: quantized within 5% of the merged model
+course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
+
+# %% tags=["hide-input"]
+# Setup: on Colab, clone the course and install its stack; locally, run from the repository root.
+import os, subprocess, sys
+from pathlib import Path
+
+if "google.colab" in sys.modules and not Path("lib").is_dir():
+    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
+                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7", "llama-cpp-python==0.3.36"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    "llama-cpp-python==0.3.36", "-d", "/content/sdist"], check=True)
+    subprocess.run([sys.executable, "-m", "lib.export", "unpack", "/content/sdist/llama_cpp_python-0.3.36.tar.gz"],
+                   cwd="/content/course", check=True)
+    os.chdir("/content/course")
+os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
+sys.path.insert(0, os.getcwd())
+
+from lib.environment import quiet_library_logs
+
+quiet_library_logs()
+
+# %%
+import pandas as pd
+import torch
+from lib.data import load_prepared
+from lib.environment import validate_environment
+from lib.model import load_tokenizer, resolve_model
+from lib.training import run_paths
+
+env = validate_environment()
+run_dir = Path(output_dir) / run_name
+export_dir = run_dir / "export"
+trained_adapter = Path(adapter_dir) if adapter_dir else run_paths(run_dir)["adapter"]
+test = load_prepared(run_dir / "data")["test"][:eval_limit]
+source = resolve_model(model_name)
+tokenizer = load_tokenizer(source)
+print(f"exporting {trained_adapter} (base: {source.name}) into {export_dir}; {len(test)} test records")
+
+# %% [markdown]
+# ## 1. The LoRA adapter
+#
+# The adapter is what training produced: a few MiB next to a base model of hundreds. Copied into
+# the export folder, then loaded back the way a user would (`AutoPeftModelForCausalLM`, which
+# reads the base model's name from `adapter_config.json`), and compared with the model as chapter
+# 06 loaded it: the same greedy answers, token for token.
+
+# %%
+from peft import AutoPeftModelForCausalLM
+from lib.evaluation import generate, load_finetuned
+from lib.export import export_adapter
+from lib.model import keep_4bit_layout_on_cpu, nf4_config
+
+adapter_out = export_adapter(trained_adapter, export_dir / "adapter")
+in_memory = load_finetuned(source, trained_adapter, env.compute_dtype)
+reloaded = AutoPeftModelForCausalLM.from_pretrained(str(adapter_out), dtype=env.compute_dtype,
+                                                    quantization_config=nf4_config(env.compute_dtype))
+if env.device == "cpu":
+    keep_4bit_layout_on_cpu(reloaded)
+prompts = [r.prompt_messages for r in test[:2]]
+answers = {"in memory": generate(in_memory, tokenizer, prompts, 48), "reloaded": generate(reloaded, tokenizer, prompts, 48)}
+print({f.name: f"{f.stat().st_size / 2**20:.1f} MiB" for f in adapter_out.iterdir() if f.suffix in (".json", ".safetensors")})
+print("same greedy answers:", answers["in memory"] == answers["reloaded"])
+assert answers["in memory"] == answers["reloaded"]
+del in_memory, reloaded
+
+# %% [markdown]
+# ## 2. The merged 16-bit model
+#
+# `merge_and_unload` folds s·B·A (and DoRA's magnitude rescaling) into W. The base is loaded in
+# 16 bits for this, not NF4: folding the update into 4-bit weights would round it away. The
+# result loads with plain transformers, no peft, and is measured on the test split like chapter
+# 06 measured the adapter: it is the reference the GGUF files are compared with.
+
+# %%
+import time
+from transformers import AutoModelForCausalLM
+from lib.evaluation import evaluate_model
+from lib.export import merge_adapter
+
+merged_dir = merge_adapter(source, adapter_out, export_dir / "merged")
+started = time.perf_counter()
+merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.bfloat16)
+load_seconds = time.perf_counter() - started
+assert not any("lora" in name for name, _ in merged.named_modules())  # a plain model
+results, examples = {}, {}
+results["merged bf16"], examples["merged bf16"] = evaluate_model(merged, tokenizer, test, generate_n, max_new_tokens,
+                                                                 eval_batch_size)
+results["merged bf16"] |= {"load_seconds": load_seconds,
+                           "file_mib": sum(f.stat().st_size for f in merged_dir.glob("*.safetensors")) / 2**20}
+del merged
+pd.Series(results["merged bf16"])
+
+# %% [markdown]
+# ## 3. GGUF: f16, q8_0 and q4_k_m
+#
+# llama.cpp's `convert_hf_to_gguf.py` writes the merged model as an f16 GGUF; llama.cpp's
+# quantizer then makes **q8_0** (8-bit blocks of 32 with one scale) and **q4_k_m** (4-bit
+# "k-quants" in super-blocks of 256, with some tensors kept at 6 bits). Each file is checked by
+# reading its header and tensor index before anything loads it.
+
+# %%
+from lib.export import check_gguf, convert_to_gguf, quantize_gguf
+
+gguf_dir = export_dir / "gguf"
+gguf_dir.mkdir(parents=True, exist_ok=True)
+started = time.perf_counter()
+ggufs = {"f16": convert_to_gguf(merged_dir, gguf_dir / "model-f16.gguf")}
+build_seconds = {"f16": time.perf_counter() - started}
+for kind in quantizations:
+    started = time.perf_counter()
+    ggufs[kind] = quantize_gguf(ggufs["f16"], gguf_dir / f"model-{kind}.gguf", kind)
+    build_seconds[kind] = time.perf_counter() - started
+pd.DataFrame({kind: check_gguf(path) | {"seconds to write": build_seconds[kind]} for kind, path in ggufs.items()}).T
+
+# %% [markdown]
+# ## 4. Every GGUF, run
+#
+# Each file is loaded in llama-cpp-python and measured on the same test records: response loss
+# and perplexity from llama.cpp's own logits (same tokens, same assistant-only positions as
+# chapter 06), and greedy answers scored with the same code metrics, with load time, generation
+# speed and seconds per response.
+
+# %%
+from lib.export import evaluate_gguf
+
+for kind, path in ggufs.items():
+    results[f"GGUF {kind}"], examples[f"GGUF {kind}"] = evaluate_gguf(path, tokenizer, test, generate_n,
+                                                                      max_new_tokens, n_ctx)
+columns = ["file_mib", "load_seconds", "loss", "perplexity", "parse_rate", "defines_function_rate", "chrf",
+           "tokens_per_second", "seconds_per_response"]
+table = pd.DataFrame(results).T.reindex(columns=columns)
+table.round(3)
+
+# %% [markdown]
+# The merged model's speed columns are empty on purpose: its generation runs batched in
+# transformers, which is not comparable with llama.cpp's one-sequence generation.
+#
+# ## 5. The quantization-verified gate
+#
+# q8_0 and q4_k_m pass when their perplexity and their defines-the-function rate are each within
+# `max_relative_change` of the merged model's. The verdicts go to `metrics/export-gates.json`.
+
+# %%
+from lib.evaluation import write_gates
+from lib.export import quantization_gate
+
+gates = [quantization_gate(results["merged bf16"], results[f"GGUF {kind}"], kind, max_relative_change)
+         for kind in quantizations]
+write_gates(run_dir / "metrics" / "export-gates.json", gates)
+pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g in gates])
+
+# %% [markdown]
+# ## 6. Ollama
+#
+# Ollama runs GGUF files through llama.cpp. Its Modelfile names the file, the chat template (in
+# Go's template language), the stop token and sampling parameters. The template must render a
+# conversation exactly as the tokenizer's chat template does, or the model sees prompts it was
+# not trained on; the course's tests render both with Go's `text/template` (Ollama's engine) and
+# require identical text.
+
+# %%
+import shutil
+from lib.export import write_modelfile
+
+modelfile = write_modelfile(ggufs["q4_k_m"] if "q4_k_m" in ggufs else ggufs["f16"])
+print(modelfile.read_text())
+print(f"ollama: {shutil.which('ollama') or 'not installed on this machine'}")
+
+# %% [markdown]
+# With Ollama installed, from the GGUF folder:
+#
+# ```bash
+# cd output/default/export/gguf
+# ollama create gemma3-trinity -f Modelfile
+# ollama run gemma3-trinity "Write a Python function slugify(text) that ..."
+# ```
+#
+# Ollama is not installed on the machine that executed this notebook (it is neither a Debian
+# nor a PyPI package), so the cell above only writes the Modelfile; the speed it would reach is
+# llama.cpp's, measured in section 4.
+#
+# ## 7. A damaged file
+#
+# A download cut short or a disk full leaves a truncated GGUF. It is refused with a message
+# that says what is wrong, before llama.cpp touches it:
+
+# %%
+from lib.export import GGUFError, load_gguf
+
+damaged = gguf_dir / "damaged-example.gguf"
+damaged.write_bytes(ggufs["f16"].read_bytes()[: ggufs["f16"].stat().st_size // 2])
+try:
+    load_gguf(damaged)
+except GGUFError as err:
+    print(f"GGUFError: {err}")
+finally:
+    damaged.unlink()
+
+# %% [markdown]
+# ## Claims ledger
+
+# %%
+from lib.claims import ClaimsLedger, ledger_table, verdict_within
+
+ledger = ClaimsLedger("07_export", run_dir)
+for gate in gates:
+    ledger.record("C24", gate.detail, "holds" if gate.passed else "does not hold", f"quantization gate, {gate.name}")
+if "q4_k_m" in quantizations:
+    seconds = results["GGUF q4_k_m"]["seconds_per_response"]
+    ledger.record("C19", f"{seconds:.2f} s per response (q4_k_m in llama.cpp, Ollama's engine; up to "
+                  f"{max_new_tokens} new tokens; {model_name})", "holds" if seconds < 5 else "does not hold",
+                  "Every GGUF, run", note="llama-cpp-python, not Ollama itself; a 270M model")
+ledger_table(run_dir, only_measured=True)
+
+# %% [markdown]
+# ## Summary
+#
+# `output/<run>/export/` now holds `adapter/`, `merged/` (transformers), `gguf/model-{f16,q8_0,q4_k_m}.gguf`
+# and `gguf/Modelfile`; each was loaded and measured above, and the gate verdicts are in
+# `metrics/export-gates.json`.

@@ -1,0 +1,437 @@
+"""Export a fine-tuned Gemma 3 with no network: LoRA adapter, merged 16-bit model, GGUF, Ollama.
+
+* adapter: peft's format (adapter_config.json + adapter_model.safetensors), as training saved it;
+* merged: the base in 16 bits with the adapter folded in (`merge_and_unload`), plain transformers;
+* GGUF: llama.cpp's `convert_hf_to_gguf.py` (f16), then llama.cpp's quantizer (q8_0, q4_k_m),
+  both from the llama.cpp sources that the llama-cpp-python sdist vendors. `tools/install.sh`
+  builds llama-cpp-python from that sdist and unpacks the converter into the cache
+  (`llama_cpp_sources`), so nothing here downloads or compiles;
+* Ollama: a Modelfile whose TEMPLATE renders Gemma 3's turns like the tokenizer's chat template.
+
+Every artifact is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .model import DEFAULT_CACHE, EMBEDDED_MODELS, ModelSource
+
+LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp converts
+GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE")
+
+
+class GGUFError(ValueError):
+    """A file that is not a complete, readable GGUF model."""
+
+
+# ------------------------------------------------------------------ llama.cpp sources
+
+def llama_cpp_sources(cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """The unpacked llama.cpp converter (convert_hf_to_gguf.py, conversion/, gguf-py/).
+
+    Raises FileNotFoundError saying how to unpack it when `tools/install.sh` has not run.
+    """
+    folder = Path(cache_dir) / f"llama.cpp-{LLAMA_CPP_PYTHON}"
+    if not (folder / "convert_hf_to_gguf.py").exists():
+        raise FileNotFoundError(f"{folder} holds no llama.cpp converter: run tools/install.sh, or "
+                                f"`python -m lib.export unpack SDIST` with llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz")
+    return folder
+
+
+def unpack_llama_cpp(sdist: str | Path, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """Unpack the converter files of the sdist's vendored llama.cpp into the cache (once)."""
+    import tarfile
+
+    target = Path(cache_dir) / f"llama.cpp-{LLAMA_CPP_PYTHON}"
+    if (target / "convert_hf_to_gguf.py").exists():
+        return target
+    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=target.parent))
+    try:
+        with tarfile.open(sdist) as archive:
+            members = [m for m in archive.getmembers() if m.name.startswith(prefix)
+                       and m.name[len(prefix):].split("/")[0] in CONVERTER_FILES]
+            if not members:
+                raise FileNotFoundError(f"{sdist}: no {prefix}convert_hf_to_gguf.py inside")
+            for member in members:
+                member.name = member.name[len(prefix):]
+                archive.extract(member, staging, filter="data")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# ------------------------------------------------------------------ adapter and merged model
+
+def _replace_folder(staging: Path, target: Path) -> Path:
+    """Move a complete `staging` folder to `target`, replacing an older one only at the end."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+    return target
+
+
+def _staging_for(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+
+
+def export_adapter(adapter_dir: str | Path, target: str | Path) -> Path:
+    """Copy a peft adapter folder to `target`; raises FileNotFoundError if it is not an adapter."""
+    adapter_dir, target = Path(adapter_dir), Path(target)
+    missing = [name for name in ("adapter_config.json", "adapter_model.safetensors")
+               if not (adapter_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{adapter_dir} is not a peft adapter: missing {', '.join(missing)}")
+    staging = _staging_for(target)
+    shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)
+    return _replace_folder(staging, target)
+
+
+def write_sentencepiece_model(source: ModelSource, target: Path) -> Path:
+    """Write the base model's SentencePiece `tokenizer.model` into `target`.
+
+    llama.cpp's converter reads Gemma's vocabulary from it (without it, it falls back to a GPT-2
+    BPE vocabulary that Gemma does not use). Hub checkpoints ship the file; for the embedded
+    model it is rebuilt from the GGUF's tokenizer fields (pieces, scores, token types).
+    """
+    if source.kind == "embedded":
+        import importlib
+
+        from gguf import GGUFReader
+        from sentencepiece import sentencepiece_model_pb2 as spm
+
+        with tempfile.TemporaryDirectory() as work:
+            gguf_path = importlib.import_module(EMBEDDED_MODELS[source.name]).assemble(Path(work) / "m.gguf")
+            reader = GGUFReader(str(gguf_path))
+
+            def field(name, convert):
+                f = reader.fields[f"tokenizer.ggml.{name}"]
+                return [convert(f.parts[i]) for i in f.data]
+
+            tokens = field("tokens", lambda part: bytes(part).decode("utf-8"))
+            scores = field("scores", lambda part: float(part[0]))
+            types = field("token_type", lambda part: int(part[0]))
+        proto = spm.ModelProto()
+        proto.trainer_spec.model_type = spm.TrainerSpec.BPE
+        proto.trainer_spec.vocab_size = len(tokens)
+        proto.trainer_spec.byte_fallback = True
+        proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 3, 2, 1
+        proto.trainer_spec.pad_id = 0
+        proto.normalizer_spec.name = "identity"
+        proto.normalizer_spec.add_dummy_prefix = False
+        proto.normalizer_spec.remove_extra_whitespaces = False
+        for token, score, kind in zip(tokens, scores, types):  # GGUF token types use SentencePiece's codes
+            proto.pieces.add(piece=token, score=score, type=kind)
+        data = proto.SerializeToString()
+    else:
+        from huggingface_hub import hf_hub_download
+
+        local = Path(source.path_or_id) / "tokenizer.model"
+        data = (local if local.exists() else Path(hf_hub_download(source.path_or_id, "tokenizer.model"))).read_bytes()
+    (target / "tokenizer.model").write_bytes(data)
+    return target / "tokenizer.model"
+
+
+def write_added_tokens(tokenizer, folder: Path) -> None:
+    """List the tokenizer's added tokens in tokenizer_config.json's `added_tokens_decoder`.
+
+    llama.cpp's converter types tokens from that list: special ones as control tokens, the others
+    (Gemma's runs of spaces and newlines) as user-defined tokens that match whole before the
+    merges. transformers 5 no longer writes the list; without it those tokens become ordinary
+    pieces and llama.cpp splits "    " into four spaces where the model was trained on one token.
+    """
+    from .artifacts import read_json, write_json
+
+    path = folder / "tokenizer_config.json"
+    config = read_json(path)
+    config["added_tokens_decoder"] = {
+        str(token_id): {"content": token.content, "special": token.special, "lstrip": token.lstrip,
+                        "rstrip": token.rstrip, "normalized": token.normalized, "single_word": token.single_word}
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())}
+    write_json(path, config)
+
+
+def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Path, dtype=None) -> Path:
+    """Fold the adapter into a 16-bit copy of the base and save it (safetensors) with its tokenizer.
+
+    The base is loaded unquantized (bf16 by default): merging into NF4 weights would round the
+    update away. Training saw the NF4 base, so the merged model differs from the trained one by
+    the NF4 rounding of W; chapter 07 measures that difference.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .model import load_tokenizer
+
+    target = Path(target)
+    dtype = dtype or torch.bfloat16
+    base = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    staging = _staging_for(target)
+    try:
+        merged.save_pretrained(staging)
+        tokenizer = load_tokenizer(source)
+        tokenizer.save_pretrained(staging)
+        write_added_tokens(tokenizer, staging)
+        write_sentencepiece_model(source, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _replace_folder(staging, target)
+
+
+# ------------------------------------------------------------------ GGUF
+
+def _llama_cpp():
+    """llama_cpp, with llama.cpp's own log (per-tensor progress, loader dumps) at errors only."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    _logger.set_verbose(False)
+    return llama_cpp
+
+
+def _partial(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial")
+
+
+def convert_to_gguf(merged_dir: str | Path, target: str | Path, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+    """merged model folder -> f16 GGUF with llama.cpp's convert_hf_to_gguf.py (no network).
+
+    Raises RuntimeError with the converter's last output lines if it fails.
+    """
+    sources = llama_cpp_sources(cache_dir)
+    target = Path(target)
+    partial = _partial(target)
+    env = os.environ | {"PYTHONPATH": f"{sources / 'gguf-py'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                        "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, str(sources / "convert_hf_to_gguf.py"), str(merged_dir),
+                          "--outfile", str(partial), "--outtype", "f16"], env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        partial.unlink(missing_ok=True)
+        tail = "\n".join((run.stdout + run.stderr).splitlines()[-15:])
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {merged_dir} (exit {run.returncode}):\n{tail}")
+    os.replace(partial, target)
+    return target
+
+
+def quantize_gguf(f16_path: str | Path, target: str | Path, kind: str, threads: int | None = None) -> Path:
+    """Quantize an f16 GGUF to `kind` ("q8_0" or "q4_k_m") with llama.cpp's quantizer.
+
+    Raises ValueError for another kind, RuntimeError when llama.cpp reports a failure.
+    """
+    llama_cpp = _llama_cpp()
+    ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
+    if kind not in ftypes:
+        raise ValueError(f"unknown quantization {kind!r}: use one of {sorted(ftypes)}")
+    check_gguf(f16_path)
+    target = Path(target)
+    partial = _partial(target)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftypes[kind]
+    params.nthread = threads or os.cpu_count() or 1
+    code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(partial).encode(), params)
+    if code != 0:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not quantize {f16_path} to {kind} (code {code})")
+    os.replace(partial, target)
+    return target
+
+
+def check_gguf(path: str | Path) -> dict:
+    """Read a GGUF's header and tensor index; {architecture, tensors, parameters, bytes}.
+
+    Raises GGUFError naming the file and what is wrong: missing, not GGUF (bad magic),
+    truncated (tensor data past the end of the file), or unreadable.
+    """
+    import numpy as np
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFError(f"{path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as err:  # numpy/struct errors on a cut header
+        raise GGUFError(f"{path}: unreadable or truncated GGUF header ({type(err).__name__}: {err})") from err
+    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    if end > size:
+        raise GGUFError(f"{path}: truncated: tensor data ends at byte {end:,} but the file has {size:,}")
+    arch = reader.fields.get("general.architecture")
+    return {"architecture": bytes(arch.parts[-1]).decode() if arch else None, "tensors": len(reader.tensors),
+            "parameters": int(sum(np.prod(t.shape) for t in reader.tensors)), "bytes": size}
+
+
+def load_gguf(path: str | Path, n_ctx: int = 1024, logits_all: bool = False):
+    """(llama_cpp.Llama, load seconds) after `check_gguf`; raises GGUFError for a bad file."""
+    check_gguf(path)
+    Llama = _llama_cpp().Llama
+    started = time.perf_counter()
+    try:
+        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=logits_all,
+                    verbose=False)
+    except ValueError as err:
+        raise GGUFError(f"{path}: llama.cpp could not load it ({err})") from err
+    return llm, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ running a GGUF
+
+def gguf_response_loss(llm, tokenizer, records) -> dict:
+    """{'loss', 'perplexity', 'tokens'} of a GGUF on `records`, as `lib.evaluation.response_loss`:
+    mean cross-entropy over assistant tokens, same tokenization. `llm` needs logits_all=True."""
+    import math
+
+    import numpy as np
+
+    from .data import tokenize_conversation
+
+    total, count = 0.0, 0
+    for record in records:
+        encoded = tokenize_conversation(tokenizer, record.messages)
+        ids, mask = encoded["input_ids"], encoded["assistant_masks"]
+        if len(ids) > llm.n_ctx():
+            raise ValueError(f"{record.file}:{record.line}: {len(ids)} tokens > the GGUF context {llm.n_ctx()}")
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)  # row t predicts token t + 1
+        targets = np.array(ids[1:])
+        keep = np.array(mask[1:], dtype=bool)
+        rows = logits[keep]
+        log_norm = np.log(np.exp(rows - rows.max(axis=1, keepdims=True)).sum(axis=1)) + rows.max(axis=1)
+        total += float((log_norm - rows[np.arange(len(rows)), targets[keep]]).sum())
+        count += int(keep.sum())
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+def gguf_generate(llm, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> tuple[list[str], dict]:
+    """Greedy completions of chat prompts with a GGUF, stopping at <end_of_turn>, and timings:
+    {'seconds_per_response', 'tokens_per_second'} (generated tokens over generation wall time)."""
+    texts, seconds, generated = [], 0.0, 0
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)[
+            "input_ids"]
+        llm.reset()
+        started = time.perf_counter()
+        out = llm.create_completion(ids, max_tokens=max_new_tokens, temperature=0.0, top_k=1,
+                                    stop=["<end_of_turn>"])
+        seconds += time.perf_counter() - started
+        texts.append(out["choices"][0]["text"])
+        generated += out["usage"]["completion_tokens"]
+    return texts, {"seconds_per_response": seconds / len(prompts), "tokens_per_second": generated / seconds}
+
+
+def evaluate_gguf(path: str | Path, tokenizer, records, generate_n: int, max_new_tokens: int,
+                  n_ctx: int = 1024) -> tuple[dict, list[dict]]:
+    """Loss/perplexity on `records`, code metrics on the first `generate_n`, size and speed."""
+    from .evaluation import code_metrics
+
+    llm, load_seconds = load_gguf(path, n_ctx=n_ctx, logits_all=True)
+    try:
+        metrics = gguf_response_loss(llm, tokenizer, records)
+        subset = records[:generate_n]
+        generations, speed = gguf_generate(llm, tokenizer, [r.prompt_messages for r in subset], max_new_tokens)
+    finally:
+        llm.close()
+    code, rows = code_metrics(generations, subset)
+    return metrics | code | speed | {"load_seconds": load_seconds, "file_mib": Path(path).stat().st_size / 2**20}, rows
+
+
+def quantization_gate(reference: dict, quantized: dict, name: str, max_relative: float = 0.05,
+                      task_metric: str = "defines_function_rate"):
+    """A GateResult: passes when the quantized model's perplexity and `task_metric` are each
+    within `max_relative` (0-1) of the reference's (the merged 16-bit model's)."""
+    from .evaluation import GateResult
+
+    ppl_change = quantized["perplexity"] / reference["perplexity"] - 1
+    detail = f"perplexity {reference['perplexity']:.3f} -> {quantized['perplexity']:.3f} ({ppl_change:+.1%})"
+    passed = abs(ppl_change) <= max_relative
+    if reference.get(task_metric) is not None and quantized.get(task_metric) is not None:
+        ref, got = reference[task_metric], quantized[task_metric]
+        task_change = (got - ref) / ref if ref else (0.0 if got == ref else float("inf"))
+        detail += f"; {task_metric} {ref:.1f}% -> {got:.1f}% ({task_change:+.1%})"
+        passed = passed and abs(task_change) <= max_relative
+    return GateResult(f"quantization-verified ({name})", passed, f"{detail}; need within {max_relative:.0%}")
+
+
+# ------------------------------------------------------------------ Ollama
+
+# Go text/template, as Ollama renders it: Gemma 3's turns as the official chat template writes them
+# (a leading system message is prefixed to the first user turn), ending with the model's header.
+# Ollama adds <bos> itself (the GGUF says add_bos_token), so the template starts at the first turn.
+OLLAMA_TEMPLATE = """{{- $system := "" }}{{- $first := true }}
+{{- range $i, $m := .Messages }}
+{{- if and (eq $i 0) (eq $m.Role "system") }}{{ $system = $m.Content }}
+{{- else }}<start_of_turn>{{ if eq $m.Role "assistant" }}model{{ else }}{{ $m.Role }}{{ end }}
+{{ if $first }}{{ if $system }}{{ $system }}
+
+{{ end }}{{ $first = false }}{{ end }}{{ $m.Content }}<end_of_turn>
+{{ end }}
+{{- end }}<start_of_turn>model
+"""
+
+
+def write_modelfile(gguf_path: str | Path, temperature: float = 1.0, top_k: int = 64, top_p: float = 0.95,
+                    num_ctx: int = 2048) -> Path:
+    """Write `Modelfile` next to the GGUF: FROM, TEMPLATE, stop at <end_of_turn>, sampling.
+
+    Sampling defaults are Gemma 3's recommended ones (temperature 1.0, top_k 64, top_p 0.95).
+    """
+    from .artifacts import atomic_write_text
+
+    gguf_path = Path(gguf_path)
+    text = (f"FROM ./{gguf_path.name}\n\n"
+            f'TEMPLATE """{OLLAMA_TEMPLATE}"""\n\n'
+            "PARAMETER stop <end_of_turn>\n"
+            f"PARAMETER temperature {temperature}\nPARAMETER top_k {top_k}\nPARAMETER top_p {top_p}\n"
+            f"PARAMETER num_ctx {num_ctx}\n")
+    return atomic_write_text(gguf_path.parent / "Modelfile", text)
+
+
+def modelfile_template(path: str | Path) -> str:
+    """The TEMPLATE of a Modelfile. Raises ValueError if it has none."""
+    import re
+
+    match = re.search(r'^TEMPLATE """(.*?)"""', Path(path).read_text(encoding="utf-8"), re.DOTALL | re.MULTILINE)
+    if not match:
+        raise ValueError(f"{path}: no TEMPLATE \"\"\"...\"\"\" block")
+    return match.group(1)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="llama.cpp converter sources for lib.export")
+    sub = parser.add_subparsers(dest="command", required=True)
+    unpack = sub.add_parser("unpack", help="unpack the converter from a llama-cpp-python sdist into the cache")
+    unpack.add_argument("sdist", type=Path)
+    args = parser.parse_args(argv)
+    print(unpack_llama_cpp(args.sdist))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
