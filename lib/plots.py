@@ -139,3 +139,24 @@ def magnitude_vs_direction(panels: dict[str, tuple[list[dict], float]]):
         fig.colorbar(scatter, ax=ax, label="step")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ 07_export
+
+def export_comparison(table):
+    """Per exported artifact: file size, test perplexity and seconds per response, side by side.
+
+    table: a DataFrame indexed by artifact with columns file_mib, perplexity, seconds_per_response.
+    """
+    panels = [("file_mib", "file size (MiB)"), ("perplexity", "test perplexity (lower is better)"),
+              ("seconds_per_response", "seconds per response (llama.cpp)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 3.4))
+    for ax, (column, title) in zip(axes, panels):
+        values = table[column].dropna()
+        bars = ax.bar(values.index, values.values, color="tab:blue")
+        ax.bar_label(bars, fmt="%.3g")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=20)
+        ax.set_ylim(0, values.max() * 1.2 if len(values) else 1)
+    fig.tight_layout()
+    return fig

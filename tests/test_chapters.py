@@ -65,3 +65,4 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
     assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "04_trinity_training.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "06_evaluate.ipynb") >= 1
+    assert image_outputs(executed / "chapters" / "07_export.ipynb") >= 1
