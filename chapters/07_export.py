@@ -41,6 +41,7 @@ generate_n = 24                      # test records to generate for (greedy)
 max_new_tokens = 160
 eval_batch_size = 4
 n_ctx = 1024                         # llama.cpp context for evaluation
+compare_original_merge = True        # also merge into the unquantized weights and measure it
 max_relative_change = 0.05           # gate: quantized within 5% of the merged model
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
@@ -112,29 +113,55 @@ del in_memory, reloaded
 # %% [markdown]
 # ## 2. The merged 16-bit model
 #
-# `merge_and_unload` folds s·B·A (and DoRA's magnitude rescaling) into W. The base is loaded in
-# 16 bits for this, not NF4: folding the update into 4-bit weights would round it away. The
-# result loads with plain transformers, no peft, and is measured on the test split like chapter
-# 06 measured the adapter: it is the reference the GGUF files are compared with.
+# `merge_and_unload` folds s·B·A (and DoRA's magnitude rescaling) into W, giving a plain model
+# that loads with transformers alone. Which W? Training saw the NF4-rounded weights, and the
+# adapter learned its update on top of them. `lib.export.merge_adapter` therefore dequantizes the
+# NF4 base to bf16 and merges there (as unsloth's merged export does): the merged model is the
+# model that was trained. The alternative, merging into the original unquantized checkpoint, is
+# measured next to it when `compare_original_merge` is set. Chapter 06's numbers for the adapter
+# on its NF4 base are the yardstick.
 
 # %%
 import time
 from transformers import AutoModelForCausalLM
+from lib.artifacts import read_json
 from lib.evaluation import evaluate_model
 from lib.export import merge_adapter
 
-merged_dir = merge_adapter(source, adapter_out, export_dir / "merged")
-started = time.perf_counter()
-merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.bfloat16)
-load_seconds = time.perf_counter() - started
-assert not any("lora" in name for name, _ in merged.named_modules())  # a plain model
 results, examples = {}, {}
-results["merged bf16"], examples["merged bf16"] = evaluate_model(merged, tokenizer, test, generate_n, max_new_tokens,
-                                                                 eval_batch_size)
-results["merged bf16"] |= {"load_seconds": load_seconds,
-                           "file_mib": sum(f.stat().st_size for f in merged_dir.glob("*.safetensors")) / 2**20}
-del merged
-pd.Series(results["merged bf16"])
+evaluation_06 = run_dir / "metrics" / "evaluation.json"
+if evaluation_06.exists():
+    results["adapter on NF4 (chapter 06)"] = read_json(evaluation_06)["results"]["fine-tuned"]
+
+
+def measure_merged(label: str, folder: Path) -> None:
+    started = time.perf_counter()
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    load_seconds = time.perf_counter() - started
+    assert not any("lora" in name for name, _ in merged.named_modules())  # a plain transformers model
+    results[label], examples[label] = evaluate_model(merged, tokenizer, test, generate_n, max_new_tokens,
+                                                     eval_batch_size)
+    results[label] |= {"load_seconds": load_seconds,
+                       "file_mib": sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20}
+
+
+merged_dir = merge_adapter(source, adapter_out, export_dir / "merged")
+measure_merged("merged bf16", merged_dir)
+if compare_original_merge:
+    original_dir = merge_adapter(source, adapter_out, export_dir / "merged-into-original", base="original")
+    measure_merged("merged into original weights", original_dir)
+merge_columns = ["loss", "perplexity", "parse_rate", "defines_function_rate", "chrf", "generated"]
+pd.DataFrame(results).T.reindex(columns=merge_columns).astype(float).round(3)
+
+# %%
+if compare_original_merge:
+    nf4, original = results["merged bf16"], results["merged into original weights"]
+    print(f"merging into the original weights instead of the NF4 ones: perplexity {nf4['perplexity']:.3f} -> "
+          f"{original['perplexity']:.3f}, defines the function {nf4['defines_function_rate']:.1f}% -> "
+          f"{original['defines_function_rate']:.1f}% (n={nf4['generated']})")
+
+# %% [markdown]
+# The GGUF files below are made from `merged bf16`, the NF4 merge.
 
 # %% [markdown]
 # ## 3. GGUF: f16, q8_0 and q4_k_m
@@ -184,7 +211,8 @@ for kind, path in ggufs.items():
                                                                       max_new_tokens, n_ctx)
 columns = ["file_mib", "load_seconds", "loss", "perplexity", "parse_rate", "defines_function_rate", "chrf",
            "tokens_per_second", "seconds_per_response"]
-table = pd.DataFrame(results).T.reindex(columns=columns).astype(float)
+table = pd.DataFrame({k: v for k, v in results.items() if k == "merged bf16" or k.startswith("GGUF")}).T
+table = table.reindex(columns=columns).astype(float)
 table.round(3)
 
 # %%

@@ -168,23 +168,31 @@ def write_added_tokens(tokenizer, folder: Path) -> None:
     write_json(path, config)
 
 
-def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Path, dtype=None) -> Path:
+def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Path, dtype=None,
+                  base: str = "nf4") -> Path:
     """Fold the adapter into a 16-bit copy of the base and save it (safetensors) with its tokenizer.
 
-    The base is loaded unquantized (bf16 by default): merging into NF4 weights would round the
-    update away. Training saw the NF4 base, so the merged model differs from the trained one by
-    the NF4 rounding of W; chapter 07 measures that difference.
+    base="nf4" (default) merges into the NF4 weights the adapter was trained against, dequantized
+    to `dtype` (bf16 by default): W' = dequant(NF4(W)) + s B A, the model training produced, as
+    unsloth's merged export does. base="original" merges into the unquantized checkpoint, W + s B A:
+    an adapter trained to correct NF4's rounding then meets weights without it; chapter 07
+    measures the difference. Raises ValueError for another `base`.
     """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from .model import load_tokenizer
+    from .model import load_causal_lm, load_tokenizer
 
+    if base not in ("nf4", "original"):
+        raise ValueError(f"base must be 'nf4' or 'original', got {base!r}")
     target = Path(target)
     dtype = dtype or torch.bfloat16
-    base = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if base == "nf4":
+        weights = load_causal_lm(source, dtype, load_in_4bit=True).dequantize()
+    else:
+        weights = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype)
+    merged = PeftModel.from_pretrained(weights, str(adapter_dir)).merge_and_unload()
     staging = _staging_for(target)
     try:
         merged.save_pretrained(staging)

@@ -94,7 +94,7 @@ def test_export_adapter_refuses_a_folder_that_is_not_an_adapter(tmp_path):
 def merged_and_gguf(trained_adapter, tiny_source, tmp_path_factory):
     _, adapter = trained_adapter
     folder = tmp_path_factory.mktemp("export")
-    merged = merge_adapter(tiny_source, adapter, folder / "merged", dtype=torch.float32)
+    merged = merge_adapter(tiny_source, adapter, folder / "merged", dtype=torch.float32, base="original")
     f16 = convert_to_gguf(merged, folder / "model-f16.gguf")
     return merged, f16
 
@@ -108,6 +108,24 @@ def test_merged_model_is_plain_transformers_and_equals_the_adapted_model(trained
     ids = torch.tensor([[2, 818, 5279, 529, 496, 1473]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_nf4_merge_equals_the_adapter_on_the_nf4_base_it_was_trained_on(trained_adapter, tiny_source, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lib.model import load_causal_lm
+
+    _, adapter = trained_adapter
+    merged_dir = merge_adapter(tiny_source, adapter, tmp_path / "merged", dtype=torch.float32)  # base="nf4"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    as_trained = PeftModel.from_pretrained(load_causal_lm(tiny_source, torch.float32, load_in_4bit=True), str(adapter))
+    ids = torch.tensor([[2, 818, 5279, 529, 496, 1473]])
+    with torch.no_grad():
+        got, want = merged(ids).logits, as_trained(ids).logits
+    assert torch.allclose(got, want, atol=2e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match="base must be 'nf4' or 'original'"):
+        merge_adapter(tiny_source, adapter, tmp_path / "x", base="int8")
 
 
 def test_gguf_tokenizes_and_scores_like_transformers(merged_and_gguf, tokenizer):
