@@ -207,7 +207,7 @@ print(f"12B: {gib_12b['fp32']:.1f} GiB fp32 -> {gib_12b['NF4 + double quant']:.1
 # target modules in every layer, for each rank and Gemma 3 size, and their share of the model.
 
 # %%
-from lib.lora import ALL_LINEAR_MODULES, adapter_parameters
+from lib.lora import adapter_parameters
 
 rows = []
 for size, shape in GEMMA3_SHAPES.items():

@@ -295,7 +295,7 @@ finally:
 # ## Claims ledger
 
 # %%
-from lib.claims import ClaimsLedger, ledger_table, verdict_within
+from lib.claims import ClaimsLedger, ledger_table
 
 ledger = ClaimsLedger("07_export", run_dir)
 for gate in gates[1:]:  # the quantized ones

@@ -32,6 +32,25 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def replace_folder(staging: str | Path, target: str | Path) -> Path:
+    """Move the complete folder `staging` to `target`; an older `target` is removed only after.
+
+    Between the two renames a reader finds the old folder under .<name>.old, never a partial one.
+    """
+    import shutil
+
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+    return target
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomically write `obj` as indented JSON."""
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

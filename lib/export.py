@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .model import DEFAULT_CACHE, EMBEDDED_MODELS, ModelSource
+from .artifacts import replace_folder
+from .model import DEFAULT_CACHE, EMBEDDED_MODELS, ModelSource, gguf_vocabulary
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp converts
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
@@ -74,19 +75,6 @@ def unpack_llama_cpp(sdist: str | Path, cache_dir: str | Path = DEFAULT_CACHE) -
 
 # ------------------------------------------------------------------ adapter and merged model
 
-def _replace_folder(staging: Path, target: Path) -> Path:
-    """Move a complete `staging` folder to `target`, replacing an older one only at the end."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
-    return target
-
-
 def _staging_for(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
@@ -100,8 +88,12 @@ def export_adapter(adapter_dir: str | Path, target: str | Path) -> Path:
     if missing:
         raise FileNotFoundError(f"{adapter_dir} is not a peft adapter: missing {', '.join(missing)}")
     staging = _staging_for(target)
-    shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)
-    return _replace_folder(staging, target)
+    try:
+        shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return replace_folder(staging, target)
 
 
 def write_sentencepiece_model(source: ModelSource, target: Path) -> Path:
@@ -114,20 +106,11 @@ def write_sentencepiece_model(source: ModelSource, target: Path) -> Path:
     if source.kind == "embedded":
         import importlib
 
-        from gguf import GGUFReader
         from sentencepiece import sentencepiece_model_pb2 as spm
 
         with tempfile.TemporaryDirectory() as work:
             gguf_path = importlib.import_module(EMBEDDED_MODELS[source.name]).assemble(Path(work) / "m.gguf")
-            reader = GGUFReader(str(gguf_path))
-
-            def field(name, convert):
-                f = reader.fields[f"tokenizer.ggml.{name}"]
-                return [convert(f.parts[i]) for i in f.data]
-
-            tokens = field("tokens", lambda part: bytes(part).decode("utf-8"))
-            scores = field("scores", lambda part: float(part[0]))
-            types = field("token_type", lambda part: int(part[0]))
+            tokens, scores, types = gguf_vocabulary(gguf_path)
         proto = spm.ModelProto()
         proto.trainer_spec.model_type = spm.TrainerSpec.BPE
         proto.trainer_spec.vocab_size = len(tokens)
@@ -203,20 +186,34 @@ def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Pa
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _replace_folder(staging, target)
+    return replace_folder(staging, target)
 
 
 # ------------------------------------------------------------------ GGUF
 
 @contextlib.contextmanager
 def captured_native_output(log: list[str]):
-    """Send what C code writes to stdout/stderr (file descriptors 1 and 2) into `log`.
+    """Collect llama.cpp's messages into `log` (one entry per line) instead of the notebook.
 
-    llama.cpp's quantizer prints a warning per tensor with fprintf, around Python's streams.
+    They take two roads: llama.cpp's log callback (per-tensor quantization progress, fallback
+    warnings, loader notes), which llama-cpp-python otherwise prints from Python, and plain
+    writes to file descriptors 1 and 2 from C code.
     """
+    import ctypes
+
+    llama_cpp = _llama_cpp()
+    from llama_cpp import _logger
+
+    chunks: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        chunks.append(text.decode("utf-8", errors="replace"))
+
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     with tempfile.TemporaryFile(mode="w+b") as sink:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
@@ -227,7 +224,9 @@ def captured_native_output(log: list[str]):
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
             sink.seek(0)
+            log.extend("".join(chunks).splitlines())
             log.extend(sink.read().decode("utf-8", errors="replace").splitlines())
 
 

@@ -11,7 +11,7 @@ For a frozen weight W (out x in), LoRA learns B (out x r, zero-initialised) and 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 # The 7 projections of every Gemma 3 decoder layer: attention and MLP.
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")

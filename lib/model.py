@@ -47,6 +47,24 @@ def gemma3_chat_template() -> str:
     return template
 
 
+def gguf_vocabulary(gguf_path: str | Path) -> tuple[list[str], list[float], list[int]]:
+    """(pieces, scores, token types) of a GGUF's SentencePiece vocabulary, in token-id order.
+
+    Token types use SentencePiece's codes: 1 normal, 2 unknown, 3 control, 4 user-defined,
+    5 unused, 6 byte.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf_path))
+
+    def field(name, convert):
+        f = reader.fields[f"tokenizer.ggml.{name}"]
+        return [convert(f.parts[i]) for i in f.data]
+
+    return (field("tokens", lambda part: bytes(part).decode("utf-8")), field("scores", lambda part: float(part[0])),
+            field("token_type", lambda part: int(part[0])))
+
+
 def tokenizer_from_gguf(gguf_path: str | Path):
     """Rebuild Gemma's SentencePiece-BPE tokenizer from a GGUF's vocabulary as a fast tokenizer.
 
@@ -57,20 +75,11 @@ def tokenizer_from_gguf(gguf_path: str | Path):
     (type 4: newline and space runs, image markers) are matched whole before BPE, and unknown
     bytes fall back to <0xNN> tokens. Returns a `PreTrainedTokenizerFast` that adds <bos>.
     """
-    from gguf import GGUFReader
     from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
-    reader = GGUFReader(str(gguf_path))
-
-    def field(name, convert):
-        f = reader.fields[f"tokenizer.ggml.{name}"]
-        return [convert(f.parts[i]) for i in f.data]
-
-    tokens = field("tokens", lambda part: bytes(part).decode("utf-8"))
-    scores = field("scores", lambda part: float(part[0]))
-    types = field("token_type", lambda part: int(part[0]))
+    tokens, scores, types = gguf_vocabulary(gguf_path)
     normal, control, user_defined = 1, 3, 4
 
     def piece(token, kind):  # SentencePiece writes spaces as U+2581 inside its pieces

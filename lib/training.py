@@ -245,19 +245,13 @@ def save_adapter(model, tokenizer, folder: Path) -> Path:
     """Save the adapter (peft format) and tokenizer to `folder`, replacing it only when complete."""
     import shutil
 
+    from .artifacts import replace_folder
+
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    if folder.exists():
-        previous = folder.with_name(f".{folder.name}.previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        folder.rename(previous)
-        staging.rename(folder)
-        shutil.rmtree(previous)
-    else:
-        staging.rename(folder)
-    return folder
+    return replace_folder(staging, folder)
 
 
 def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str | Path, device: str,

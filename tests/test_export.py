@@ -90,6 +90,21 @@ def test_export_adapter_refuses_a_folder_that_is_not_an_adapter(tmp_path):
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
+def test_a_failed_export_keeps_the_previous_one_whole(trained_adapter, tmp_path, monkeypatch):
+    _, folder = trained_adapter
+    target = export_adapter(folder, tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copytree", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_adapter(folder, target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no partial folder left
+
+
 @pytest.fixture(scope="module")
 def merged_and_gguf(trained_adapter, tiny_source, tmp_path_factory):
     _, adapter = trained_adapter
@@ -144,6 +159,7 @@ def test_gguf_tokenizes_and_scores_like_transformers(merged_and_gguf, tokenizer)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     reference = response_loss(merged, tokenizer, records)
     assert ours["tokens"] == reference["tokens"]
+    llm.close()
     assert ours["loss"] == pytest.approx(reference["loss"], rel=2e-2)  # f16 weights vs fp32
 
 
@@ -153,6 +169,7 @@ def test_q8_0_quantization_writes_a_smaller_loadable_file(merged_and_gguf, tmp_p
     assert check_gguf(q8)["bytes"] < check_gguf(f16)["bytes"]
     llm, seconds = load_gguf(q8, n_ctx=64)
     assert seconds > 0 and len(llm.tokenize(b"hello")) > 0
+    llm.close()
     with pytest.raises(ValueError, match="unknown quantization 'q3'"):
         quantize_gguf(f16, tmp_path / "x.gguf", "q3")
     assert not (tmp_path / "x.gguf").exists()

@@ -1,9 +1,7 @@
-import os
-
 import pytest
 import torch
 
-from helpers import ROOT, code_records
+from helpers import ROOT
 from lib.lora import TrinityConfig
 from lib.model import ModelNotFoundError, gemma3_chat_template, resolve_model
 from lib.training import load_for_training

@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from transformers import TrainerCallback
 
 from helpers import ROOT, code_records
 from lib.artifacts import read_json
-from lib.data import Record, tokenize_conversation
+from lib.data import tokenize_conversation
 from lib.lora import TrinityConfig
 from lib.training import (TrainingConfig, last_checkpoint, load_for_training, read_log, run_paths,
                           tokenized_dataset, train)
