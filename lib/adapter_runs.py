@@ -43,10 +43,6 @@ class AdapterRun:
     dataset_dir: str = "data/python-stdlib"
     target_modules: tuple[str, ...] = field(default=ALL_LINEAR_MODULES)
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
-
 
 def _callbacks(track_every: int, changes: list, step_seconds: list):
     """A step timer (forward, backward and optimizer only) and the Delta M / Delta D tracker."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from .lora import layer_index
+
 
 def magnitude_and_direction(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, V) with W = m[:, None] * V: m = per-output-channel L2 norm (out,), V rows of unit norm."""
@@ -63,7 +65,7 @@ def lora_layers(model, modules=("q_proj", "v_proj")):
     for name, module in model.named_modules():
         kind = name.rsplit(".", 1)[-1]
         if kind in modules and hasattr(module, "lora_A"):
-            yield int(name.split("layers.")[1].split(".")[0]), kind, module
+            yield layer_index(name), kind, module
 
 
 def adapted_weights(model, modules=("q_proj", "v_proj")) -> dict[tuple[int, str], torch.Tensor]:

@@ -55,6 +55,11 @@ class TrinityConfig:
         return asdict(self) | {"scaling": self.scaling}
 
 
+def layer_index(module_name: str) -> int:
+    """The decoder layer of a module from its name: "model.layers.3.self_attn.q_proj" -> 3."""
+    return int(module_name.split("layers.")[1].split(".")[0])
+
+
 def trainable_parameters(peft_model) -> dict[str, int]:
     """{'trainable', 'total', 'percent'} as peft counts them (4-bit weights at their full count)."""
     trainable, total = peft_model.get_nb_trainable_parameters()
@@ -95,14 +100,12 @@ def update_norms(model, adapter: str = "default") -> list[dict]:
     """
     import torch
 
-    from .dora import adapted_weight, base_weight
+    from .dora import adapted_weight, base_weight, lora_layers
 
     rows = []
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {}):
-                weight = base_weight(module)
-                change = torch.linalg.norm(adapted_weight(module, adapter) - weight) / torch.linalg.norm(weight)
-                rows.append({"layer": int(name.split("layers.")[1].split(".")[0]), "module": name.rsplit(".", 1)[-1],
-                             "relative_update": float(change)})
+        for layer, kind, module in lora_layers(model, ALL_LINEAR_MODULES):
+            weight = base_weight(module)
+            change = torch.linalg.norm(adapted_weight(module, adapter) - weight) / torch.linalg.norm(weight)
+            rows.append({"layer": layer, "module": kind, "relative_update": float(change)})
     return rows

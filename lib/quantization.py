@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .lora import ALL_LINEAR_MODULES
+from .lora import ALL_LINEAR_MODULES, layer_index
 
 BLOCKSIZE = 64
 METHODS = ("nf4", "fp4", "int4")
@@ -63,8 +63,7 @@ def linear_weights(model, modules=ALL_LINEAR_MODULES):
     for name, module in model.named_modules():
         kind = name.rsplit(".", 1)[-1]
         if kind in modules and hasattr(module, "weight"):
-            layer = int(name.split("layers.")[1].split(".")[0])
-            yield layer, kind, module.weight.detach()
+            yield layer_index(name), kind, module.weight.detach()
 
 
 def reconstruction_errors(model, methods=METHODS) -> list[dict]:
