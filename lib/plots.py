@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def token_length_histogram(lengths: dict[str, list[int]], max_seq_length: int):
@@ -158,5 +159,78 @@ def export_comparison(table):
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=20)
         ax.set_ylim(0, values.max() * 1.2 if len(values) else 1)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ 02_memory_budget, 05_oom_ladder
+
+TERM_COLORS = {"weights": "tab:gray", "adapter": "tab:blue", "gradients": "tab:cyan", "optimizer": "tab:purple",
+               "activations": "tab:orange", "logits": "tab:red", "overhead": "tab:olive"}
+
+
+def memory_breakdown(estimates: dict, gpus: dict[str, float] | None = None):
+    """Stacked horizontal bars, one per label, of a `lib.memory.MemoryEstimate`'s terms (GiB);
+    vertical lines at each GPU's memory (`gpus`: {name: GiB})."""
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(estimates) + 1.4))
+    labels = list(estimates)
+    for i, label in enumerate(labels):
+        left = 0.0
+        for term, color in TERM_COLORS.items():
+            value = getattr(estimates[label], term)
+            ax.barh(i, value, left=left, color=color, label=term if i == 0 else None)
+            left += value
+        ax.text(left + 0.2, i, f"{left:.1f}", va="center", fontsize=8)
+    for name, gib in (gpus or {}).items():
+        ax.axvline(gib, color="black", linestyle=":", linewidth=1)
+        ax.text(gib, len(labels) - 0.4, f" {name}", fontsize=8, rotation=90, va="top")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("GiB at the peak (estimate)")
+    ax.legend(ncol=4, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def estimate_vs_measured(panels: dict):
+    """One scatter per panel ({title: DataFrame with measured_gib, estimated_gib, backend}): the
+    estimate against the measured peak, with y = x and a +-10% band."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (title, table) in zip(axes[0], panels.items()):
+        top = max(table["measured_gib"].max(), table["estimated_gib"].max()) * 1.08
+        line = np.linspace(0, top, 50)
+        ax.fill_between(line, line * 0.9, line * 1.1, color="0.9", label="within 10%")
+        ax.plot(line, line, color="0.5", linewidth=1)
+        for backend, marker in (("unsloth", "o"), ("peft", "s")):
+            part = table[table["backend"] == backend]
+            ax.scatter(part["measured_gib"], part["estimated_gib"], marker=marker, s=22, label=backend)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured peak allocated (GiB, H200)")
+        ax.set_ylabel("estimated (GiB)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ladder_attempts(scenarios: list[dict]):
+    """Per scenario, each rung's predicted peak and measured peak (GiB) against the allocator cap; OOM marked."""
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.6 * len(scenarios), 3.8), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        attempts = scenario["attempts"]
+        x = np.arange(len(attempts))
+        ax.bar(x - 0.2, [a["predicted_peak_gib"] for a in attempts], 0.4, color="0.7", label="predicted")
+        measured = [a["measured_peak_gib"] or 0 for a in attempts]
+        ax.bar(x + 0.2, measured, 0.4, color="tab:green", label="measured")
+        for i, a in enumerate(attempts):
+            if a["outcome"] != "ok":
+                ax.text(i + 0.2, 0.5, "OOM" if a["outcome"] == "oom" else "skipped", rotation=90, fontsize=8,
+                        color="tab:red" if a["outcome"] == "oom" else "0.4", ha="center")
+        ax.axhline(scenario["allocator_cap_gib"], color="tab:red", linestyle="--", linewidth=1, label="T4 cap")
+        ax.set_xticks(x, [a["rung"] for a in attempts], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("peak allocated (GiB)")
+        ax.set_title(scenario["scenario"], fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -93,25 +93,36 @@ def peak_memory_gib(device: str) -> tuple[float, str]:
 
 # ------------------------------------------------------------------ loading
 
+CHECKPOINTING = ("off", "standard", "offloaded")
+
+
 def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str, compute_dtype: torch.dtype,
-                      max_seq_length: int, gradient_checkpointing: bool = True):
-    """(peft model, tokenizer): an NF4 base with the Trinity adapter, through `backend`.
+                      max_seq_length: int, gradient_checkpointing: bool | str = True, load_in_4bit: bool = True):
+    """(peft model, tokenizer): an NF4 base (or `compute_dtype` if not load_in_4bit) with the Trinity
+    adapter, through `backend`.
 
     backend "unsloth" uses FastModel (on a GPU, or its CPU fallback; import it first, see
     `lib.environment.import_backend`); "peft" uses transformers + bitsandbytes + peft
-    with `prepare_model_for_kbit_training`. Raises ValueError for an unknown backend.
+    with `prepare_model_for_kbit_training`. gradient_checkpointing: "off", "standard" (recompute
+    each layer in backward) or "offloaded" (unsloth's: the saved layer inputs go to CPU RAM; peft
+    has no such mode and uses standard); True means the backend's default ("offloaded" under
+    unsloth, "standard" under peft). Raises ValueError for an unknown backend or mode.
     """
+    mode = {True: "offloaded" if backend == "unsloth" else "standard", False: "off"}.get(gradient_checkpointing,
+                                                                                        gradient_checkpointing)
+    if mode not in CHECKPOINTING:
+        raise ValueError(f"gradient_checkpointing={gradient_checkpointing!r}: use one of {CHECKPOINTING}")
     if backend == "unsloth":
         from unsloth import FastModel
 
         model, tokenizer = FastModel.from_pretrained(source.path_or_id, max_seq_length=max_seq_length,
-                                                     load_in_4bit=True, dtype=None, full_finetuning=False)
-        if not torch.cuda.is_available():  # unsloth's CPU fallback meets the same bitsandbytes repacking
+                                                     load_in_4bit=load_in_4bit, dtype=None, full_finetuning=False)
+        if load_in_4bit and not torch.cuda.is_available():  # the CPU fallback meets bitsandbytes' repacking
             keep_4bit_layout_on_cpu(model)
         model = FastModel.get_peft_model(
             model, r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
             use_dora=trinity.use_dora, target_modules=list(trinity.target_modules), lora_dropout=trinity.dropout,
-            bias="none", use_gradient_checkpointing="unsloth" if gradient_checkpointing else False)
+            bias="none", use_gradient_checkpointing={"off": False, "standard": True, "offloaded": "unsloth"}[mode])
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         if not tokenizer.chat_template:
             tokenizer.chat_template = load_tokenizer(source).chat_template
@@ -120,9 +131,13 @@ def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str,
         raise ValueError(f"unknown backend {backend!r}: use 'unsloth' or 'peft'")
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    model = load_causal_lm(source, compute_dtype, load_in_4bit=True)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = load_causal_lm(source, compute_dtype, load_in_4bit=load_in_4bit)
+    if load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=mode != "off",
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif mode != "off":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     return get_peft_model(model, trinity.to_peft()), load_tokenizer(source)
 
 

@@ -61,8 +61,13 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
             if source.stem == "01_concepts":  # the claims ledger is rendered with measured verdicts
                 ledger = page.locator("main table").last.inner_text()
                 assert "C05" in ledger and "holds" in ledger and "not measured yet" in ledger
+            if source.stem == "05_oom_ladder":  # the GPU transcript and the local ladder are shown
+                text = page.inner_text("main")
+                assert "seq -> 2048" in text and "models still alive after the ladder: 0" in text
         browser.close()
     assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
+    assert image_outputs(executed / "chapters" / "02_memory_budget.ipynb") >= 3
     assert image_outputs(executed / "chapters" / "04_trinity_training.ipynb") >= 1
+    assert image_outputs(executed / "chapters" / "05_oom_ladder.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "06_evaluate.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "07_export.ipynb") >= 1

@@ -1,0 +1,427 @@
+"""GPU memory of a QLoRA / Trinity training step, term by term, from a Gemma 3 config.
+
+The estimate is the peak of PyTorch's allocator (`torch.cuda.max_memory_allocated`) during a
+training step, split into the terms alive at that moment:
+
+- weights: exact, from the shapes. bitsandbytes quantizes the 7 projections of every layer
+  (NF4: 4 bits + one fp32 absmax per 64 weights = 4.5 bits; with double quantization the absmax
+  are 8-bit with one fp32 constant per 256 blocks = 4.127 bits; QLoRA, Dettmers et al. 2023,
+  arXiv:2305.14314, section 3; LLM.int8: 8 bits + an fp32 scale per row, arXiv:2208.07339). The
+  embedding (tied to the output head) and the norms stay in the compute dtype, except that peft's
+  `prepare_model_for_kbit_training` casts them to fp32 (peft docs, "Quantization").
+- adapter and gradients: exact, 4 bytes per trainable parameter (`lib.lora.adapter_parameters`):
+  peft and unsloth both keep LoRA weights in fp32 (peft's `autocast_adapter_dtype`; measured).
+- optimizer: exact. AdamW keeps two fp32 moments (8 bytes/param; Loshchilov & Hutter,
+  arXiv:1711.05101). bitsandbytes' 8-bit AdamW keeps them as uint8 with an fp32 absmax per block
+  of 256, but tensors under 4096 elements stay 32-bit (Dettmers et al. 2021, arXiv:2110.02861;
+  bitsandbytes `min_8bit_size`). Paged optimizers put the 8-bit states in CUDA unified memory,
+  outside PyTorch's allocator, evicted to CPU RAM under pressure (bitsandbytes docs, "Paged optimizers").
+- activations and logits: modelled, not exact. Per token, a gated-MLP layer saves tensors whose
+  size scales with the MLP width I (Korthikanti et al. 2022, arXiv:2205.05198, section 4);
+  gradient checkpointing keeps only each layer's input (L x h per token) and recomputes one layer
+  at a time in backward (Chen et al. 2016, arXiv:1604.06174); unsloth's offloaded checkpointing
+  moves those inputs to CPU RAM. DoRA adds, per layer, the weight norm ||W + s B A|| computed
+  through a full out x in matrix (DoRA, arXiv:2402.09353, section 4.3; peft materialises it in
+  fp32). The full-vocabulary loss keeps the logits of every token (262k entries: bf16 logits,
+  their fp32 copy, the fp32 softmax and its gradient); a chunked loss (unsloth's fused
+  cross-entropy; Cut Cross-Entropy, Wijmans et al. 2024, arXiv:2411.09009) keeps a fixed workspace.
+  The bytes per unit of each of these are coefficients fitted to the GPU measurements in
+  data/measurements/gpu-memory-grid.json (`fit_coefficients`, held-out check in chapter 02).
+
+The peak happens at one of two moments, and the estimate takes the larger:
+"loss" (end of the forward pass: checkpoints + logits; gradients do not exist yet) or
+"backward" (gradients + the recomputed layer's activations + DoRA's norm temporaries).
+Overheads outside the allocator's peak: allocator slack (reserved - allocated) and the CUDA context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .gemma3 import Gemma3Shape, parameter_counts, shape_of
+from .lora import ALL_LINEAR_MODULES, adapter_parameters
+
+GIB = 2**30
+PRECISIONS = ("nf4", "nf4-dq", "int8", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
+CHECKPOINTING = ("off", "standard", "offloaded")
+LOSSES = ("full", "chunked")
+BACKENDS = ("unsloth", "peft")
+MEASUREMENTS = Path(__file__).resolve().parent.parent / "data" / "measurements" / "gpu-memory-grid.json"
+
+# Bytes per unit of each modelled feature (see `features`), fitted by `fit_coefficients` to
+# data/measurements/gpu-memory-grid.json (H200, 2026-11-22; 93 points). test_memory refits and
+# requires these values, so they cannot drift from the stored measurements.
+COEFFICIENTS = {
+    "logits_full": 12.4618, "logits_chunked": 2448.3, "checkpoints": 2.31662, "layer_recompute": 18.854,
+    "no_checkpointing_peft": 44.346, "no_checkpointing_unsloth": 31.8464, "dora_tokens": 8.41133,
+    "dora_norm": 20.0351, "dequantized_weight": 0.596447,
+}
+# Reserved / allocated - 1 at the peak (90th percentile over the grid) and the CUDA context
+# (device memory PyTorch does not see), both measured with the grid (`overheads`).
+ALLOCATOR_SLACK = 0.1331
+CUDA_CONTEXT_GIB = 0.6043
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """Everything that decides training memory. `None` settings take the backend's defaults:
+    unsloth -> offloaded checkpointing + chunked loss; peft -> standard checkpointing + full logits."""
+
+    model: str | Gemma3Shape = "12B"
+    backend: str = "unsloth"
+    precision: str = "nf4-dq"
+    rank: int = 64
+    target_modules: tuple[str, ...] = ALL_LINEAR_MODULES
+    use_dora: bool = True
+    optimizer: str = "adamw_8bit"
+    gradient_checkpointing: str | None = None
+    loss: str | None = None
+    max_seq_length: int = 4096
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+
+    def __post_init__(self):
+        for name, value, allowed in (("backend", self.backend, BACKENDS), ("precision", self.precision, PRECISIONS),
+                                     ("optimizer", self.optimizer, OPTIMIZERS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: use one of {allowed}")
+        if self.gradient_checkpointing is None:
+            object.__setattr__(self, "gradient_checkpointing",
+                               "offloaded" if self.backend == "unsloth" else "standard")
+        if self.loss is None:
+            object.__setattr__(self, "loss", "chunked" if self.backend == "unsloth" else "full")
+        if self.gradient_checkpointing not in CHECKPOINTING:
+            raise ValueError(f"gradient_checkpointing={self.gradient_checkpointing!r}: use one of {CHECKPOINTING}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}: use one of {LOSSES}")
+        for name in ("rank", "max_seq_length", "batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown = set(self.target_modules) - set(ALL_LINEAR_MODULES)
+        if unknown or not self.target_modules:
+            raise ValueError(f"target_modules {self.target_modules}: choose among {ALL_LINEAR_MODULES}")
+
+    @property
+    def shape(self) -> Gemma3Shape:
+        return shape_of(self.model)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one forward pass (batch x sequence); accumulation steps run one after another."""
+        return self.batch_size * self.max_seq_length
+
+    def describe(self) -> str:
+        targets = "all linear" if set(self.target_modules) == set(ALL_LINEAR_MODULES) else "+".join(
+            m.replace("_proj", "") for m in self.target_modules)
+        return (f"{self.shape.name} {self.precision} r={self.rank} {'DoRA' if self.use_dora else 'LoRA'} "
+                f"[{targets}] seq={self.max_seq_length} batch={self.batch_size}x{self.gradient_accumulation_steps} "
+                f"{self.optimizer} ckpt={self.gradient_checkpointing} loss={self.loss} ({self.backend})")
+
+
+    def short(self) -> str:
+        """The settings the OOM ladder changes, compactly: "seq 4096, r=64 DoRA all, batch 1x1, adamw_8bit"."""
+        targets = "all" if set(self.target_modules) == set(ALL_LINEAR_MODULES) else "+".join(
+            m.replace("_proj", "") for m in self.target_modules)
+        return (f"seq {self.max_seq_length}, r={self.rank} {'DoRA' if self.use_dora else 'LoRA'} {targets}, "
+                f"batch {self.batch_size}x{self.gradient_accumulation_steps}, {self.optimizer}")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """GiB by term at the peak moment (`phase`), the allocator's peak, and device memory needed."""
+
+    weights: float
+    adapter: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+    overhead: float
+    phase: str
+    terms_at_other_phase: dict = field(default_factory=dict)
+
+    @property
+    def peak_allocated(self) -> float:
+        """Predicted torch.cuda.max_memory_allocated, GiB."""
+        return self.weights + self.adapter + self.gradients + self.optimizer + self.activations + self.logits
+
+    @property
+    def total(self) -> float:
+        """Device memory needed, GiB: the allocator's peak plus slack and the CUDA context."""
+        return self.peak_allocated + self.overhead
+
+    def as_row(self) -> dict:
+        row = {k: round(v, 3) for k, v in asdict(self).items() if isinstance(v, float)}
+        return row | {"peak_allocated": round(self.peak_allocated, 3), "total": round(self.total, 3),
+                      "phase": self.phase}
+
+
+# ------------------------------------------------------------------ exact terms
+
+def _linear_bytes(numel: int, out_features: int, precision: str) -> float:
+    if precision == "nf4":
+        return numel / 2 + numel / 64 * 4
+    if precision == "nf4-dq":
+        return numel / 2 + numel / 64 + numel / 64 / 256 * 4
+    if precision == "int8":
+        return numel + out_features * 4
+    return numel * {"bf16": 2, "fp16": 2, "fp32": 4}[precision]
+
+
+def weight_bytes(setup: TrainingSetup) -> float:
+    """Bytes of the frozen model: quantized projections + embedding and norms (see module doc)."""
+    shape = setup.shape
+    counts = parameter_counts(shape)
+    linear = sum(shape.num_hidden_layers * _linear_bytes(out * inp, out, setup.precision)
+                 for out, inp in shape.linear_shapes().values())
+    quantized = setup.precision in ("nf4", "nf4-dq", "int8")
+    other_dtype_bytes = 4 if setup.precision == "fp32" or (quantized and setup.backend == "peft") else 2
+    other = counts["embedding"] + counts["norms"]
+    return linear + other * other_dtype_bytes
+
+
+def trainable_tensors(setup: TrainingSetup) -> list[int]:
+    """Element counts of every trainable tensor: A (r x in), B (out x r) and DoRA's m (out) per target."""
+    sizes = []
+    for module in setup.target_modules:
+        out_features, in_features = setup.shape.linear_shapes()[module]
+        sizes += [setup.rank * in_features, out_features * setup.rank] + ([out_features] if setup.use_dora else [])
+    return sizes * setup.shape.num_hidden_layers
+
+
+def adapter_bytes(setup: TrainingSetup) -> float:
+    """Bytes of the trainable adapter in fp32 (the same for its gradients)."""
+    return 4 * adapter_parameters(setup.shape.linear_shapes(), setup.shape.num_hidden_layers, setup.rank,
+                                  setup.target_modules, setup.use_dora)
+
+
+def optimizer_bytes(setup: TrainingSetup) -> float:
+    """Bytes of optimizer state inside PyTorch's allocator (see module doc for the sources).
+
+    8-bit: per tensor of >= 4096 elements, 2 uint8 moments + 2 fp32 absmax per block of 256 + 2
+    256-entry fp32 code tables; smaller tensors keep 2 fp32 moments. Paged 8-bit: the uint8
+    moments live in paged (unified) memory; absmax, code tables and small tensors stay.
+    """
+    total = 0.0
+    for n in trainable_tensors(setup):
+        if setup.optimizer == "adamw_torch" or n < 4096:
+            total += 8 * n
+        else:  # absmax and code tables stay in the allocator; paged moments do not
+            total += 2 * 4 * math.ceil(n / 256) + 2 * 256 * 4 + (2 * n if setup.optimizer == "adamw_8bit" else 0)
+    return total
+
+
+# ------------------------------------------------------------------ modelled terms
+
+def features(setup: TrainingSetup) -> dict[str, dict[str, float]]:
+    """Units of each modelled term, per phase: {"loss": {...}, "backward": {...}}.
+
+    tokens = batch x seq; V vocabulary, L layers, h hidden size, I MLP width.
+    """
+    s = setup.shape
+    tokens, targeted_out = setup.tokens, sum(s.linear_shapes()[m][0] for m in setup.target_modules)
+    largest = max(out * inp for m, (out, inp) in s.linear_shapes().items() if m in setup.target_modules)
+    largest_any = max(out * inp for out, inp in s.linear_shapes().values())
+    stored = {"off": 0.0, "standard": tokens * s.num_hidden_layers * s.hidden_size, "offloaded": 0.0}
+    no_ckpt = tokens * s.num_hidden_layers * s.intermediate_size if setup.gradient_checkpointing == "off" else 0.0
+    # without checkpointing every layer keeps its activations; peft's unfused LoRA/DoRA layers keep more
+    checkpoints = {"checkpoints": stored[setup.gradient_checkpointing], f"no_checkpointing_{setup.backend}": no_ckpt}
+    if setup.loss == "full":
+        logits = {"logits_full": tokens * s.vocab_size}
+    else:
+        logits = {"logits_chunked": s.vocab_size}
+    backward = {"layer_recompute": tokens * s.intermediate_size * (setup.gradient_checkpointing != "off"),
+                "dora_tokens": tokens * targeted_out if setup.use_dora else 0.0,
+                "dora_norm": largest if setup.use_dora else 0.0, "dequantized_weight": largest_any}
+    return {"loss": checkpoints | logits, "backward": checkpoints | backward}
+
+
+def _modelled(units: dict[str, float], coefficients: dict[str, float]) -> tuple[float, float]:
+    """(activations, logits) bytes of one phase."""
+    logits = sum(units.get(k, 0.0) * coefficients[k] for k in ("logits_full", "logits_chunked"))
+    activations = sum(v * coefficients[k] for k, v in units.items() if not k.startswith("logits"))
+    return activations, logits
+
+
+def estimate(setup: TrainingSetup, coefficients: dict[str, float] | None = None) -> MemoryEstimate:
+    """The memory of one training step of `setup`, GiB by term (see the module docstring).
+
+    Raises ValueError (from TrainingSetup) for unknown settings.
+    """
+    coefficients = coefficients or COEFFICIENTS
+    weights, adapter, optimizer = weight_bytes(setup), adapter_bytes(setup), optimizer_bytes(setup)
+    phase_units = features(setup)
+    loss_act, loss_logits = _modelled(phase_units["loss"], coefficients)
+    back_act, back_logits = _modelled(phase_units["backward"], coefficients)
+    loss_peak, back_peak = loss_act + loss_logits, adapter + back_act + back_logits
+    phase = "loss" if loss_peak > back_peak else "backward"
+    gradients, activations, logits = (0.0, loss_act, loss_logits) if phase == "loss" else (adapter, back_act,
+                                                                                           back_logits)
+    other = {"loss": {"activations": loss_act / GIB, "logits": loss_logits / GIB},
+             "backward": {"gradients": adapter / GIB, "activations": back_act / GIB}}["backward" if phase == "loss"
+                                                                                       else "loss"]
+    allocated = (weights + adapter + optimizer + gradients + activations + logits) / GIB
+    return MemoryEstimate(weights / GIB, adapter / GIB, gradients / GIB, optimizer / GIB, activations / GIB,
+                          logits / GIB, allocated * ALLOCATOR_SLACK + CUDA_CONTEXT_GIB, phase, other)
+
+
+# ------------------------------------------------------------------ measurements and fit
+
+def load_measurements(path: str | Path = MEASUREMENTS) -> dict:
+    """The stored grid: {"provenance": ..., "rows": [...]} (see tools/memory_grid.py)."""
+    return json.loads(Path(path).read_text())
+
+
+def setup_of(row: dict) -> TrainingSetup:
+    """The TrainingSetup a measured row describes."""
+    checkpointing = None if row["checkpointing"] == "default" else row["checkpointing"]
+    return TrainingSetup(model=row["size"], backend=row["backend"], precision=row["precision"], rank=row["rank"],
+                         target_modules=tuple(row["targets"]), use_dora=row["dora"], optimizer=row["optimizer"],
+                         gradient_checkpointing=checkpointing, max_seq_length=row["seq"], batch_size=row["batch"])
+
+
+def measured_rows(measurements: dict | None = None) -> list[dict]:
+    """Rows that completed (outcome "ok"), each with its `setup`."""
+    measurements = measurements or load_measurements()
+    return [row | {"setup": setup_of(row)} for row in measurements["rows"] if row.get("outcome") == "ok"]
+
+
+def fit_coefficients(rows: list[dict], iterations: int = 20) -> dict[str, float]:
+    """Least-squares bytes per unit of each feature, fitted to measured peaks (non-negative).
+
+    The peak is the larger of two phases, so the fit alternates: assign each row to the phase
+    the current coefficients predict, solve the linear least squares of peak - exact terms on
+    that phase's features, repeat until no row changes phase. Relative errors are minimised (each
+    row weighted 1/peak). Two starts (every row at "loss", every row at "backward"); the
+    coefficients with the smaller largest error win.
+    """
+    fits = [_fit_from(rows, [start] * len(rows), iterations) for start in ("loss", "backward")]
+    return min(fits, key=lambda c: max(abs(r["error"]) for r in comparison(rows, c)))
+
+
+def _fit_from(rows: list[dict], phases: list[str], iterations: int) -> dict[str, float]:
+    import numpy as np
+
+    names = list(COEFFICIENTS)
+    coefficients = dict.fromkeys(names, 0.0)
+    for _ in range(iterations):
+        matrix, target = [], []
+        for row, phase in zip(rows, phases):
+            setup = row["setup"]
+            static = weight_bytes(setup) + adapter_bytes(setup) + optimizer_bytes(setup)
+            static += adapter_bytes(setup) if phase == "backward" else 0.0
+            units = features(setup)[phase]
+            weight = 1 / (row["peak_allocated_gib"] * GIB)
+            matrix.append([units.get(k, 0.0) * weight for k in names])
+            target.append((row["peak_allocated_gib"] * GIB - static) * weight)
+        solution = _nonnegative_least_squares(np.array(matrix), np.array(target))
+        coefficients = dict(zip(names, (float(x) for x in solution)))
+        new = [estimate(r["setup"], coefficients).phase for r in rows]
+        if new == phases:
+            break
+        phases = new
+    return coefficients
+
+
+def _nonnegative_least_squares(a, b):
+    """min ||a x - b|| with x >= 0 (active-set by elimination: small problems only)."""
+    import numpy as np
+
+    active = list(range(a.shape[1]))
+    while True:
+        x = np.zeros(a.shape[1])
+        x[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0] if active else []
+        negative = [i for i in active if x[i] < 0]
+        if not negative:
+            return x
+        active.remove(min(negative, key=lambda i: x[i]))
+
+
+def overheads(measurements: dict | None = None) -> dict[str, float]:
+    """{"allocator_slack": 90th percentile of reserved/allocated - 1 over the grid, "cuda_context_gib"}."""
+    import numpy as np
+
+    measurements = measurements or load_measurements()
+    rows = measured_rows(measurements)
+    slack = float(np.quantile([r["peak_reserved_gib"] / r["peak_allocated_gib"] - 1 for r in rows], 0.9))
+    return {"allocator_slack": slack, "cuda_context_gib": measurements["provenance"]["cuda_context_gib"]}
+
+
+def comparison(rows: list[dict], coefficients: dict[str, float] | None = None) -> list[dict]:
+    """Measured vs estimated peak allocated for each row: GiB and relative error."""
+    table = []
+    for row in rows:
+        predicted = estimate(row["setup"], coefficients).peak_allocated
+        table.append({"setup": row["setup"].describe(), "size": row["size"], "backend": row["backend"],
+                      "seq": row["seq"], "tag": row["tag"], "measured_gib": row["peak_allocated_gib"],
+                      "estimated_gib": predicted, "error": predicted / row["peak_allocated_gib"] - 1})
+    return table
+
+
+def leave_one_size_out(rows: list[dict]) -> list[dict]:
+    """`comparison` where each size's rows are predicted by coefficients fitted without that size."""
+    table = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        held_out = [r for r in rows if r["size"] == size]
+        coefficients = fit_coefficients([r for r in rows if r["size"] != size])
+        table += comparison(held_out, coefficients)
+    return table
+
+
+# ------------------------------------------------------------------ GPUs
+
+@dataclass(frozen=True)
+class GPUProfile:
+    """A GPU as PyTorch sees it: total memory (GiB, `torch.cuda.get_device_properties().total_memory`,
+    below the marketing GB because of ECC and the driver's reserve) and bf16 support."""
+
+    name: str
+    memory_gib: float
+    bf16: bool
+    source: str
+
+
+GPU_PROFILES = {g.name: g for g in [
+    GPUProfile("T4", 14.56, False, "PyTorch OOM message on a Tesla T4, github.com/Zheng-Chong/CatVTON/issues/133 "
+                                   "(older drivers show 14.75)"),
+    GPUProfile("L4", 22.03, True, "PyTorch OOM message on an L4, github.com/ArcInstitute/evo2/issues/190"),
+    GPUProfile("A10G", 22.03, True, "assumed equal to the L4 (both 24 GB GDDR6 with ECC); not measured here"),
+    GPUProfile("A100-40GB", 39.50, True, "PyTorch OOM message on an A100 40GB, github.com/TianheWu/CoSeR/issues/10"),
+    GPUProfile("A100-80GB", 79.25, True, "PyTorch OOM message on an A100 80GB, github.com/HiDream-ai/VAREdit/issues/6"),
+    GPUProfile("H100-80GB", 79.18, True, "torch total_memory on this project's H100 (data/measurements/oom-ladder-gpu.json)"),
+]}
+
+
+def gpu_profile(name: str) -> GPUProfile:
+    """The profile of a GPU by name (case-insensitive; "A100" means the 40 GB model).
+
+    Raises KeyError listing the known GPUs.
+    """
+    aliases = {"A100": "A100-40GB", "H100": "H100-80GB"}
+    key = {k.lower(): k for k in GPU_PROFILES}.get(aliases.get(name.upper(), name).lower())
+    if key is None:
+        raise KeyError(f"unknown GPU {name!r}; known: {', '.join(GPU_PROFILES)}")
+    return GPU_PROFILES[key]
+
+
+def fits(setup: TrainingSetup, gpu: GPUProfile | str) -> bool:
+    """True when the estimated device memory (peak + slack + CUDA context) is within the GPU's."""
+    gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
+    return estimate(setup).total <= gpu.memory_gib
+
+
+def measured_peak(rows: list[dict], size: str, backend: str = "unsloth", seq: int = 4096, rank: int = 64,
+                  dora: bool = True, targets=ALL_LINEAR_MODULES, optimizer: str = "adamw_8bit",
+                  checkpointing: str = "default", batch: int = 1) -> float:
+    """The measured peak allocated (GiB) of one grid point. Raises KeyError if it was not measured."""
+    for r in rows:
+        if (r["size"], r["backend"], r["seq"], r["rank"], r["dora"], tuple(r["targets"]), r["optimizer"],
+                r["checkpointing"], r["batch"]) == (size, backend, seq, rank, dora, tuple(targets), optimizer,
+                                                     checkpointing, batch):
+            return r["peak_allocated_gib"]
+    raise KeyError(f"no measurement for {size} {backend} seq={seq} r={rank} dora={dora} targets={targets} "
+                   f"{optimizer} {checkpointing} batch={batch}")

@@ -1,0 +1,89 @@
+"""lib.memory: exact terms against real tensors, the fit against the stored GPU grid, input errors."""
+
+import pytest
+import torch
+
+from lib import memory
+from lib.memory import TrainingSetup, estimate
+
+
+def test_shipped_coefficients_are_the_fit_of_the_stored_measurements():
+    rows = memory.measured_rows()
+    fitted = memory.fit_coefficients(rows)
+    for name, value in memory.COEFFICIENTS.items():
+        assert fitted[name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
+    overheads = memory.overheads()
+    assert overheads["allocator_slack"] == pytest.approx(memory.ALLOCATOR_SLACK, abs=1e-3)
+    assert overheads["cuda_context_gib"] == pytest.approx(memory.CUDA_CONTEXT_GIB, abs=1e-3)
+
+
+def test_estimator_is_within_ten_percent_of_every_measured_point():
+    table = memory.comparison(memory.measured_rows())
+    assert len(table) >= 90
+    worst = max(table, key=lambda r: abs(r["error"]))
+    assert abs(worst["error"]) <= 0.10, worst
+
+
+def test_exact_terms_equal_what_the_gpu_counted():
+    for row in memory.measured_rows():
+        setup = row["setup"]
+        assert memory.weight_bytes(setup) / memory.GIB == pytest.approx(row["weights_gib"], rel=2e-3)
+        assert memory.adapter_bytes(setup) / memory.GIB == pytest.approx(row["adapter_gib"], rel=1e-6)
+        assert memory.optimizer_bytes(setup) / memory.GIB == pytest.approx(row["optimizer_gib"], rel=1e-2, abs=4e-3)
+
+
+def test_exact_terms_equal_a_loaded_4bit_model(tiny_source):
+    from lib.lora import TrinityConfig
+    from lib.oom_ladder import make_optimizer
+    from lib.quantization import stored_bytes
+    from lib.training import load_for_training
+    from transformers import AutoConfig
+
+    model, _ = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", torch.bfloat16, 64)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer("adamw_8bit", trainable)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    adapter = sum(p.numel() * p.element_size() for p in trainable)
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    setup = TrainingSetup(memory.shape_of(AutoConfig.from_pretrained(tiny_source.path_or_id)), backend="peft", rank=8)
+    assert memory.adapter_bytes(setup) == adapter
+    assert memory.weight_bytes(setup) == pytest.approx(stored_bytes(model) - adapter, rel=0.02)
+    assert memory.optimizer_bytes(setup) == pytest.approx(state, rel=0.01)
+
+
+def test_terms_move_the_way_the_settings_say():
+    trinity = estimate(TrainingSetup("12B"))
+    assert estimate(TrainingSetup("12B", max_seq_length=2048)).activations < trinity.activations
+    assert estimate(TrainingSetup("12B", rank=32)).adapter == pytest.approx(trinity.adapter / 2, rel=0.01)
+    assert estimate(TrainingSetup("12B", optimizer="adamw_torch")).optimizer > 3.5 * trinity.optimizer
+    assert estimate(TrainingSetup("12B", precision="bf16")).weights > 2.5 * trinity.weights
+    full = estimate(TrainingSetup("12B", backend="peft"))
+    assert full.phase == "loss" and full.logits > 10 and full.gradients == 0.0
+    assert trinity.phase == "backward" and trinity.gradients == trinity.adapter
+    assert trinity.total == pytest.approx(trinity.peak_allocated * (1 + memory.ALLOCATOR_SLACK) + memory.CUDA_CONTEXT_GIB)
+
+
+def test_any_transformers_config_is_accepted():
+    from transformers import Gemma3Config
+
+    config = Gemma3Config(text_config=memory.shape_of("4B").to_config().to_dict())
+    assert estimate(TrainingSetup(memory.shape_of(config))).weights == pytest.approx(estimate(TrainingSetup("4B")).weights)
+
+
+@pytest.mark.parametrize("field, value", [("precision", "nf3"), ("optimizer", "sgd"), ("gradient_checkpointing", "some"),
+                                          ("loss", "sampled"), ("rank", 0), ("max_seq_length", 0),
+                                          ("target_modules", ("lm_head",)), ("backend", "jax")])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainingSetup("1B", **{field: value})
+
+
+def test_unknown_model_and_gpu_are_named():
+    with pytest.raises(KeyError, match="13B"):
+        estimate(TrainingSetup("13B"))
+    with pytest.raises(KeyError, match="V100"):
+        memory.gpu_profile("V100")
+    assert memory.gpu_profile("a100").name == "A100-40GB"
+    assert memory.fits(TrainingSetup("1B"), "T4") and not memory.fits(TrainingSetup("27B"), "T4")
