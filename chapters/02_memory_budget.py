@@ -168,19 +168,6 @@ def exact_term_errors(rows):
     return pd.DataFrame(worst).T
 
 
-exact_term_errors(rows):
-    worst = {}
-    for r in rows:
-        setup = r["setup"]
-        pairs = {"weights": (r["weights_gib"], memory.weight_bytes(setup) / memory.GIB),
-                 "adapter": (r["adapter_gib"], memory.adapter_bytes(setup) / memory.GIB),
-                 "optimizer": (r["optimizer_gib"], memory.optimizer_bytes(setup) / memory.GIB)}
-        for term, (measured, estimated) in pairs.items():
-            if measured > 0:
-                worst[term] = max(worst.get(term, 0.0), abs(estimated / measured - 1))
-    return pd.Series(worst, name="largest |error| over the grid")
-
-
 exact_term_errors(rows).style.format({"largest difference (MiB)": "{:.1f}", "relative": "{:.2%}"})
 
 # %% [markdown]
@@ -198,23 +185,7 @@ exact_term_errors(rows).style.format({"largest difference (MiB)": "{:.1f}", "rel
 # Right, the harder test: each size predicted by coefficients fitted **without** that size.
 
 # %%
-def exact_term_errors(rows):
-    worst = {}
-    for r in rows:
-        setup = r["setup"]
-        pairs = {"weights": (r["weights_gib"], memory.weight_bytes(setup) / memory.GIB),
-                 "adapter": (r["adapter_gib"], memory.adapter_bytes(setup) / memory.GIB),
-                 "optimizer": (r["optimizer_gib"], memory.optimizer_bytes(setup) / memory.GIB)}
-        for term, (measured, estimated) in pairs.items():
-            current = worst.get(term, {"largest difference (MiB)": 0.0, "relative": 0.0})
-            current["largest difference (MiB)"] = max(current["largest difference (MiB)"],
-                                                       abs(estimated - measured) * 1024)
-            current["relative"] = max(current["relative"], abs(estimated / measured - 1))
-            worst[term] = current
-    return pd.DataFrame(worst).T
-
-
-peak_or_none(rows, size, **settings):
+def peak_or_none(rows, size, **settings):
     try:
         return memory.measured_peak(rows, size, **settings)
     except KeyError:
@@ -227,23 +198,7 @@ plots.estimate_vs_measured({"estimator (fitted on all 93 points)": shipped,
                             "each size held out of the fit": held_out});
 
 # %%
-def exact_term_errors(rows):
-    worst = {}
-    for r in rows:
-        setup = r["setup"]
-        pairs = {"weights": (r["weights_gib"], memory.weight_bytes(setup) / memory.GIB),
-                 "adapter": (r["adapter_gib"], memory.adapter_bytes(setup) / memory.GIB),
-                 "optimizer": (r["optimizer_gib"], memory.optimizer_bytes(setup) / memory.GIB)}
-        for term, (measured, estimated) in pairs.items():
-            current = worst.get(term, {"largest difference (MiB)": 0.0, "relative": 0.0})
-            current["largest difference (MiB)"] = max(current["largest difference (MiB)"],
-                                                       abs(estimated - measured) * 1024)
-            current["relative"] = max(current["relative"], abs(estimated / measured - 1))
-            worst[term] = current
-    return pd.DataFrame(worst).T
-
-
-error_summary(table):
+def error_summary(table):
     return table.assign(abs_error=table["error"].abs()).groupby(["size", "backend"])["abs_error"].agg(
         ["mean", "max", "count"])
 
@@ -341,23 +296,7 @@ pd.DataFrame(fit_table)
 # The source's memory claims, against the grid (H200, peak allocated) and the estimator:
 
 # %%
-def exact_term_errors(rows):
-    worst = {}
-    for r in rows:
-        setup = r["setup"]
-        pairs = {"weights": (r["weights_gib"], memory.weight_bytes(setup) / memory.GIB),
-                 "adapter": (r["adapter_gib"], memory.adapter_bytes(setup) / memory.GIB),
-                 "optimizer": (r["optimizer_gib"], memory.optimizer_bytes(setup) / memory.GIB)}
-        for term, (measured, estimated) in pairs.items():
-            current = worst.get(term, {"largest difference (MiB)": 0.0, "relative": 0.0})
-            current["largest difference (MiB)"] = max(current["largest difference (MiB)"],
-                                                       abs(estimated - measured) * 1024)
-            current["relative"] = max(current["relative"], abs(estimated / measured - 1))
-            worst[term] = current
-    return pd.DataFrame(worst).T
-
-
-peak(size, **settings):
+def peak(size, **settings):
     return memory.measured_peak(rows, size, **settings)
 
 
