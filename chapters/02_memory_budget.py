@@ -228,6 +228,9 @@ print(f"shipped estimator: largest error {shipped['error'].abs().max():.1%} over
 #   grow with the largest weight matrix; the fixed workspace of unsloth's chunked loss, which
 #   dominates the 270M).
 # * No checkpointing was measured at 1B only, so it is left out of the held-out test.
+# * Every measured point is NF4 with double quantization. For bf16, fp16, fp32, int8 and plain
+#   NF4 the weights are exact, but their activations reuse the NF4 coefficients unmeasured (a
+#   12B bf16 point was planned and did not finish within the GPU time).
 # * The project's earlier reference measurement of the 12B Trinity step reports 15.32 GiB where
 #   this grid measures 13.32 GiB (below).
 

@@ -9,7 +9,7 @@ training step, split into the terms alive at that moment:
   arXiv:2305.14314, section 3; LLM.int8: 8 bits + an fp32 scale per row, arXiv:2208.07339). The
   embedding (tied to the output head) and the norms stay in the compute dtype, except that peft's
   `prepare_model_for_kbit_training` casts them to fp32 (peft docs, "Quantization").
-- adapter and gradients: exact, 4 bytes per trainable parameter (`lib.lora.adapter_parameters`):
+- adapter and gradients: exact, 4 bytes per trainable parameter (`trainable_tensors`):
   peft and unsloth both keep LoRA weights in fp32 (peft's `autocast_adapter_dtype`; measured).
 - optimizer: exact. AdamW keeps two fp32 moments (8 bytes/param; Loshchilov & Hutter,
   arXiv:1711.05101). bitsandbytes' 8-bit AdamW keeps them as uint8 with an fp32 absmax per block
@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .gemma3 import Gemma3Shape, parameter_counts, shape_of
-from .lora import ALL_LINEAR_MODULES, adapter_parameters
+from .lora import ALL_LINEAR_MODULES
 
 GIB = 2**30
 PRECISIONS = ("nf4", "nf4-dq", "int8", "bf16", "fp16", "fp32")
@@ -142,7 +142,6 @@ class MemoryEstimate:
     logits: float
     overhead: float
     phase: str
-    terms_at_other_phase: dict = field(default_factory=dict)
 
     @property
     def peak_allocated(self) -> float:
@@ -195,8 +194,7 @@ def trainable_tensors(setup: TrainingSetup) -> list[int]:
 
 def adapter_bytes(setup: TrainingSetup) -> float:
     """Bytes of the trainable adapter in fp32 (the same for its gradients)."""
-    return 4 * adapter_parameters(setup.shape.linear_shapes(), setup.shape.num_hidden_layers, setup.rank,
-                                  setup.target_modules, setup.use_dora)
+    return 4 * sum(trainable_tensors(setup))
 
 
 def optimizer_bytes(setup: TrainingSetup) -> float:
@@ -261,12 +259,9 @@ def estimate(setup: TrainingSetup, coefficients: dict[str, float] | None = None)
     phase = "loss" if loss_peak > back_peak else "backward"
     gradients, activations, logits = (0.0, loss_act, loss_logits) if phase == "loss" else (adapter, back_act,
                                                                                            back_logits)
-    other = {"loss": {"activations": loss_act / GIB, "logits": loss_logits / GIB},
-             "backward": {"gradients": adapter / GIB, "activations": back_act / GIB}}["backward" if phase == "loss"
-                                                                                       else "loss"]
     allocated = (weights + adapter + optimizer + gradients + activations + logits) / GIB
     return MemoryEstimate(weights / GIB, adapter / GIB, gradients / GIB, optimizer / GIB, activations / GIB,
-                          logits / GIB, allocated * ALLOCATOR_SLACK + CUDA_CONTEXT_GIB, phase, other)
+                          logits / GIB, allocated * ALLOCATOR_SLACK + CUDA_CONTEXT_GIB, phase)
 
 
 # ------------------------------------------------------------------ measurements and fit

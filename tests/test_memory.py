@@ -53,6 +53,15 @@ def test_exact_terms_equal_a_loaded_4bit_model(tiny_source):
     assert memory.optimizer_bytes(setup) == pytest.approx(state, rel=0.01)
 
 
+def test_adapter_count_agrees_with_lib_lora():
+    from lib.lora import adapter_parameters
+
+    for setup in (TrainingSetup("12B"), TrainingSetup("4B", rank=16, use_dora=False, target_modules=("q_proj", "v_proj"))):
+        shape = setup.shape
+        assert memory.adapter_bytes(setup) == 4 * adapter_parameters(
+            shape.linear_shapes(), shape.num_hidden_layers, setup.rank, setup.target_modules, setup.use_dora)
+
+
 def test_terms_move_the_way_the_settings_say():
     trinity = estimate(TrainingSetup("12B"))
     assert estimate(TrainingSetup("12B", max_seq_length=2048)).activations < trinity.activations
