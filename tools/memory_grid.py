@@ -274,6 +274,12 @@ def main(argv=None) -> int:
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(measured, indent=1))
     partial.rename(args.out)
+    print("| size | backend | r | DoRA | targets | optimizer | checkpointing | seq | batch | peak allocated GiB | peak reserved GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['backend']} | {r['rank']} | {r['dora']} | {len(r['targets'])} | {r['optimizer']} | "
+              f"{r['checkpointing']} | {r.get('seq')} | {r.get('batch')} | {r.get('peak_allocated_gib') or r['outcome']} | "
+              f"{r.get('peak_reserved_gib') or ''} |")
     print(f"{len(rows)} rows, {len(measured['pending'])} setups pending -> {args.out}")
     return 0
 
