@@ -219,6 +219,10 @@ def provenance(command: str) -> dict:
             "versions": versions, **gpu}
 
 
+def _gib(value, otherwise: str) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else otherwise
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tokenizer_dir", type=Path)
@@ -278,8 +282,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['backend']} | {r['rank']} | {r['dora']} | {len(r['targets'])} | {r['optimizer']} | "
-              f"{r['checkpointing']} | {r.get('seq')} | {r.get('batch')} | {r.get('peak_allocated_gib') or r['outcome']} | "
-              f"{r.get('peak_reserved_gib') or ''} |")
+              f"{r['checkpointing']} | {r.get('seq')} | {r.get('batch')} | {_gib(r.get('peak_allocated_gib'), r['outcome'])} | "
+              f"{_gib(r.get('peak_reserved_gib'), '')} |")
     print(f"{len(rows)} rows, {len(measured['pending'])} setups pending -> {args.out}")
     return 0
 
