@@ -297,6 +297,11 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
                       data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
+    if checkpoint is not None and paths["stats"].exists() and \
+            read_json(checkpoint / "trainer_state.json")["global_step"] >= config.max_steps:
+        # The run is complete. Resuming would still train one step past max_steps (transformers
+        # 5.17), so load the final checkpoint's adapter instead.
+        return finished_run(model, tokenizer, checkpoint, run_dir, status)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
@@ -309,11 +314,6 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     save_adapter(trainer.model, tokenizer, paths["adapter"])
     tokens = trainer.state.num_input_tokens_seen - (read_json(checkpoint / "trainer_state.json").get(
         "num_input_tokens_seen", 0) if checkpoint else 0)
-    if tokens == 0 and paths["stats"].exists():
-        # The last checkpoint had already reached max_steps: nothing trained now, keep the
-        # statistics of the session that did the work.
-        stats = read_json(paths["stats"])
-        return TrainingResult(run_dir, checkpoint.name if checkpoint else None, stats, trainer.state.log_history)
     peak, peak_kind = peak_memory_gib(device)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     stats = {
@@ -328,6 +328,21 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     }
     write_json(paths["stats"], stats)
     return TrainingResult(run_dir, stats["resumed_from"], stats, trainer.state.log_history)
+
+
+def finished_run(model, tokenizer, checkpoint: Path, run_dir: Path, status: StatusCallback) -> TrainingResult:
+    """A completed run met again: `model` gets the final checkpoint's adapter weights (peft's
+    `set_peft_model_state_dict`), adapter/ is rewritten from them, the statistics of the session
+    that trained are kept. Nothing is trained."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+    save_adapter(model, tokenizer, run_paths(run_dir)["adapter"])
+    state = read_json(checkpoint / "trainer_state.json")
+    status.write(running=False, step=state["global_step"], total_steps=state["max_steps"], eta_seconds=0,
+                 checkpoint_at=state["global_step"])
+    return TrainingResult(run_dir, checkpoint.name, read_json(run_paths(run_dir)["stats"]), state["log_history"])
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
