@@ -340,8 +340,12 @@ def finished_run(model, tokenizer, checkpoint: Path, run_dir: Path, status: Stat
     set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
     save_adapter(model, tokenizer, run_paths(run_dir)["adapter"])
     state = read_json(checkpoint / "trainer_state.json")
+    losses = [h for h in state["log_history"] if "loss" in h]
     status.write(running=False, step=state["global_step"], total_steps=state["max_steps"], eta_seconds=0,
-                 checkpoint_at=state["global_step"])
+                 checkpoint_at=state["global_step"], epoch=round(state["epoch"], 4),
+                 total_epochs=round(float(state["num_train_epochs"]), 4),
+                 loss=losses[-1]["loss"] if losses else None,
+                 learning_rate=losses[-1].get("learning_rate") if losses else None)
     return TrainingResult(run_dir, checkpoint.name, read_json(run_paths(run_dir)["stats"]), state["log_history"])
 
 

@@ -106,7 +106,9 @@ def test_killed_run_resumes_and_its_loss_curve_continues(tiny_source, tmp_path):
     again = subprocess.run([sys.executable, str(WORKER), tiny_source.path_or_id, str(run), "0"], env=env,
                            capture_output=True, text=True, check=True)
     assert "resumed_from checkpoint-6" in again.stdout
-    assert last_checkpoint(run).name == "checkpoint-6" and read_json(run_paths(run)["status"])["step"] == 6
+    status = read_json(run_paths(run)["status"])
+    assert last_checkpoint(run).name == "checkpoint-6" and (status["step"], status["running"]) == (6, False)
+    assert status["loss"] == pytest.approx(read_log(run)[-1]["loss"]) and status["epoch"] > 0
     assert [e["step"] for e in read_log(run)] == [1, 2, 3, 4, 5, 6]
     reloaded = load_file(run / "adapter" / "adapter_model.safetensors")
     assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
