@@ -134,7 +134,7 @@ trainable = [p for p in model.parameters() if p.requires_grad]
 optimizer = make_optimizer("adamw_8bit", trainable)
 model(input_ids=torch.tensor([[2, 106, 1645]]), labels=torch.tensor([[2, 106, 1645]])).loss.backward()
 optimizer.step()
-state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+state = memory.optimizer_state_bytes(optimizer)
 adapter = sum(p.numel() * p.element_size() for p in trainable)
 local = TrainingSetup(memory.shape_of(model.config), backend="peft", rank=rank)
 exact = pd.DataFrame({
@@ -152,23 +152,7 @@ exact.style.format({"difference": "{:+.3%}"}).format("{:,.0f}", subset=exact.col
 # comes from the paged optimizer, whose state in the allocator is a few MiB):
 
 # %%
-def exact_term_errors(rows):
-    worst = {}
-    for r in rows:
-        setup = r["setup"]
-        pairs = {"weights": (r["weights_gib"], memory.weight_bytes(setup) / memory.GIB),
-                 "adapter": (r["adapter_gib"], memory.adapter_bytes(setup) / memory.GIB),
-                 "optimizer": (r["optimizer_gib"], memory.optimizer_bytes(setup) / memory.GIB)}
-        for term, (measured, estimated) in pairs.items():
-            current = worst.get(term, {"largest difference (MiB)": 0.0, "relative": 0.0})
-            current["largest difference (MiB)"] = max(current["largest difference (MiB)"],
-                                                       abs(estimated - measured) * 1024)
-            current["relative"] = max(current["relative"], abs(estimated / measured - 1))
-            worst[term] = current
-    return pd.DataFrame(worst).T
-
-
-exact_term_errors(rows).style.format({"largest difference (MiB)": "{:.1f}", "relative": "{:.2%}"})
+pd.DataFrame(memory.exact_term_errors(rows)).T.style.format({"largest difference (MiB)": "{:.1f}", "relative": "{:.2%}"})
 
 # %% [markdown]
 # ## 3. Estimate against measurement

@@ -213,6 +213,13 @@ def optimizer_bytes(setup: TrainingSetup) -> float:
     return total
 
 
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of a live optimizer's state tensors inside PyTorch's allocator (paged ones excluded):
+    what `optimizer_bytes` estimates."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if hasattr(t, "element_size") and getattr(t, "is_paged", False) is False)
+
+
 # ------------------------------------------------------------------ modelled terms
 
 def features(setup: TrainingSetup) -> dict[str, dict[str, float]]:
@@ -420,3 +427,20 @@ def measured_peak(rows: list[dict], size: str, backend: str = "unsloth", seq: in
             return r["peak_allocated_gib"]
     raise KeyError(f"no measurement for {size} {backend} seq={seq} r={rank} dora={dora} targets={targets} "
                    f"{optimizer} {checkpointing} batch={batch}")
+
+
+def exact_term_errors(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """For weights, adapter and optimizer: the largest difference between the estimate and what
+    the GPU counted over `rows` (`measured_rows`), {"largest difference (MiB)", "relative"}."""
+    worst = {}
+    for r in rows:
+        setup = r["setup"]
+        pairs = {"weights": (r["weights_gib"], weight_bytes(setup) / GIB),
+                 "adapter": (r["adapter_gib"], adapter_bytes(setup) / GIB),
+                 "optimizer": (r["optimizer_gib"], optimizer_bytes(setup) / GIB)}
+        for term, (measured, estimated) in pairs.items():
+            current = worst.setdefault(term, {"largest difference (MiB)": 0.0, "relative": 0.0})
+            current["largest difference (MiB)"] = max(current["largest difference (MiB)"],
+                                                       abs(estimated - measured) * 1024)
+            current["relative"] = max(current["relative"], abs(estimated / measured - 1))
+    return worst

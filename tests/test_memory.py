@@ -46,7 +46,7 @@ def test_exact_terms_equal_a_loaded_4bit_model(tiny_source):
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
     adapter = sum(p.numel() * p.element_size() for p in trainable)
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    state = memory.optimizer_state_bytes(optimizer)
     setup = TrainingSetup(memory.shape_of(AutoConfig.from_pretrained(tiny_source.path_or_id)), backend="peft", rank=8)
     assert memory.adapter_bytes(setup) == adapter
     assert memory.weight_bytes(setup) == pytest.approx(stored_bytes(model) - adapter, rel=0.02)

@@ -115,12 +115,6 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def optimizer_state_bytes(optimizer) -> int:
-    """Bytes of the optimizer's state tensors that live in PyTorch's allocator (paged ones do not)."""
-    return tensor_bytes(t for state in optimizer.state.values() for t in state.values()
-                        if hasattr(t, "element_size") and getattr(t, "is_paged", False) is False)
-
-
 def measure_setup(s: dict, model_dir: Path) -> list[dict]:
     """Rows of measurements for every (seq, batch) of setup `s`, in this process."""
     if s["backend"] == "unsloth":
@@ -129,6 +123,7 @@ def measure_setup(s: dict, model_dir: Path) -> list[dict]:
 
     from lib.lora import TrinityConfig
     from lib.model import ModelSource
+    from lib.memory import optimizer_state_bytes
     from lib.oom_ladder import make_optimizer
     from lib.quantization import stored_bytes
     from lib.training import load_for_training
