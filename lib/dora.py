@@ -17,6 +17,8 @@ across layers and steps; LoRA a positive one.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .lora import layer_index
@@ -120,3 +122,157 @@ def correlation_by_step(rows: list[dict]) -> dict[int, float]:
         if len(group) > 2 and d.std() > 0 and m.std() > 0:
             result[step] = float(np.corrcoef(d, m)[0, 1])
     return result
+
+
+# ------------------------------------------------------------------ fast DoRA
+#
+# peft computes DoRA's per-channel norm ||W + s B A||_row at every forward (and again at every
+# gradient-checkpointing recompute) by materialising W and B A as out x in matrices, and B A
+# itself as B(A(I_in)), an in x in identity pushed through the adapter. Expanding the square
+# needs none of that:
+#
+#     ||W_i + s (BA)_i||^2 = ||W_i||^2 + 2 s B_i . (A W^T)_:,i + s^2 B_i (A A^T) B_i^T
+#
+# ||W_i||^2 is fixed (W is frozen) and cached once; A W^T (r x out) is the base layer applied to
+# the r rows of A (one small extra matmul); A A^T is r x r. The norm is a constant in backward
+# (DoRA section 4.3, as in peft), so it only changes when A or B do: once per optimizer step. It
+# lives in a buffer refreshed before the model's forward, so the layer's forward is plain tensor
+# code that torch.compile (unsloth compiles every decoder layer) traces without a graph break:
+# a LoRA forward and a per-channel scale, y = m / norm * (W x + s B A x).
+
+_optimizer_steps = 0  # counted by a global optimizer hook; part of every cached norm's key
+_step_hook = None
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _base_row_norms_squared(module) -> torch.Tensor:
+    """||W_i||^2 of the frozen base weight (out,), float32; recomputed only if W's storage changes."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    weight = module.get_base_layer().weight
+    key = (weight.data_ptr(), weight._version, str(weight.device))
+    cached = getattr(module, "_dora_base_norms", None)
+    if cached is None or cached[0] != key:
+        dense = dequantize_module_weight(module.get_base_layer())
+        cached = (key, torch.linalg.vector_norm(dense, dim=1, dtype=torch.float32) ** 2)
+        module._dora_base_norms = cached
+    return cached[1]
+
+
+@torch.no_grad()
+def weight_norm_by_expansion(module, adapter: str = "default") -> torch.Tensor:
+    """||W + s B A||_row of a peft DoRA Linear layer, (out,) float32, with no out x in temporary.
+
+    W x in is only touched through the base layer's own forward (A W^T, r x out) and the cached
+    ||W_i||^2. Liu et al. 2024 (arXiv:2402.09353), eq. 5.
+    """
+    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    scaling = module.scaling[adapter]
+    base_layer = module.get_base_layer()
+    compute_dtype = getattr(base_layer, "compute_dtype", None) or base_layer.weight.dtype
+    a_w = base_layer(a.to(compute_dtype)).float()  # (r, out) = A W^T (+ bias)
+    if getattr(base_layer, "bias", None) is not None:
+        a_w = a_w - base_layer.bias.float()
+    a, b = a.float(), b.float()
+    # row i of B times (2 s (A W^T)^T + s^2 B A A^T), summed: both terms in one pass over (out, r)
+    terms = torch.addmm(a_w.T, b, a @ a.T, beta=2 * scaling, alpha=scaling**2)
+    squared = _base_row_norms_squared(module) + (b * terms).sum(dim=1)
+    return squared.clamp_min(0).sqrt()
+
+
+@torch.compiler.disable
+def dora_weight_norm(module, adapter: str = "default") -> torch.Tensor:
+    """The layer's DoRA norm buffer (out,) float32, recomputed first if A, B or W changed.
+
+    Changed means: their version counters or storage, or the count of optimizer steps taken by
+    any torch optimizer (8-bit optimizers write through a pointer). So gradient-checkpointing
+    recomputes and gradient-accumulation micro-batches reuse one norm per optimizer step.
+    """
+    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    key = (_optimizer_steps, a._version, b._version, a.data_ptr(), b.data_ptr(), module.scaling[adapter])
+    dora_layer = module.lora_magnitude_vector[adapter]
+    if getattr(dora_layer, "_norm_key", None) != key:
+        dora_layer.weight_norm.copy_(weight_norm_by_expansion(module, adapter))
+        dora_layer._norm_key = key
+    return dora_layer.weight_norm
+
+
+@functools.cache
+def _fast_variant_class():
+    from peft.tuners.lora.variants import DoraLinearVariant
+
+    class FastDoraLinearVariant(DoraLinearVariant):
+        """peft's DoRA for Linear layers with the norm from `dora_weight_norm`: same parameters, so
+        the same state dict, merging and adapter files; only `forward` differs. The adapter's
+        matmuls run in the base output's dtype, as unsloth's LoRA forward does."""
+
+        @staticmethod
+        def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+            if not torch.compiler.is_compiling():  # compiled: refreshed by the model's pre-hook
+                dora_weight_norm(module, active_adapter)
+            dora_layer = module.lora_magnitude_vector[active_adapter]
+            scale = dora_layer.weight / dora_layer.weight_norm  # (out,), gets m's gradient
+            lora_a, lora_b = module.lora_A[active_adapter].weight, module.lora_B[active_adapter].weight
+            dropout = module.lora_dropout[active_adapter]
+            base_layer = module.get_base_layer()
+            dtype = result.dtype
+            if isinstance(dropout, torch.nn.Identity) or not module.training:
+                base_result = result  # W x + bias, already computed
+            else:  # peft applies the dropped-out x to both terms of DoRA
+                x = dropout(x)
+                base_result = base_layer(x.to(dtype))
+            if base_layer.bias is not None:
+                base_result = base_result - base_layer.bias
+            lora = (x.to(dtype) @ lora_a.to(dtype).T) @ lora_b.to(dtype).T * module.scaling[active_adapter]
+            dora = (scale * (base_result + lora)).to(dtype)
+            if base_result is result:
+                return dora
+            return result - base_result + dora  # the bias (and, under dropout, W x - W dropout(x))
+
+    return FastDoraLinearVariant
+
+
+def fast_dora_layers(model):
+    """(module, adapter) of every Linear layer of `model` running the fast DoRA forward."""
+    fast = _fast_variant_class()
+    return [(module, adapter) for module in model.modules()
+            for adapter, variant in getattr(module, "lora_variant", {}).items() if isinstance(variant, fast)]
+
+
+def refresh_dora_norms(layers, *hook_args) -> None:
+    """Bring the norms of `layers` ((module, adapter) pairs) up to date; the model's forward pre-hook."""
+    for module, adapter in layers:
+        dora_weight_norm(module, adapter)
+
+
+def use_fast_dora(model) -> int:
+    """Switch every peft DoRA Linear layer of `model` to the fast forward; returns how many.
+
+    Parameters, state dict and adapter files are unchanged (a plain peft install loads what this
+    model saves; the norm is a non-persistent buffer). Embedding and convolution DoRA layers keep
+    peft's code. Requires peft >= 0.18 (LoRA variants).
+    """
+    global _step_hook
+    from peft.tuners.lora.variants import DoraLinearVariant
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    fast = _fast_variant_class()
+    switched = []
+    for module in model.modules():
+        for adapter, variant in getattr(module, "lora_variant", {}).items():
+            if type(variant) is DoraLinearVariant:
+                module.lora_variant[adapter] = fast()
+                magnitude = module.lora_magnitude_vector[adapter].weight
+                module.lora_magnitude_vector[adapter].register_buffer(
+                    "weight_norm", torch.zeros(magnitude.shape, dtype=torch.float32, device=magnitude.device),
+                    persistent=False)
+                switched.append((module, adapter))
+    if switched:
+        model.register_forward_pre_hook(functools.partial(refresh_dora_norms, switched))
+        if _step_hook is None:
+            _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
+    return len(switched)

@@ -27,6 +27,7 @@ import torch
 from transformers import TrainerCallback
 
 from .artifacts import read_json, write_json
+from .dora import use_fast_dora
 from .lora import TrinityConfig, trainable_parameters
 from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer
 
@@ -94,10 +95,12 @@ def peak_memory_gib(device: str) -> tuple[float, str]:
 # ------------------------------------------------------------------ loading
 
 CHECKPOINTING = ("off", "standard", "offloaded")
+DORA_IMPLEMENTATIONS = ("fast", "peft")
 
 
 def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str, compute_dtype: torch.dtype,
-                      max_seq_length: int, gradient_checkpointing: bool | str = True, load_in_4bit: bool = True):
+                      max_seq_length: int, gradient_checkpointing: bool | str = True, load_in_4bit: bool = True,
+                      dora_implementation: str = "fast"):
     """(peft model, tokenizer): an NF4 base (or `compute_dtype` if not load_in_4bit) with the Trinity
     adapter, through `backend`.
 
@@ -106,12 +109,24 @@ def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str,
     with `prepare_model_for_kbit_training`. gradient_checkpointing: "off", "standard" (recompute
     each layer in backward) or "offloaded" (unsloth's: the saved layer inputs go to CPU RAM; peft
     has no such mode and uses standard); True means the backend's default ("offloaded" under
-    unsloth, "standard" under peft). Raises ValueError for an unknown backend or mode.
+    unsloth, "standard" under peft). dora_implementation (when trinity.use_dora): "fast"
+    (`lib.dora.use_fast_dora`: same parameters and adapter files, the norm computed once per
+    optimizer step) or "peft" (peft's own, which unsloth also uses). Raises ValueError for an
+    unknown backend, mode or DoRA implementation.
     """
     mode = {True: "offloaded" if backend == "unsloth" else "standard", False: "off"}.get(gradient_checkpointing,
                                                                                         gradient_checkpointing)
     if mode not in CHECKPOINTING:
         raise ValueError(f"gradient_checkpointing={gradient_checkpointing!r}: use one of {CHECKPOINTING}")
+    if dora_implementation not in DORA_IMPLEMENTATIONS:
+        raise ValueError(f"dora_implementation={dora_implementation!r}: use one of {DORA_IMPLEMENTATIONS}")
+    model, tokenizer = _load_peft_model(source, trinity, backend, compute_dtype, max_seq_length, mode, load_in_4bit)
+    if trinity.use_dora and dora_implementation == "fast":
+        use_fast_dora(model)
+    return model, tokenizer
+
+
+def _load_peft_model(source, trinity, backend, compute_dtype, max_seq_length, mode, load_in_4bit):
     if backend == "unsloth":
         from unsloth import FastModel
 

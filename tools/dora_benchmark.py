@@ -1,0 +1,243 @@
+"""Benchmark DoRA on a CUDA GPU: LoRA vs peft's DoRA vs the course's fast DoRA, step time and peak memory.
+
+    python -m tools.dora_benchmark TOKENIZER_DIR --out data/measurements/dora-benchmark.json
+
+The reference table's shapes (gpu-anchor-measurements.md): random-init Gemma 3 1B and 4B at 2048
+tokens and 12B at 4096, QLoRA (NF4, double quant), r=64, alpha=32, rsLoRA, 7 target modules, batch 1,
+8-bit AdamW, gradient checkpointing, loaded by the course's `lib.training.load_for_training`.
+Each (size, backend, variant) runs in its own process, one after another on one GPU: `--warmup`
+steps, then `--steps` timed steps of random tokens (forward with labels, backward, optimizer step),
+each timed between CUDA synchronisations; step time is their median, peak is
+torch.cuda.max_memory_allocated over all steps. The fast DoRA process also checks its numerics on
+the GPU: every DoRA layer run with the fast forward and with peft's on one random bf16 input
+(B random, as if trained), relative error of outputs and of the gradients of A, B and m.
+`--profile` adds a torch.profiler table of the CUDA kernels of one step. Rows are appended to a
+JSON-lines file as they finish (a rerun skips those done); the JSON output carries provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tools.memory_grid import cuda_context_gib, provenance, random_init_checkpoint  # noqa: E402
+
+SHAPES = (("1B", 2048), ("4B", 2048), ("12B", 4096))
+VARIANTS = {"LoRA": (False, "peft"), "DoRA (peft)": (True, "peft"), "DoRA (fast)": (True, "fast")}
+
+
+def gpu_parity(model, tokens: int = 64) -> dict:
+    """Worst relative error, fast vs peft DoRA forward, over every DoRA layer of `model` on the GPU."""
+    import copy
+
+    import torch
+    from peft.tuners.lora.variants import DoraLinearVariant
+
+    worst = {"output": 0.0, "lora_A": 0.0, "lora_B": 0.0, "lora_magnitude_vector": 0.0}
+    layers = [m for m in model.modules() if "default" in getattr(m, "lora_variant", {})]
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for layer in layers:
+        fast = layer.lora_variant["default"]
+        saved_b = layer.lora_B["default"].weight.detach().clone()
+        with torch.no_grad():
+            layer.lora_B["default"].weight.normal_(0, 0.02, generator=generator)
+        x = torch.randn(1, tokens, layer.in_features, device="cuda", dtype=torch.bfloat16, generator=generator)
+        results = []
+        for variant in (fast, DoraLinearVariant()):
+            layer.lora_variant["default"] = variant
+            out = layer(x)
+            grad_out = torch.randn(out.shape, device="cuda", dtype=out.dtype,
+                                   generator=torch.Generator(device="cuda").manual_seed(1))
+            out.backward(grad_out)
+            grads = {k: getattr(layer, k)["default"].weight.grad.detach().clone() for k in worst if k != "output"}
+            results.append({"output": out.detach()} | grads)
+            layer.zero_grad(set_to_none=True)
+        layer.lora_variant["default"] = fast
+        with torch.no_grad():
+            layer.lora_B["default"].weight.copy_(saved_b)
+        for key in worst:
+            value, reference = results[0][key].double(), results[1][key].double()
+            worst[key] = max(worst[key], float((value - reference).norm() / reference.norm()))
+    return {"layers": len(layers), "worst_relative_error": worst}
+
+
+def norm_refresh_seconds(model, repeats: int = 3) -> float:
+    """Seconds to recompute every fast DoRA norm once (what each optimizer step costs them), median."""
+    import torch
+
+    import lib.dora
+
+    layers = lib.dora.fast_dora_layers(model)
+    times = []
+    for _ in range(repeats):
+        lib.dora._optimizer_steps += 1  # as after an optimizer step: every cached norm is stale
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        lib.dora.refresh_dora_norms(layers)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times), 4)
+
+
+def profile_step(model, step, rows: int = 15) -> list[dict]:
+    """The CUDA kernels of one training step, most total time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+    table = []
+    for event in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:rows]:
+        table.append({"name": event.key[:90], "calls": event.count, "cuda_ms": round(event.device_time_total / 1e3, 2)})
+    return table
+
+
+def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, steps: int, warmup: int,
+            profile: bool) -> dict:
+    """One row: this (size, backend, variant) trained in this process."""
+    started = time.perf_counter()
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (patches transformers; must come first)
+    import torch
+
+    from lib.lora import TrinityConfig
+    from lib.model import ModelSource
+    from lib.oom_ladder import make_optimizer
+    from lib.training import load_for_training
+
+    use_dora, implementation = VARIANTS[variant]
+    trinity = TrinityConfig(rank=64, use_dora=use_dora)
+    model, _ = load_for_training(ModelSource(size, str(model_dir), "local"), trinity, backend, torch.bfloat16, seq,
+                                 dora_implementation=implementation)
+    model.train()
+    load_seconds = time.perf_counter() - started
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer("adamw_8bit", trainable)
+    vocab = model.get_input_embeddings().weight.shape[0]
+
+    optimizer_times = []
+
+    def step():
+        ids = torch.randint(0, vocab, (1, seq), device="cuda")
+        model(input_ids=ids, labels=ids).loss.backward()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        optimizer_times.append(time.perf_counter() - started)
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    row = {"size": size, "seq": seq, "backend": backend, "variant": variant, "rank": 64, "batch": 1,
+           "trainable_parameters": sum(p.numel() for p in trainable),
+           "step_seconds": round(statistics.median(times[warmup:]), 4),
+           "step_seconds_all": [round(t, 4) for t in times], "warmup_steps": warmup,
+           "import_and_load_seconds": round(load_seconds, 1),
+           "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+           "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    row["optimizer_step_seconds"] = round(statistics.median(optimizer_times[warmup:]), 4)
+    if implementation == "fast" and use_dora:
+        row["norm_refresh_seconds"] = norm_refresh_seconds(model)
+    if profile:
+        row["profile"] = profile_step(model, step)
+    if implementation == "fast" and use_dora:
+        row["gpu_parity"] = gpu_parity(model)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per row, time and memory also as ratios to LoRA of the same shape/backend."""
+    lora = {(r["size"], r["backend"]): r for r in rows if r["variant"] == "LoRA" and "step_seconds" in r}
+    lines = ["| shape | seq | backend | variant | s/step | x LoRA time | optimizer s | norms s | peak allocated GiB "
+             "| - LoRA GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "step_seconds" not in r:
+            lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r.get('error', '?')} ||||||")
+            continue
+        base = lora.get((r["size"], r["backend"]))
+        ratio = f"{r['step_seconds'] / base['step_seconds']:.2f}" if base else ""
+        extra = f"{r['peak_allocated_gib'] - base['peak_allocated_gib']:+.2f}" if base else ""
+        lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r['step_seconds']:.3f} | "
+                     f"{ratio} | {r.get('optimizer_step_seconds', '')} | {r.get('norm_refresh_seconds', '')} | "
+                     f"{r['peak_allocated_gib']:.2f} | {extra} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tokenizer_dir", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dora-benchmark"))
+    parser.add_argument("--sizes", nargs="*", default=[size for size, _ in SHAPES])
+    parser.add_argument("--backends", nargs="*", default=["unsloth"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="add a kernel table per row")
+    parser.add_argument("--deadline", type=float, default=540, help="seconds; no new row starts after")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        job = json.loads(args.one)
+        print("ROW " + json.dumps(measure(**job, model_dir=args.work / "models" / job["size"], steps=args.steps,
+                                          warmup=args.warmup, profile=args.profile)), flush=True)
+        return 0
+    started = time.time()
+    results = args.work / "rows.jsonl"
+    args.work.mkdir(parents=True, exist_ok=True)
+    key = lambda r: (r["size"], r["backend"], r["variant"])  # noqa: E731
+    done = {key(json.loads(line)) for line in results.read_text().splitlines()} if results.exists() else set()
+    context = cuda_context_gib()
+    for size, seq in SHAPES:
+        for backend in args.backends:
+            for variant in args.variants:
+                job = {"size": size, "seq": seq, "backend": backend, "variant": variant}
+                if size not in args.sizes or key(job) in done or time.time() - started > args.deadline:
+                    continue
+                random_init_checkpoint(size, args.tokenizer_dir, args.work / "models")
+                ran = subprocess.run([sys.executable, "-m", "tools.dora_benchmark", str(args.tokenizer_dir), "--work",
+                                      str(args.work), "--out", str(args.out), "--one", json.dumps(job), "--steps",
+                                      str(args.steps), "--warmup", str(args.warmup)]
+                                     + (["--profile"] if args.profile else []),
+                                     cwd=ROOT, capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                rows = [json.loads(l[4:]) for l in ran.stdout.splitlines() if l.startswith("ROW ")]
+                if not rows:
+                    print(ran.stderr[-4000:], flush=True)
+                    rows = [job | {"error": (ran.stderr.strip().splitlines() or ["?"])[-1][:300]}]
+                with results.open("a") as f:
+                    f.write(json.dumps(rows[0]) + "\n")
+                print(f"{time.time() - started:5.0f} s  {json.dumps({k: v for k, v in rows[0].items() if k not in ('step_seconds_all', 'profile')})}", flush=True)
+    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    command = "python -m tools.dora_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    measured = {"provenance": provenance(command) | {"cuda_context_gib": context}, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps(measured, indent=1))
+    partial.rename(args.out)
+    print(table(rows))
+    for r in rows:
+        if "profile" in r:
+            print(f"\n{r['size']} {r['backend']} {r['variant']}: CUDA time by kernel, one step")
+            for p in r["profile"]:
+                print(f"  {p['cuda_ms']:9.2f} ms  {p['calls']:6d}  {p['name']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
