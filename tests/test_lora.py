@@ -57,5 +57,6 @@ def test_unsloth_backend_runs_the_trinity_on_this_machine(tiny_source, tmp_path)
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     result = json.loads(lines[-1][7:])
     assert (result["steps"], result["use_dora"], result["use_rslora"], result["r"]) == (3, True, True, 8)
+    assert result["fast_dora_layers"] == 2 * 7  # the course's DoRA under unsloth: every projection, 2 layers
     assert result["eval_mode"] == pytest.approx(result["train_mode"], rel=1e-3)  # no 4-bit repacking
     assert (tmp_path / "adapter" / "adapter_config.json").exists()

@@ -8,6 +8,7 @@ import unsloth  # noqa: F401  (first, as in the chapters)
 import torch
 
 from helpers import code_records
+from lib.dora import fast_dora_layers
 from lib.lora import TrinityConfig, trainable_parameters
 from lib.model import ModelSource
 from lib.training import TrainingConfig, load_for_training, train
@@ -28,4 +29,5 @@ if __name__ == "__main__":
     config = model.peft_config["default"]
     print("RESULT " + json.dumps({"steps": result.stats["steps"], "use_dora": config.use_dora,
                                   "use_rslora": config.use_rslora, "r": config.r, "train_mode": train_mode,
-                                  "eval_mode": eval_mode, "trainable": trainable_parameters(model)["trainable"]}))
+                                  "eval_mode": eval_mode, "trainable": trainable_parameters(model)["trainable"],
+                                  "fast_dora_layers": len(fast_dora_layers(model))}))
