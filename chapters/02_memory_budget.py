@@ -250,6 +250,24 @@ pd.DataFrame([{"size": r["shape"], "seq": r["max_seq_length"], "DoRA": r["dora"]
               for r in anchor_runs if r["backend"] == "unsloth"])
 
 # %% [markdown]
+# The grid's DoRA is peft's, the implementation unsloth uses. Since issue 7 the course trains
+# with its own DoRA (`lib.dora.use_fast_dora`, the default of `load_for_training`): the same
+# adapter, numerically equal to peft's, with the norm computed once per optimizer step. Its GPU
+# benchmark is a stored measurement (`data/measurements/dora-benchmark.json`, H100, provenance
+# inside; README "Fast DoRA"). The estimator's DoRA terms still follow peft's DoRA, so for the
+# course's default they err on the high side:
+
+# %%
+from lib.dora import compare_with_lora
+
+dora_benchmark = json.loads(Path("data/measurements/dora-benchmark.json").read_text())
+dora_rows = dora_benchmark["rows"] + [r for run in dora_benchmark["other_runs"][:1] for r in run["rows"]]
+pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
+               "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],
+               "over LoRA (GiB)": r["gib_over_lora"]}
+              for r in compare_with_lora(dora_rows)]).round(2)
+
+# %% [markdown]
 # ## 4. Which GPU fits which model
 #
 # Memory a GPU gives PyTorch is less than its label: a "16 GB" T4 reports 14.56 GiB. The

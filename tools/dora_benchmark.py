@@ -181,17 +181,17 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per row, time and memory also as ratios to LoRA of the same shape/backend."""
-    lora = {(r["size"], r["backend"]): r for r in rows if r["variant"] == "LoRA" and "step_seconds" in r}
+    """Markdown: one line per row, time and memory also relative to LoRA of the same shape/backend."""
+    from lib.dora import compare_with_lora
+
     lines = ["| shape | seq | backend | variant | s/step | x LoRA time | optimizer s | norms s | peak allocated GiB "
              "| - LoRA GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in compare_with_lora(rows):
         if "step_seconds" not in r:
             lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r.get('error', '?')} ||||||")
             continue
-        base = lora.get((r["size"], r["backend"]))
-        ratio = f"{r['step_seconds'] / base['step_seconds']:.2f}" if base else ""
-        extra = f"{r['peak_allocated_gib'] - base['peak_allocated_gib']:+.2f}" if base else ""
+        ratio = f"{r['time_vs_lora']:.2f}" if r["time_vs_lora"] is not None else ""
+        extra = f"{r['gib_over_lora']:+.2f}" if r["gib_over_lora"] is not None else ""
         lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r['step_seconds']:.3f} | "
                      f"{ratio} | {r.get('optimizer_step_seconds', '')} | {r.get('norm_refresh_seconds', '')} | "
                      f"{r['peak_allocated_gib']:.2f} | {extra} |")
