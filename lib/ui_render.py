@@ -161,7 +161,7 @@ def render_screen(schema: Schema, kind: str, style: str, seed: int) -> Screen:
         body = f"<div class='card'>{fields}</div>{related}"
         heading, shown = f"{title(table.name)} #{rng.randint(100, 999)}", [table.name] + [c.name for c in children]
     else:  # dashboard: every table counted, the two largest shown in full
-        counts = "".join(f"<div class='card' style='display:inline-block;min-width:140px;margin-right:10px'>"
+        counts = "".join(f"<div class='card stat' style='display:inline-block;min-width:140px;margin-right:10px'>"
                          f"<div>{html.escape(title(t.name))}</div><b style='font-size:24px'>{rng.randint(3, 9000)}</b>"
                          f"</div>" for t in tables)
         shown_tables = sorted(tables, key=lambda t: -len(t.columns))[:2]
@@ -173,27 +173,70 @@ def render_screen(schema: Schema, kind: str, style: str, seed: int) -> Screen:
     return Screen(kind, style, tuple(order), _page(style, heading, body, schema))
 
 
-def screenshot(screens: list[Screen], folder: str | Path, chromium: str = "/usr/bin/chromium",
-               width: int = 1024) -> list[Path]:
-    """PNG screenshots (full page, `width` px wide) of `screens` into `folder`, via headless Chromium.
+# The screen as text and structure, no pixels: headings, form fields with their input kind and
+# marks, table headers and rows, detail lines. What the "text Ghost Architect" reads.
+SCREEN_TEXT_JS = """() => {
+  const lines = [];
+  const walk = (el) => {
+    for (const node of el.children) {
+      const tag = node.tagName.toLowerCase();
+      if (/^h[1-3]$/.test(tag)) lines.push('#'.repeat(+tag[1]) + ' ' + node.innerText.trim());
+      else if (tag === 'label') {
+        const field = node.nextElementSibling;
+        let kind = field ? field.tagName.toLowerCase() : '';
+        if (kind === 'input') kind = field.type + (field.value ? ' = ' + field.value : '')
+                                    + (field.checked ? ' (checked)' : '') + (field.maxLength > 0 ? ' max ' + field.maxLength : '');
+        if (kind === 'select') kind = 'select: ' + [...field.options].map(o => o.text).join(' / ');
+        lines.push('field: ' + node.innerText.trim() + ' [' + kind + ']');
+      }
+      else if (tag === 'table') {
+        for (const row of node.rows) lines.push((row.parentElement.tagName === 'THEAD' ? 'columns: ' : 'row: ')
+                                                + [...row.cells].map(c => c.innerText.trim()).join(' | '));
+      }
+      else if (tag === 'button') lines.push('button: ' + node.innerText.trim());
+      else if (tag === 'div' && node.children.length && node.children[0].tagName === 'B' && !node.querySelector('div'))
+        lines.push(node.innerText.trim());
+      else if (node.classList.contains('stat')) lines.push('count: ' + node.innerText.trim().replace(/\\s*\\n\\s*/g, ' = '));
+      else if (tag === 'nav') lines.push('menu: ' + [...node.children].map(c => c.innerText.trim()).join(' | '));
+      else if (tag === 'div' && !node.querySelector('div, table, form, label, h3') && node.innerText.trim())
+        lines.push(node.innerText.trim().replace(/\\s*\\n\\s*/g, ': '));
+      else walk(node);
+    }
+  };
+  walk(document.body);
+  return lines.join('\\n');
+}"""
 
-    Files are written under a temporary name and renamed, so a folder never holds a half-written
-    image. Returns the paths, in order.
+
+@dataclass(frozen=True)
+class Capture:
+    """A screenshot and the same screen as text (`SCREEN_TEXT_JS`)."""
+
+    image: Path
+    text: str
+
+
+def screenshot(screens: list[Screen], folder: str | Path, chromium: str = "/usr/bin/chromium",
+               width: int = 1024, names: list[str] | None = None) -> list[Capture]:
+    """PNG screenshots (full page, `width` px wide) of `screens` into `folder` via headless
+    Chromium, with each screen's text. Files are written under a temporary name and renamed, so
+    the folder never holds a half-written image. `names`: file stems (default index-kind-style).
     """
     from playwright.sync_api import sync_playwright
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    names = names or [f"{i:04d}-{s.kind}-{s.style}" for i, s in enumerate(screens)]
+    captures = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": width, "height": 700})
-        for i, screen in enumerate(screens):
+        for name, screen in zip(names, screens, strict=True):
             page.set_content(screen.html)
-            target = folder / f"{i:04d}-{screen.kind}-{screen.style}.png"
-            partial = target.with_suffix(".partial.png")
+            target = folder / f"{name}.png"
+            partial = folder / f"{name}.partial.png"
             page.screenshot(path=str(partial), full_page=True)
             partial.rename(target)
-            paths.append(target)
+            captures.append(Capture(target, page.evaluate(SCREEN_TEXT_JS)))
         browser.close()
-    return paths
+    return captures

@@ -38,10 +38,25 @@ def test_screenshots_are_full_page_pngs(tmp_path):
 
     schema = generate_schema(5)
     screens = [render_screen(schema, kind, style, 0) for kind, style in zip(SCREEN_KINDS, sorted(STYLES))]
-    paths = screenshot(screens, tmp_path, width=800)
+    captures = screenshot(screens, tmp_path, width=800)
+    paths = [c.image for c in captures]
     assert [p.name.split("-")[1] for p in paths] == list(SCREEN_KINDS)
     assert not list(tmp_path.glob("*.partial.png"))
     for path in paths:
         image = Image.open(path)
         assert image.width == 800 and image.height >= 100
         assert len(set(image.convert("L").getdata())) > 10  # something was drawn, not a blank page
+
+
+def test_screen_text_carries_what_the_screen_shows(tmp_path):
+    schema = generate_schema(8)
+    form, table = render_screen(schema, "form", "clean", 2), render_screen(schema, "table", "compact", 2)
+    form_text, table_text = (c.text for c in screenshot([form, table], tmp_path))
+    shown = schema.table(form.tables[0])
+    fields = [line for line in form_text.splitlines() if line.startswith("field: ")]
+    assert len(fields) == len([c for c in shown.columns if not c.primary_key])
+    for column, line in zip([c for c in shown.columns if not c.primary_key], fields):
+        assert humanize(column.name) in line and ("*" in line) == column.not_null
+    header = next(line for line in table_text.splitlines() if line.startswith("columns: "))
+    assert header.count("|") == len(schema.table(table.tables[0]).columns) - 1
+    assert sum(line.startswith("row: ") for line in table_text.splitlines()) >= 4

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from lib.ghost_dataset import build_dataset, load_examples, text_messages, vision_messages
+from lib.sql_eval import structure
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ghost")
+    return folder, build_dataset(folder, examples=40, seed=1, screens_per_schema=4)
+
+
+def test_examples_split_by_schema_with_exact_labels(dataset):
+    folder, examples = dataset
+    assert len(examples) == 40 and {e.split for e in examples} == {"train", "val", "test"}
+    schemas_by_split = {split: {e.schema_seed for e in examples if e.split == split} for split in ("train", "val", "test")}
+    assert not (schemas_by_split["train"] & schemas_by_split["test"]) and not (schemas_by_split["val"] & schemas_by_split["test"])
+    for example in examples:
+        created = structure(example.ddl)
+        assert sorted(created.columns) == sorted(example.tables)
+        assert (folder / example.image).stat().st_size > 1000
+    assert load_examples(folder) == examples
+
+
+def test_same_seed_same_dataset(dataset, tmp_path):
+    folder, examples = dataset
+    again = build_dataset(tmp_path, examples=40, seed=1, screens_per_schema=4)
+    assert again == examples
+    assert (tmp_path / "examples.jsonl").read_text() == (folder / "examples.jsonl").read_text()
+
+
+def test_messages_put_the_image_in_the_user_turn(dataset):
+    folder, examples = dataset
+    vision = vision_messages(examples[0], folder)
+    assert vision[0]["role"] == "user" and vision[0]["content"][0]["type"] == "image"
+    assert vision[1]["content"][0]["text"] == examples[0].ddl
+    text = text_messages(examples[0])
+    assert examples[0].screen_text in text[0]["content"] and text[1]["content"] == examples[0].ddl
+
+
+def test_bad_dataset_files_name_line_and_field(dataset, tmp_path):
+    folder, examples = dataset
+    lines = (folder / "examples.jsonl").read_text().splitlines()
+    (tmp_path / "images").mkdir()
+    broken = json.loads(lines[1])
+    broken["split"] = "holdout"
+    (tmp_path / "examples.jsonl").write_text(lines[0].replace('"image": "', f'"image": "{folder}/') + "\n"
+                                             + json.dumps(broken) + "\n")
+    with pytest.raises(ValueError, match=r"examples.jsonl:2: field 'split' is 'holdout'"):
+        load_examples(tmp_path)
+    (tmp_path / "examples.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"examples.jsonl:1: not JSON"):
+        load_examples(tmp_path)
+    with pytest.raises(ValueError, match="fractions must be 3 numbers"):
+        build_dataset(tmp_path, fractions=(0.5, 0.5, 0.5))
