@@ -167,7 +167,7 @@ def _base_row_norms_squared(module) -> torch.Tensor:
 def weight_norm_by_expansion(module, adapter: str = "default") -> torch.Tensor:
     """||W + s B A||_row of a peft DoRA Linear layer, (out,) float32, with no out x in temporary.
 
-    W x in is only touched through the base layer's own forward (A W^T, r x out) and the cached
+    W (out x in) is only touched through the base layer's own forward (A W^T, r x out) and the cached
     ||W_i||^2. Liu et al. 2024 (arXiv:2402.09353), eq. 5.
     """
     a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
