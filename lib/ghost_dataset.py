@@ -113,3 +113,17 @@ def text_messages(example: GhostExample) -> list[dict]:
     """The text-only conversation: the screen's text and structure instead of pixels."""
     return [{"role": "user", "content": f"{INSTRUCTION}\n\nScreen:\n{example.screen_text}"},
             {"role": "assistant", "content": example.ddl}]
+
+
+def text_records(examples: list[GhostExample], split: str, folder: str | Path) -> list:
+    """The `split`'s examples as `lib.data.Record`s of `text_messages`, for `lib.training.train`.
+
+    Each record points back to its line of examples.jsonl. Raises ValueError for an unknown split.
+    """
+    from .data import Record
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+    path = str(Path(folder) / "examples.jsonl")
+    return [Record(text_messages(e), path, number, {"id": e.id, "tables": list(e.tables)})
+            for number, e in enumerate(examples, start=1) if e.split == split]

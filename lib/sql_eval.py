@@ -144,3 +144,15 @@ def aggregate(scores: list[SchemaScore]) -> dict[str, float]:
             "type_accuracy": sum(typed) / len(typed) if typed else None,
             "primary_key_f1": sum(s.primary_key_f1 for s in scores) / n,
             "foreign_key_f1": sum(s.foreign_key_f1 for s in scores) / n}
+
+
+def report(ids: list[str], predicted: list[str], truths: list[str]):
+    """Per-example scores as a DataFrame (one row per id, the columns of SchemaScore).
+
+    Raises ValueError when the three lists differ in length.
+    """
+    import pandas as pd
+
+    if not len(ids) == len(predicted) == len(truths):
+        raise ValueError(f"ids, predicted and truths differ in length: {len(ids)}, {len(predicted)}, {len(truths)}")
+    return pd.DataFrame([{"id": i, **score_schema(p, t).to_dict()} for i, p, t in zip(ids, predicted, truths)])

@@ -55,3 +55,19 @@ def test_bad_dataset_files_name_line_and_field(dataset, tmp_path):
         load_examples(tmp_path)
     with pytest.raises(ValueError, match="fractions must be 3 numbers"):
         build_dataset(tmp_path, fractions=(0.5, 0.5, 0.5))
+
+
+def test_text_records_train_on_the_ddl_only(dataset, tokenizer):
+    from lib.data import tokenize_conversation
+    from lib.ghost_dataset import text_records
+
+    folder, examples = dataset
+    records = text_records(examples, "test", folder)
+    assert len(records) == sum(e.split == "test" for e in examples) > 0
+    first = next(e for e in examples if e.split == "test")
+    assert records[0].reference == first.ddl and records[0].line == examples.index(first) + 1
+    tokens = tokenize_conversation(tokenizer, records[0].messages)
+    answer = [t for t, m in zip(tokens["input_ids"], tokens["assistant_masks"]) if m]
+    assert tokenizer.decode(answer).strip().startswith(first.ddl.strip())
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        text_records(examples, "dev", folder)

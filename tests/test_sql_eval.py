@@ -57,3 +57,12 @@ def test_aggregate_means_and_valid_share():
     assert summary["parses"] == 0.5 and summary["column_f1"] == 0.5 and summary["type_accuracy"] == 1.0
     with pytest.raises(ValueError, match="no scores"):
         aggregate([])
+
+
+def test_report_has_one_row_per_example():
+    from lib.sql_eval import report
+
+    table = report(["a", "b"], [TRUTH, "CREATE TABLE authors (id INTEGER PRIMARY KEY)"], [TRUTH, TRUTH])
+    assert list(table["id"]) == ["a", "b"] and list(table["table_f1"]) == [1.0, pytest.approx(2 / 3)]
+    with pytest.raises(ValueError, match="differ in length: 1, 2, 2"):
+        report(["a"], [TRUTH, TRUTH], [TRUTH, TRUTH])
