@@ -156,3 +156,34 @@ def report(ids: list[str], predicted: list[str], truths: list[str]):
     if not len(ids) == len(predicted) == len(truths):
         raise ValueError(f"ids, predicted and truths differ in length: {len(ids)}, {len(predicted)}, {len(truths)}")
     return pd.DataFrame([{"id": i, **score_schema(p, t).to_dict()} for i, p, t in zip(ids, predicted, truths)])
+
+
+def validity_checks(sql: str) -> list[dict]:
+    """Checks of generated DDL with no truth to compare with (what the app and the CLI show).
+
+    Rows {"check", "passed", "detail"}: it parses, it executes in SQLite, it creates at least one
+    table, every table has a primary key, every foreign key points to a table and column it
+    created. Checks after a failed parse or execution are reported as not run (passed None).
+    """
+    ok, error = parses(sql)
+    checks = [{"check": "parses (sqlglot, SQLite)", "passed": ok, "detail": error or ""}]
+    created = None
+    if ok:
+        try:
+            created = structure(sql)
+            checks.append({"check": "executes in SQLite", "passed": True, "detail": ""})
+        except sqlite3.Error as sqlite_error:
+            checks.append({"check": "executes in SQLite", "passed": False, "detail": str(sqlite_error)})
+    else:
+        checks.append({"check": "executes in SQLite", "passed": None, "detail": "not run"})
+    later = ("creates tables", "every table has a primary key", "foreign keys point to created columns")
+    if created is None:
+        return checks + [{"check": name, "passed": None, "detail": "not run"} for name in later]
+    keyed = {t for t, _ in created.primary_keys}
+    dangling = sorted(f"{t}.{c} -> {to}.{column}" for t, c, to, column in created.foreign_keys
+                      if column not in created.columns.get(to, {}))
+    return checks + [
+        {"check": later[0], "passed": bool(created.columns), "detail": ", ".join(sorted(created.columns))},
+        {"check": later[1], "passed": keyed >= set(created.columns),
+         "detail": ", ".join(sorted(set(created.columns) - keyed))},
+        {"check": later[2], "passed": not dangling, "detail": "; ".join(dangling)}]

@@ -66,3 +66,18 @@ def test_report_has_one_row_per_example():
     assert list(table["id"]) == ["a", "b"] and list(table["table_f1"]) == [1.0, pytest.approx(2 / 3)]
     with pytest.raises(ValueError, match="differ in length: 1, 2, 2"):
         report(["a"], [TRUTH, TRUTH], [TRUTH, TRUTH])
+
+
+def test_validity_checks_without_a_truth():
+    from lib.sql_eval import validity_checks
+
+    def passed(sql):
+        return [c["passed"] for c in validity_checks(sql)]
+
+    assert passed(TRUTH) == [True] * 5
+    dangling = "CREATE TABLE loans (id INTEGER PRIMARY KEY, member_id INTEGER REFERENCES members(id)); CREATE TABLE x (a TEXT);"
+    checks = validity_checks(dangling)
+    assert [c["passed"] for c in checks] == [True, True, True, False, False]
+    assert checks[3]["detail"] == "x" and checks[4]["detail"] == "loans.member_id -> members.id"
+    assert passed("CREATE TABLE (") == [False, None, None, None, None]
+    assert passed("CREATE TABLE a (id INTEGER); CREATE TABLE a (id INTEGER);") == [True, False, None, None, None]
