@@ -16,12 +16,12 @@ import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .data import SPLITS
 from .schemas import generate_schema
 from .ui_render import SCREEN_KINDS, STYLES, render_screen, screenshot
 
 INSTRUCTION = ("Write the SQLite DDL of the database tables behind this application screen: one CREATE TABLE per "
                "table shown, with column types, PRIMARY KEY, FOREIGN KEY (REFERENCES), NOT NULL, UNIQUE and DEFAULT.")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
