@@ -57,8 +57,9 @@ def build_dataset(folder: str | Path, examples: int = 320, seed: int = 0, screen
             seen.add(schema.ddl())
             schemas.append(schema)
         schema_seed += 1
-    cut_train = round(fractions[0] * len(schemas))
-    cut_val = cut_train + max(1, round(fractions[1] * len(schemas)))
+    # At least one schema in each of val and test, however few schemas there are.
+    cut_train = min(round(fractions[0] * len(schemas)), len(schemas) - 2)
+    cut_val = min(cut_train + max(1, round(fractions[1] * len(schemas))), len(schemas) - 1)
     order = list(range(len(schemas)))
     rng.shuffle(order)
     split_of = {i: "train" if rank < cut_train else "val" if rank < cut_val else "test" for rank, i in enumerate(order)}

@@ -234,3 +234,41 @@ def ladder_attempts(scenarios: list[dict]):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def screens_beside_ddl(pairs: list[tuple[str, str, str]]):
+    """One row per (title, screenshot path, DDL): the screenshot left, its true DDL right."""
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.6 * len(pairs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.25, 1]})
+    for (ax_image, ax_text), (title, image, ddl) in zip(axes, pairs):
+        with Image.open(image) as screen:
+            ax_image.imshow(screen.crop((0, 0, screen.width, min(screen.height, int(screen.width * 0.9)))))
+        ax_image.set_title(title, fontsize=10, loc="left")
+        ax_text.text(0, 1, ddl, family="monospace", fontsize=7.5, va="top")
+        for ax in (ax_image, ax_text):
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def schema_scores(models: dict[str, dict], target_parse_rate: float | None = None):
+    """Grouped bars of `lib.sql_eval.aggregate` metrics (0-1) per model; a dashed line at the
+    target syntactic-validity rate if given."""
+    metrics = ["parses", "executes", "table_f1", "column_f1", "type_accuracy", "primary_key_f1", "foreign_key_f1"]
+    x = np.arange(len(metrics))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for i, (name, scores) in enumerate(models.items()):
+        values = [scores[m] if scores[m] is not None else 0.0 for m in metrics]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    if target_parse_rate is not None:
+        ax.axhline(target_parse_rate, color="grey", ls="--", lw=1, label=f"source target: {target_parse_rate:.0%} parse")
+    ax.set_xticks(x, [m.replace("_", " ") for m in metrics], fontsize=9)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("mean over test screens")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,7 @@ F1 = 2 |P & T| / (|P| + |T|), 1.0 when both sets are empty.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 def affinity(declared_type: str) -> str:
@@ -156,6 +156,15 @@ def report(ids: list[str], predicted: list[str], truths: list[str]):
     if not len(ids) == len(predicted) == len(truths):
         raise ValueError(f"ids, predicted and truths differ in length: {len(ids)}, {len(predicted)}, {len(truths)}")
     return pd.DataFrame([{"id": i, **score_schema(p, t).to_dict()} for i, p, t in zip(ids, predicted, truths)])
+
+
+def aggregate_report(table) -> dict[str, float]:
+    """`aggregate` over the rows of a `report` DataFrame (pandas' NaN read back as None)."""
+    import pandas as pd
+
+    names = [f.name for f in fields(SchemaScore)]
+    rows = [{k: (None if pd.isna(row[k]) else row[k]) for k in names} for row in table.to_dict("records")]
+    return aggregate([SchemaScore(**row) for row in rows])
 
 
 def validity_checks(sql: str) -> list[dict]:

@@ -293,8 +293,23 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     optimizer, scheduler, RNG and data order restored, so the loss curve continues. A
     KeyboardInterrupt or error is recorded in training-status.json and re-raised.
     """
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
+    from transformers import DataCollatorForSeq2Seq
 
+    # Pads input_ids with the pad token and labels with -100, so padding carries no loss.
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    return train_dataset(model, tokenizer, tokenized_dataset(tokenizer, train_records, config.max_seq_length),
+                         collator, config, run_dir, device, compute_dtype, sample_prompts, resume, extra_callbacks)
+
+
+def train_dataset(model, processing_class, dataset, collator, config: TrainingConfig, run_dir: str | Path,
+                  device: str, compute_dtype: torch.dtype, sample_prompts: list[list[dict]] = (),
+                  resume: bool = True, extra_callbacks=()) -> TrainingResult:
+    """`train` for any map-style `dataset` and `collator` (a callable from a list of items to a batch
+    dict with labels): the vision path's conversations with images. `processing_class` (tokenizer
+    or processor) is saved next to the adapter."""
+    from transformers import PrinterCallback, Trainer
+
+    tokenizer = processing_class
     run_dir = Path(run_dir)
     paths = run_paths(run_dir)
     if device == "cpu":
@@ -305,11 +320,9 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
     if sample_prompts:
         callbacks.append(SampleCallback(run_dir, tokenizer, list(sample_prompts), config.sample_every,
                                         config.sample_max_new_tokens))
-    # Pads input_ids with the pad token and labels with -100, so padding carries no loss.
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = Trainer(model=model, args=training_arguments(config, run_dir, device, compute_dtype),
-                      train_dataset=tokenized_dataset(tokenizer, train_records, config.max_seq_length),
-                      data_collator=collator, processing_class=tokenizer, callbacks=callbacks)
+                      train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+                      callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
     if checkpoint is not None and paths["stats"].exists() and \

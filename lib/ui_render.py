@@ -222,6 +222,15 @@ def screenshot(screens: list[Screen], folder: str | Path, chromium: str = "/usr/
     Chromium, with each screen's text. Files are written under a temporary name and renamed, so
     the folder never holds a half-written image. `names`: file stems (default index-kind-style).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Playwright's sync API refuses to run in a thread with a running asyncio loop, and a Jupyter
+    # kernel has one: a worker thread drives the browser.
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(_screenshot, screens, Path(folder), chromium, width, names).result()
+
+
+def _screenshot(screens, folder, chromium, width, names) -> list[Capture]:
     from playwright.sync_api import sync_playwright
 
     folder = Path(folder)

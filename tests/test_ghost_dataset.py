@@ -71,3 +71,9 @@ def test_text_records_train_on_the_ddl_only(dataset, tokenizer):
     assert tokenizer.decode(answer).strip().startswith(first.ddl.strip())
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         text_records(examples, "dev", folder)
+
+
+def test_few_schemas_still_give_every_split(tmp_path):
+    examples = build_dataset(tmp_path, examples=12, seed=2, screens_per_schema=2)  # 6 schemas
+    assert {split: len({e.schema_seed for e in examples if e.split == split}) for split in ("train", "val", "test")} \
+        == {"train": 4, "val": 1, "test": 1}
