@@ -21,7 +21,7 @@ browser:
 go:
 	@command -v go >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go; }
 
-course: install
+course: install browser
 	$(PY) -m tools.course all
 
 test: install browser go

@@ -10,6 +10,7 @@ one, whose SQL is noise: the page says so.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -58,7 +59,7 @@ vision_name = args.vision_model or default_vision_model()
 model = architect(args.text_model, args.text_adapter, vision_name, args.vision_adapter, args.max_new_tokens)
 
 st.set_page_config(page_title="Ghost Architect", layout="wide")
-st.title("Ghost Architect: screen -> SQL schema")
+st.title("Ghost Architect: from a screen to its SQL schema")
 st.caption(f"vision model: {vision_name} (adapter: {args.vision_adapter or 'none'}) · "
            f"text model: {args.text_model} (adapter: {args.text_adapter or 'none'})")
 if vision_name == TINY_RANDOM:
@@ -67,7 +68,9 @@ if vision_name == TINY_RANDOM:
 
 screenshot_tab, text_tab = st.tabs(["Screenshot", "Visible text"])
 with screenshot_tab:
-    upload = st.file_uploader("Upload a UI screenshot (PNG, JPEG or WebP)", key="screenshot")
+    # Streamlit refuses larger files in the browser; read_upload checks again (the CLI's path too).
+    upload = st.file_uploader("Upload a UI screenshot (PNG, JPEG or WebP)", key="screenshot",
+                              max_upload_size=max(1, math.ceil(args.max_upload_mb)))
     if upload is not None:
         try:
             image = read_upload(upload.name, upload.getvalue(), int(args.max_upload_mb * 2**20))

@@ -83,8 +83,10 @@ def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES):
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
-        raise UploadError(f"{name}: not an image PNG/JPEG/WebP can be read from ({error})") from error
+    except UnidentifiedImageError as error:
+        raise UploadError(f"{name}: not an image (no PNG, JPEG or WebP header)") from error
+    except (Image.DecompressionBombError, OSError) as error:  # truncated or corrupt, or absurdly large
+        raise UploadError(f"{name}: not an image that can be decoded ({error})") from error
 
 
 # ------------------------------------------------------------------ the models
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = [Path(t).read_text(encoding="utf-8") for t in args.text]
         loaded = [read_upload(str(p), p.read_bytes()) for p in images]
     except (OSError, ValueError) as error:  # UploadError is a ValueError
-        console.print(f"[red]error:[/] {error}")
+        console.print(f"[red]error:[/] {error}", soft_wrap=True)
         return 2
     results = list(zip(map(str, images), architect.from_images(loaded) if loaded else []))
     results += list(zip(args.text, architect.from_text(texts) if texts else []))
