@@ -237,6 +237,18 @@ plots.schema_scores(scores, target_parse_rate=0.9);
 reports["fine-tuned"].drop(columns=["sql"]).head(8).round(2)
 
 # %% [markdown]
+# By screen kind. Names are matched exactly, and columns as (table, column) pairs, so a wrong
+# table name costs the table and all its columns. A data table or a dashboard shows the table's
+# name as the app's heading ("Submissions"); a form shows "New submission", which does not say
+# whether the schema names its tables in the plural or the singular. That convention varies
+# between the generated schemas as between real codebases, and a form cannot reveal it.
+
+# %%
+fine_tuned = reports["fine-tuned"].assign(kind=[e.kind for e in test])
+fine_tuned.groupby("kind")[["parses", "executes", "table_f1", "column_f1", "primary_key_f1",
+                            "foreign_key_f1"]].mean().assign(screens=fine_tuned.kind.value_counts()).round(2)
+
+# %% [markdown]
 # One test screen, what each model wrote, and the truth:
 
 # %%
@@ -350,6 +362,20 @@ vision_report.assign(generated=[a[:60] for a in answers])[["id", "parses", "exec
 # With the tiny random model the generations above are noise and every score is zero, as they
 # should be: nothing here measured vision quality. With `vision_model` set to a real checkpoint on
 # a GPU, the same cells train it and the same scorer measures it.
+#
+# The GPU branch (FastVisionModel, UnslothVisionDataCollator) cannot run on a CPU. It ran on a
+# lent H100 with the same tiny model (`tools/vision_gpu_check.py`, both presets from scratch, 2
+# steps each); the stored result, with its provenance:
+
+# %%
+from lib.artifacts import read_json
+
+gpu_check = read_json("data/measurements/vision-gpu-check.json")
+print(f"{gpu_check['gpu']}, torch {gpu_check['torch']}, unsloth {gpu_check['unsloth']}, {gpu_check['date']}\n"
+      f"{gpu_check['command']}")
+pd.DataFrame(gpu_check["results"]).set_index("preset")[
+    ["model class", "adapted layers", "fast DoRA layers", "labels decode to the answer",
+     "LoRA B moved (language, vision)", "steps", "peak GiB", "reloaded generates"]]
 
 # %% [markdown]
 # ## Using it

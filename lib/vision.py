@@ -74,29 +74,32 @@ def default_vision_model() -> str:
 
 # ------------------------------------------------------------------ the tiny random model
 
-def gemma3_vision_tokenizer():
-    """The embedded Gemma 3 tokenizer with the image placeholder `<image_soft_token>` added (id
-    262144, as in the 4B/12B/27B checkpoints, whose vocabulary the 270M's lacks)."""
+def gemma3_vision_tokenizer(tokenizer_folder: str | Path | None = None):
+    """A Gemma 3 tokenizer (from `tokenizer_folder`, default the embedded 270M's) with the image
+    placeholder `<image_soft_token>` added (id 262144, as in the 4B/12B/27B checkpoints, whose
+    vocabulary the 270M's lacks)."""
     from transformers import AutoTokenizer
 
     from .model import gemma3_chat_template, resolve_model
 
     # Named like the hub checkpoints' tokenizer_config.json, which Gemma3Processor reads; saved with it.
     named = {"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_TOKEN}
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("gemma-3-270m").path_or_id, extra_special_tokens=named)
+    folder = tokenizer_folder or resolve_model("gemma-3-270m").path_or_id
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), extra_special_tokens=named)
     tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     tokenizer.chat_template = gemma3_chat_template()
     return tokenizer
 
 
-def build_tiny_random(folder: str | Path, seed: int = 0, image_size: int = 224,
-                      tokens_per_image: int = 16) -> Path:
+def build_tiny_random(folder: str | Path, seed: int = 0, image_size: int = 224, tokens_per_image: int = 16,
+                      tokenizer_folder: str | Path | None = None) -> Path:
     """Write a random-initialised Gemma3ForConditionalGeneration and its processor to `folder`.
 
     Same classes, chat template, tokenizer and image pipeline as the hub checkpoints; small sizes:
     text 2 layers x 64 wide, vision 2 layers x 32 wide, `image_size` px images in 14 px patches,
     average-pooled to `tokens_per_image` tokens (the 4B: 896 px, 256 tokens). About 17M
     parameters, nearly all in the 262,145 x 64 embedding. Deterministic in `seed`. Returns `folder`.
+    `tokenizer_folder`: see `gemma3_vision_tokenizer`.
     """
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
 
@@ -106,7 +109,7 @@ def build_tiny_random(folder: str | Path, seed: int = 0, image_size: int = 224,
     if side * side != tokens_per_image or (image_size // 14) % side:
         raise ValueError(f"tokens_per_image={tokens_per_image} must be a square whose side divides "
                          f"image_size/14 = {image_size // 14}")
-    tokenizer = gemma3_vision_tokenizer()
+    tokenizer = gemma3_vision_tokenizer(tokenizer_folder)
     config = Gemma3Config(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=128,
