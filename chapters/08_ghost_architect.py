@@ -68,7 +68,8 @@ if "google.colab" in sys.modules and not Path("lib").is_dir():
     subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
                     "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
-    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False)  # for the screenshots
+    # Headless Chromium for the screenshots: Ubuntu's apt package is a snap stub, so playwright's own build.
+    subprocess.run([sys.executable, "-m", "playwright", "install", "--with-deps", "chromium"], check=True)
     os.chdir("/content/course")
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())

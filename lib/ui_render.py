@@ -216,12 +216,17 @@ class Capture:
     text: str
 
 
-def screenshot(screens: list[Screen], folder: str | Path, chromium: str = "/usr/bin/chromium",
+def screenshot(screens: list[Screen], folder: str | Path, chromium: str | None = None,
                width: int = 1024, names: list[str] | None = None) -> list[Capture]:
     """PNG screenshots (full page, `width` px wide) of `screens` into `folder` via headless
     Chromium, with each screen's text. Files are written under a temporary name and renamed, so
     the folder never holds a half-written image. `names`: file stems (default index-kind-style).
+    `chromium`: the browser's executable; default the system's `chromium` (Debian's package), else
+    the one `python -m playwright install chromium` downloads (Colab).
     """
+    import shutil
+
+    chromium = chromium or shutil.which("chromium")
     from concurrent.futures import ThreadPoolExecutor
 
     # Playwright's sync API refuses to run in a thread with a running asyncio loop, and a Jupyter

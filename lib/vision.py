@@ -1,7 +1,7 @@
 """The vision path of the Ghost Architect: Gemma 3 (image + text -> text) with LoRA on its language
 and vision layers, trained on screenshot -> DDL conversations.
 
-On a GPU with the hub, `model_name` is a Gemma 3 vision checkpoint (default `DEFAULT_HUB_MODEL`,
+On a GPU with the hub, the model is a Gemma 3 vision checkpoint (default `DEFAULT_HUB_MODEL`,
 4B) loaded by unsloth's FastVisionModel and batched by its UnslothVisionDataCollator (unsloth's
 Gemma 3 vision notebook: docs.unsloth.ai/basics/vision-fine-tuning). Offline there are no vision
 weights: `TINY_RANDOM` builds a Gemma3ForConditionalGeneration with random weights from a small
@@ -339,19 +339,22 @@ def generate_ddl(model, processor, images: list, instruction: str, max_new_token
     tokenizer = processor.tokenizer
     stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
     device = next(model.parameters()).device
-    was_training = model.training
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    was_training, padding_side = model.training, tokenizer.padding_side
     model.eval()
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = "left"  # generation continues every row from its last token
     answers = []
-    for start in range(0, len(images), batch_size):
-        chunk = [Image.open(i).convert("RGB") if isinstance(i, (str, Path)) else i.convert("RGB")
-                 for i in images[start:start + batch_size]]
-        prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
-        text = processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        batch = processor(text=[text] * len(chunk), images=[[image] for image in chunk], padding=True,
-                          return_tensors="pt").to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                             pad_token_id=tokenizer.pad_token_id)
-        answers.extend(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True))
-    model.train(was_training)
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = [Image.open(i).convert("RGB") if isinstance(i, (str, Path)) else i.convert("RGB")
+                     for i in images[start:start + batch_size]]
+            batch = processor(text=[text] * len(chunk), images=[[image] for image in chunk], padding=True,
+                              return_tensors="pt").to(device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+            answers.extend(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = padding_side
     return answers
