@@ -373,10 +373,10 @@ from lib.artifacts import read_json
 
 gpu_check = read_json("data/measurements/vision-gpu-check.json")
 print(f"{gpu_check['gpu']}, torch {gpu_check['torch']}, unsloth {gpu_check['unsloth']}, {gpu_check['date']}\n"
-      f"{gpu_check['command']}")
+      f"{gpu_check['command']}\nmodel class: {gpu_check['results'][0]['model class']}")
 pd.DataFrame(gpu_check["results"]).set_index("preset")[
-    ["model class", "adapted layers", "fast DoRA layers", "labels decode to the answer",
-     "LoRA B moved (language, vision)", "steps", "peak GiB", "reloaded generates"]]
+    ["adapted layers", "fast DoRA layers", "labels decode to the answer", "LoRA B moved (language, vision)",
+     "steps", "peak GiB"]]
 
 # %% [markdown]
 # ## Using it

@@ -236,17 +236,27 @@ def ladder_attempts(scenarios: list[dict]):
     return fig
 
 
-def screens_beside_ddl(pairs: list[tuple[str, str, str]]):
-    """One row per (title, screenshot path, DDL): the screenshot left, its true DDL right."""
-    from PIL import Image
+def screens_beside_ddl(pairs: list[tuple[str, str, str]], max_aspect: float = 0.8):
+    """One row per (title, screenshot path, DDL): the screenshot left (its top, at most
+    `max_aspect` times as high as wide), its true DDL right. Rows are as high as their screenshot."""
+    from PIL import Image, ImageChops
 
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 4.6 * len(pairs)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.25, 1]})
-    for (ax_image, ax_text), (title, image, ddl) in zip(axes, pairs):
-        with Image.open(image) as screen:
-            ax_image.imshow(screen.crop((0, 0, screen.width, min(screen.height, int(screen.width * 0.9)))))
+    crops = []
+    for _, path, _ in pairs:
+        with Image.open(path) as screen:
+            screen = screen.convert("RGB")
+        # Full-page screenshots are at least a viewport high: cut the empty page background below.
+        background = Image.new("RGB", screen.size, screen.getpixel((screen.width - 1, screen.height - 1)))
+        content = ImageChops.difference(screen, background).getbbox() or (0, 0, screen.width, screen.height)
+        bottom = min(content[3] + 16, screen.height, int(screen.width * max_aspect))
+        crops.append(screen.crop((0, 0, screen.width, bottom)))
+    heights = [max(crop.height / crop.width, 0.3) for crop in crops]
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(13, 6.5 * sum(heights) + 0.4 * len(pairs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.1, 1], "height_ratios": heights})
+    for (ax_image, ax_text), (title, _, ddl), crop in zip(axes, pairs, crops):
+        ax_image.imshow(crop)
         ax_image.set_title(title, fontsize=10, loc="left")
-        ax_text.text(0, 1, ddl, family="monospace", fontsize=7.5, va="top")
+        ax_text.text(0.02, 1, ddl, family="monospace", fontsize=8.5, va="top", transform=ax_text.transAxes)
         for ax in (ax_image, ax_text):
             ax.axis("off")
     fig.tight_layout()
