@@ -173,15 +173,19 @@ def code_metrics(generations: list[str], records: list[Record]) -> tuple[dict, l
     }, rows
 
 
+def adapter_switch(model, enabled: bool):
+    """A context in which a peft model runs with its adapter (enabled) or as its base model."""
+    return nullcontext() if enabled or not hasattr(model, "disable_adapter") else model.disable_adapter()
+
+
 def evaluate_model(model, tokenizer, records: list[Record], generate_n: int, max_new_tokens: int,
                    batch_size: int = 4, adapter: bool = True) -> tuple[dict, list[dict]]:
     """All metrics for one model on `records`; with `adapter=False` a peft model runs as its base.
 
     Loss uses every record; generation metrics use the first `generate_n`.
     """
-    context = model.disable_adapter() if not adapter and hasattr(model, "disable_adapter") else nullcontext()
     model.eval()
-    with context:
+    with adapter_switch(model, adapter):
         metrics = response_loss(model, tokenizer, records, batch_size)
         subset = records[:generate_n]
         generations = generate(model, tokenizer, [r.prompt_messages for r in subset], max_new_tokens, batch_size)

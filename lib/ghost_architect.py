@@ -78,9 +78,10 @@ def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES):
     if len(data) > max_bytes:
         raise UploadError(f"{name}: {len(data) / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit "
                           f"for a screenshot")
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only; load() decodes
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise UploadError(f"{name}: {image.width} x {image.height} pixels is too large for a screenshot")
             image.load()
             return image.convert("RGB")
     except UnidentifiedImageError as error:
@@ -150,14 +151,12 @@ def evaluate_text_model(model, tokenizer, examples: list[GhostExample], max_new_
     With adapter=False a peft model runs as its base model.
     """
     import time
-    from contextlib import nullcontext
 
-    from .evaluation import generate
+    from .evaluation import adapter_switch, generate
 
-    context = model.disable_adapter() if not adapter and hasattr(model, "disable_adapter") else nullcontext()
     model.eval()
     started = time.monotonic()
-    with context:
+    with adapter_switch(model, adapter):
         answers = generate(model, tokenizer, [text_messages(e)[:1] for e in examples], max_new_tokens, batch_size)
     seconds = time.monotonic() - started
     sql = [extract_sql(a) for a in answers]

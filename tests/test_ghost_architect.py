@@ -49,6 +49,8 @@ def test_uploads_are_checked_with_messages_naming_the_file():
         read_upload("big.png", b"\x89PNG" + bytes(2 * 2**20), max_bytes=2**20)
     with pytest.raises(UploadError, match="notes.png: not an image"):
         read_upload("notes.png", b"CREATE TABLE a (x INT);")
+    with pytest.raises(UploadError, match="wide.png: 40000 x 1001 pixels is too large"):
+        read_upload("wide.png", png_bytes((40_000, 1001)))  # a few KB compressed, 40M pixels decoded
     with pytest.raises(UploadError, match="cut.png: not an image"):
         read_upload("cut.png", png_bytes()[:60])  # a truncated PNG
 
