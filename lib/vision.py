@@ -264,6 +264,7 @@ class Conversations(torch.utils.data.Dataset):
 
 
 def conversation_images(messages: list[dict]) -> list:
+    """The images of a conversation, in order (the `image` value of every image item)."""
     return [item["image"] for message in messages if isinstance(message["content"], list)
             for item in message["content"] if item["type"] == "image"]
 
