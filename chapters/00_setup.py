@@ -33,6 +33,7 @@ alpha = 32
 use_rslora = True
 use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
+compute_dtype = "auto"               # "auto" (measured on a CPU), "bfloat16" or "float32"
 seed = 3407
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
@@ -63,7 +64,7 @@ quiet_library_logs()
 import pandas as pd
 from lib.environment import validate_environment
 
-report = validate_environment()
+report = validate_environment(compute_dtype)
 pd.DataFrame(report.table())
 
 # %% [markdown]
@@ -82,6 +83,16 @@ pd.DataFrame(report.table())
 # (like a V100 or an RTX 20xx) has no bfloat16. Unsloth's fix keeps the overflowing computations
 # in float32 while matrix products stay in float16; the peft backend here takes the simple route
 # and computes in float32 on such GPUs, which costs memory but never overflows.
+#
+# **Precision on a CPU.** Whether bfloat16 is fast on a CPU depends on the CPU. Those with native
+# bfloat16 instructions (AVX512-BF16, AMX-BF16: recent Xeons and EPYCs) multiply bfloat16 through
+# oneDNN faster than float32; most laptops and many cloud machines (AVX2 only) have none, and
+# torch then falls back to a reference loop that this course measured at about 1/100 of
+# float32's speed, which turns a 20-minute training run into days. So the course does not guess:
+# `lib.precision` times a linear layer's matrix products (forward and weight gradient, Gemma 3
+# 270M's MLP shape) in both dtypes, once per machine, and every computation of the course
+# (training with either backend, evaluation, generation, the export merge, the Ghost Architect)
+# runs in the faster one. The `compute_dtype` parameter forces one.
 
 # %%
 chosen, why = (report.backend, report.backend_reason) if backend == "auto" else (backend, "set by parameter")
@@ -90,6 +101,22 @@ pd.DataFrame([
     {"setting": "backend", "value": chosen, "why": why},
     {"setting": "compute dtype", "value": str(report.compute_dtype), "why": report.dtype_reason},
 ])
+
+# %% [markdown]
+# On a CPU, the measurement behind the choice (cached per machine in the course cache; the ISA
+# columns are what the CPU and torch report):
+
+# %%
+if report.cpu_speeds is not None:
+    speeds = report.cpu_speeds
+    features = speeds.features
+    display(pd.DataFrame([{"dtype": name, "GFLOP/s": gflops, "x float32": gflops / speeds.gflops["float32"]}
+                          for name, gflops in speeds.gflops.items()]).round(3))
+    display(pd.DataFrame([{"CPU": features["cpu"], "threads": features["threads"],
+                           "torch kernels": features["torch_capability"],
+                           "bfloat16 flags": ", ".join(features["bf16_flags"]) or "none",
+                           "ISA overrides": ", ".join(f"{k}={v}" for k, v in features["overrides"].items()) or "none",
+                           "measured": speeds.measured_at + (" (cached)" if speeds.cached else "")}]))
 
 # %% [markdown]
 # ## Verdict

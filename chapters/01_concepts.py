@@ -43,6 +43,7 @@ dora_rank = 64                       # the DoRA run, compared with the rsLoRA ru
 track_every = 4                      # record magnitude/direction changes every N steps
 table_ranks = [8, 16, 32, 64, 128, 256]
 seed = 3407
+compute_dtype = "auto"               # the short runs: "auto" (lib.precision: measured on a CPU), "bfloat16", "float32"
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
 # %% tags=["hide-input"]
@@ -302,7 +303,7 @@ from lib.adapter_runs import AdapterRun, run_in_fresh_process
 
 common = dict(alpha=alpha, steps=sweep_steps, batch_size=batch_size, max_seq_length=max_seq_length,
               learning_rate=learning_rate, seed=seed, track_every=track_every, model_name=model_name,
-              dataset_dir=dataset_dir)
+              dataset_dir=dataset_dir, compute_dtype=compute_dtype)
 sweep = []
 for rslora in (False, True):
     for r in sweep_ranks:

@@ -41,6 +41,7 @@ alpha = 32
 use_rslora = True
 use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
+compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
 seed = 3407
 batch_size = 4
 gradient_accumulation_steps = 1
@@ -81,7 +82,7 @@ import torch
 from lib.data import load_prepared
 from lib.environment import import_backend, validate_environment
 
-env = validate_environment()
+env = validate_environment(compute_dtype)
 chosen_backend = env.backend if backend == "auto" else backend
 import_backend(chosen_backend)  # unsloth must be imported before transformers to patch it
 print(f"backend: {chosen_backend} ({env.backend_reason})")

@@ -36,6 +36,7 @@ alpha = 32
 use_rslora = True
 use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
+compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
 seed = 3407
 eval_limit = None                    # test records for the loss (None: all)
 generate_n = 24                      # test records to generate for (greedy)
@@ -70,7 +71,7 @@ from lib.evaluation import load_finetuned
 from lib.model import resolve_model, load_tokenizer
 from lib.training import run_paths
 
-env = validate_environment()
+env = validate_environment(compute_dtype)
 run_dir = Path(output_dir) / run_name
 test = load_prepared(run_dir / "data")["test"][:eval_limit]
 source = resolve_model(model_name)

@@ -43,6 +43,7 @@ eval_batch_size = 4
 n_ctx = 1024                         # llama.cpp context for evaluation
 compare_original_merge = True        # also merge into the unquantized weights and measure it
 max_relative_change = 0.05           # gate: quantized within 5% of the merged model
+compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
 # %% tags=["hide-input"]
@@ -74,7 +75,7 @@ from lib.environment import validate_environment
 from lib.model import load_tokenizer, resolve_model
 from lib.training import run_paths
 
-env = validate_environment()
+env = validate_environment(compute_dtype)
 run_dir = Path(output_dir) / run_name
 export_dir = run_dir / "export"
 trained_adapter = Path(adapter_dir) if adapter_dir else run_paths(run_dir)["adapter"]
@@ -116,10 +117,10 @@ del in_memory, reloaded
 # `merge_and_unload` folds s·B·A (and DoRA's magnitude rescaling) into W, giving a plain model
 # that loads with transformers alone. Which W? Training saw the NF4-rounded weights, and the
 # adapter learned its update on top of them. `lib.export.merge_adapter` therefore dequantizes the
-# NF4 base to bf16 and merges there (as unsloth's merged export does): the merged model is the
-# model that was trained. The alternative, merging into the original unquantized checkpoint, is
-# measured next to it when `compare_original_merge` is set. Chapter 06's numbers for the adapter
-# on its NF4 base are the yardstick.
+# NF4 base and merges there (in float32 on a CPU, saved in bf16), as unsloth's merged export
+# does: the merged model is the model that was trained. The alternative, merging into the
+# original unquantized checkpoint, is measured next to it when `compare_original_merge` is set.
+# Chapter 06's numbers for the adapter on its NF4 base are the yardstick.
 
 # %%
 import time
@@ -136,7 +137,7 @@ if evaluation_06.exists():
 
 def measure_merged(label: str, folder: Path) -> None:
     started = time.perf_counter()
-    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=env.compute_dtype)
     load_seconds = time.perf_counter() - started
     assert not any("lora" in name for name, _ in merged.named_modules())  # a plain transformers model
     results[label], examples[label] = evaluate_model(merged, tokenizer, test, generate_n, max_new_tokens,

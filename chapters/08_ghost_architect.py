@@ -49,6 +49,7 @@ alpha = 32
 use_rslora = True
 use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
+compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
 seed = 3407
 eval_n = 32                          # test screens to generate SQL for (None: all)
 max_new_tokens = 320                 # the longest true DDL is ~220 tokens
@@ -101,7 +102,7 @@ import pandas as pd
 from lib.environment import import_backend, validate_environment
 from lib.ghost_dataset import build_dataset
 
-env = validate_environment()
+env = validate_environment(compute_dtype)
 chosen_backend = env.backend if backend == "auto" else backend
 import_backend(chosen_backend)  # unsloth must be imported before transformers to patch it
 run_dir = Path(output_dir) / run_name

@@ -39,6 +39,7 @@ class AdapterRun:
     warmup_steps: int = 2
     seed: int = 3407
     track_every: int = 4
+    compute_dtype: str = "auto"           # lib.precision's policy, or "bfloat16" / "float32"
     model_name: str = "gemma-3-270m"
     dataset_dir: str = "data/python-stdlib"
     target_modules: tuple[str, ...] = field(default=ALL_LINEAR_MODULES)
@@ -78,14 +79,14 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     from peft import get_peft_model
 
     from .data import prepare_dataset, split_files
-    from .environment import choose_compute_dtype
+    from .precision import default_device, resolve_compute_dtype
     from .lora import TrinityConfig, update_norms
     from .model import load_causal_lm, load_tokenizer, resolve_model
     from .training import TrainingConfig, current_memory_gib, peak_memory_gib, read_log, train
 
     run_dir = Path(run_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype, _ = choose_compute_dtype(device == "cuda", device == "cuda" and torch.cuda.is_bf16_supported())
+    device = default_device()
+    dtype = resolve_compute_dtype(run.compute_dtype, device)
     torch.manual_seed(run.seed)
     source = resolve_model(run.model_name)
     tokenizer = load_tokenizer(source)
@@ -105,7 +106,8 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     result = train(model, tokenizer, records, config, run_dir, device, dtype, resume=False,
                    extra_callbacks=_callbacks(run.track_every, changes, seconds))
     peak, peak_kind = peak_memory_gib(device)
-    summary = {"run": asdict(run), "device": device, "peft_scaling": peft_scaling,
+    summary = {"run": asdict(run), "device": device, "compute_dtype": str(dtype).removeprefix("torch."),
+               "peft_scaling": peft_scaling,
                "trainable_parameters": result.stats["trainable_parameters"]["trainable"],
                "log": read_log(run_dir), "update_norms": update_norms(model), "magnitude_direction": changes,
                "memory_after_load_gib": round(memory_after_load, 3), "peak_memory_gib": round(peak, 3),

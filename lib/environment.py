@@ -4,10 +4,9 @@
 
     python -m lib.environment            # prints the table, exits 1 if a required check fails
 
-Precision: Gemma 3's activations exceed float16's maximum (65,504) and turn into inf/NaN on GPUs
-without bfloat16 (T4, V100). Unsloth's fix keeps the sensitive computations in float32
-(unsloth.ai/blog/gemma3, "Gemma 3 Training Fixes"); the plain transformers + peft backend here
-does the same the simple way: on such GPUs it computes in float32 (2x the activation memory).
+The compute dtype follows the course's one precision policy (`lib.precision`): bfloat16 on GPUs
+that have it, float32 on those that do not (T4), and on a CPU whichever of the two this CPU
+multiplies faster, measured.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+
+from .precision import CpuMatmulSpeeds, choose_compute_dtype, cpu_matmul_speeds
 
 REQUIRED_PACKAGES = ("transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
 
@@ -45,6 +46,7 @@ class EnvironmentReport:
     compute_dtype: torch.dtype = torch.float32
     dtype_reason: str = ""
     device: str = "cpu"
+    cpu_speeds: CpuMatmulSpeeds | None = None  # the CPU's measured float32 vs bfloat16 speeds (no GPU)
 
     @property
     def ok(self) -> bool:
@@ -113,18 +115,12 @@ def import_backend(backend: str) -> None:
         importlib.import_module("unsloth")
 
 
-def choose_compute_dtype(cuda: bool, bf16: bool) -> tuple[torch.dtype, str]:
-    """bfloat16 where supported; float32 on fp16-only GPUs, where Gemma 3 overflows in float16."""
-    if cuda and bf16:
-        return torch.bfloat16, "GPU supports bfloat16"
-    if cuda:
-        return torch.float32, ("GPU lacks bfloat16 (e.g. T4): Gemma 3 activations overflow float16's 65,504, "
-                               "so compute stays in float32 (unsloth instead upcasts only the unsafe ops)")
-    return torch.bfloat16, "CPU: bfloat16 halves activation memory; torch emulates it where the CPU lacks it"
+def validate_environment(compute_dtype: str = "auto") -> EnvironmentReport:
+    """Run every check; never raises for a failed check (see `.ok` and `.table()`).
 
-
-def validate_environment() -> EnvironmentReport:
-    """Run every check; never raises for a failed check (see `.ok` and `.table()`)."""
+    compute_dtype: "auto" (the policy of `lib.precision`), "bfloat16" or "float32" (forced).
+    Raises ValueError for another value.
+    """
     report = EnvironmentReport()
     add = report.checks.append
     py_ok = sys.version_info >= (3, 10)
@@ -151,8 +147,15 @@ def validate_environment() -> EnvironmentReport:
     free_gib = shutil.disk_usage(".").free / 2**30
     add(Check("free disk", f"{free_gib:.1f} GiB", free_gib > 3, note="model cache and checkpoints need ~3 GiB"))
     report.backend, report.backend_reason = choose_backend(cuda, unsloth_ok, unsloth_why)
-    report.compute_dtype, report.dtype_reason = choose_compute_dtype(cuda, bf16)
     report.device = "cuda" if cuda else "cpu"
+    if not cuda:
+        report.cpu_speeds = cpu_matmul_speeds()
+        features = report.cpu_speeds.features
+        add(Check("CPU", f"{features['cpu']}, {features['threads']} threads", True, required=False,
+                  note=f"torch kernels {features['torch_capability']}; native bfloat16: "
+                       + (", ".join(features["bf16_flags"]) if features["native_bf16"] else "no")))
+    report.compute_dtype, report.dtype_reason = choose_compute_dtype(report.device, compute_dtype, gpu_bf16=bf16,
+                                                                     cpu_speeds=report.cpu_speeds)
     return report
 
 

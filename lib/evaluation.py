@@ -93,9 +93,16 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
 # ------------------------------------------------------------------ teacher-forced loss
 
 @torch.no_grad()
-def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4) -> dict:
-    """Token-weighted mean loss over assistant tokens. Returns {'loss', 'perplexity', 'tokens'}."""
+def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4, chunk_tokens: int = 256) -> dict:
+    """Token-weighted mean loss over assistant tokens. Returns {'loss', 'perplexity', 'tokens'}.
+
+    The output head runs on the assistant tokens only, `chunk_tokens` rows at a time
+    (`lib.loss.chunked_cross_entropy`), so a batch never holds its full 262k-vocabulary logits.
+    """
+    from .loss import causal_lm_parts, chunked_cross_entropy
+
     device = next(model.parameters()).device
+    parts = causal_lm_parts(model)
     total, count = 0.0, 0
     encoded = [tokenize_conversation(tokenizer, r.messages) for r in records]
     for start in range(0, len(encoded), batch_size):
@@ -109,12 +116,17 @@ def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4) 
             ids[i, :n] = torch.tensor(e["input_ids"])
             attention[i, :n] = 1
             labels[i, :n] = torch.tensor(response_labels(e))
-        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-        losses = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                                   shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-        total += losses.item()
-        count += int((shift_labels != -100).sum())
+        ids, attention, labels = ids.to(device), attention.to(device), labels.to(device)
+        tokens = int((labels[:, 1:] != -100).sum())
+        if parts is not None:
+            decoder, head, softcap = parts
+            hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+            total += chunked_cross_entropy(hidden, labels, head.weight, chunk_tokens, softcap, num_items=1).item()
+        else:  # not a plain causal LM: its own logits
+            logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                       labels[:, 1:].reshape(-1), reduction="sum").item()
+        count += tokens
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 

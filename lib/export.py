@@ -155,8 +155,12 @@ def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Pa
                   base: str = "nf4") -> Path:
     """Fold the adapter into a 16-bit copy of the base and save it (safetensors) with its tokenizer.
 
-    base="nf4" (default) merges into the NF4 weights the adapter was trained against, dequantized
-    to `dtype` (bf16 by default): W' = dequant(NF4(W)) + s B A, the model training produced, as
+    The files are written in `dtype` (bf16 by default). The merge itself runs in float32 on a CPU
+    (exact, and fast on every CPU, where bfloat16 arithmetic may be emulated: `lib.precision`) and
+    in `dtype` on a GPU, where a float32 copy of a large model may not fit. base="nf4" (default)
+    merges into the NF4
+    weights the adapter was trained against, dequantized: W' = dequant(NF4(W)) + s B A, the model
+    training produced, as
     unsloth's merged export does. base="original" merges into the unquantized checkpoint, W + s B A:
     an adapter trained to correct NF4's rounding then meets weights without it; chapter 07
     measures the difference. Raises ValueError for another `base`.
@@ -166,16 +170,18 @@ def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Pa
     from transformers import AutoModelForCausalLM
 
     from .model import load_causal_lm, load_tokenizer
+    from .precision import default_device
 
     if base not in ("nf4", "original"):
         raise ValueError(f"base must be 'nf4' or 'original', got {base!r}")
     target = Path(target)
     dtype = dtype or torch.bfloat16
+    compute = torch.float32 if default_device() == "cpu" else dtype
     if base == "nf4":
-        weights = load_causal_lm(source, dtype, load_in_4bit=True).dequantize()
+        weights = load_causal_lm(source, compute, load_in_4bit=True).dequantize()
     else:
-        weights = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=dtype)
-    merged = PeftModel.from_pretrained(weights, str(adapter_dir)).merge_and_unload()
+        weights = AutoModelForCausalLM.from_pretrained(source.path_or_id, dtype=compute)
+    merged = PeftModel.from_pretrained(weights, str(adapter_dir)).merge_and_unload().to(dtype)
     staging = _staging_for(target)
     try:
         merged.save_pretrained(staging)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .ghost_dataset import INSTRUCTION, GhostExample, text_messages
+from .precision import resolve_compute_dtype
 from .sql_eval import report, structure, validity_checks
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -102,7 +103,7 @@ class GhostArchitect:
     vision_model: str | None = None      # None: lib.vision.default_vision_model()
     vision_adapter: str | None = None
     max_new_tokens: int = 320
-    compute_dtype: torch.dtype = torch.bfloat16
+    compute_dtype: str | torch.dtype = "auto"   # lib.precision's policy, or a dtype / its name
     _loaded: dict = field(default_factory=dict, repr=False)
 
     def text_pipeline(self):
@@ -111,8 +112,9 @@ class GhostArchitect:
             from .model import load_causal_lm, load_tokenizer, resolve_model
 
             source = resolve_model(self.text_model)
-            model = (load_finetuned(source, self.text_adapter, self.compute_dtype) if self.text_adapter
-                     else load_causal_lm(source, self.compute_dtype).eval())
+            dtype = resolve_compute_dtype(self.compute_dtype)
+            model = (load_finetuned(source, self.text_adapter, dtype) if self.text_adapter
+                     else load_causal_lm(source, dtype).eval())
             self._loaded["text"] = (model, load_tokenizer(source))
         return self._loaded["text"]
 
@@ -121,7 +123,8 @@ class GhostArchitect:
             from .vision import default_vision_model, load_vision_for_inference
 
             name = self.vision_model or default_vision_model()
-            self._loaded["vision"] = load_vision_for_inference(name, self.vision_adapter, self.compute_dtype)
+            self._loaded["vision"] = load_vision_for_inference(name, self.vision_adapter,
+                                                               resolve_compute_dtype(self.compute_dtype))
         return self._loaded["vision"]
 
     def from_text(self, screen_texts: list[str], batch_size: int = 4) -> list[str]:

@@ -175,6 +175,7 @@ def probe_attempt(model_path: str, steps: int = 3) -> Callable[[TrainingSetup], 
 
         from .lora import TrinityConfig
         from .model import ModelSource
+        from .precision import resolve_compute_dtype
         from .training import load_for_training
 
         cuda = torch.cuda.is_available()
@@ -182,7 +183,7 @@ def probe_attempt(model_path: str, steps: int = 3) -> Callable[[TrainingSetup], 
             torch.cuda.reset_peak_memory_stats()
         trinity = TrinityConfig(rank=setup.rank, use_dora=setup.use_dora, target_modules=setup.target_modules)
         model, _ = load_for_training(ModelSource("probe", model_path, "local"), trinity, setup.backend,
-                                     torch.bfloat16, setup.max_seq_length, setup.gradient_checkpointing,
+                                     resolve_compute_dtype(), setup.max_seq_length, setup.gradient_checkpointing,
                                      setup.precision.startswith(("nf4", "int8")))
         model.train()
         optimizer = make_optimizer(setup.optimizer, [p for p in model.parameters() if p.requires_grad])

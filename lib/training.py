@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 from .artifacts import read_json, write_json
 from .dora import use_fast_dora
 from .lora import TrinityConfig, trainable_parameters
+from .loss import causal_lm_parts
 from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer
 
 
@@ -50,6 +51,9 @@ class TrainingConfig:
     sample_max_new_tokens: int = 64
     optim: str = "adamw_torch"
     seed: int = 3407
+    # Response-only loss on a CPU: logits of the labelled tokens only, this many rows at a time
+    # (`lib.loss`); 0 uses the model's own loss over the full logits. Ignored on a GPU.
+    loss_chunk_tokens: int = 256
 
 
 def run_paths(run_dir: str | Path) -> dict[str, Path]:
@@ -130,8 +134,11 @@ def _load_peft_model(source, trinity, backend, compute_dtype, max_seq_length, mo
     if backend == "unsloth":
         from unsloth import FastModel
 
+        # dtype: the course's compute dtype (lib.precision), not unsloth's own choice, which reads the
+        # CPU's flags only and so cannot see an emulated CPU or a forced dtype.
         model, tokenizer = FastModel.from_pretrained(source.path_or_id, max_seq_length=max_seq_length,
-                                                     load_in_4bit=load_in_4bit, dtype=None, full_finetuning=False)
+                                                     load_in_4bit=load_in_4bit, dtype=compute_dtype,
+                                                     full_finetuning=False)
         if load_in_4bit and not torch.cuda.is_available():  # the CPU fallback meets bitsandbytes' repacking
             keep_4bit_layout_on_cpu(model)
         model = FastModel.get_peft_model(
@@ -263,6 +270,28 @@ def training_arguments(config: TrainingConfig, run_dir: Path, device: str, compu
         use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=False)
 
 
+def course_trainer_class():
+    """transformers' Trainer with the chunked response-only loss (`lib.loss`) on a CPU."""
+    from transformers import Trainer
+
+    from .loss import response_only_loss
+
+    class CourseTrainer(Trainer):
+        loss_chunk_tokens = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = None
+            if self.loss_chunk_tokens and not return_outputs and "labels" in inputs and model.training:
+                loss = response_only_loss(model, inputs, self.loss_chunk_tokens, num_items_in_batch)
+            if loss is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: ranks sum gradients
+            return loss
+
+    return CourseTrainer
+
+
 @dataclass
 class TrainingResult:
     run_dir: Path
@@ -307,7 +336,7 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
     """`train` for any map-style `dataset` and `collator` (a callable from a list of items to a batch
     dict with labels): the vision path's conversations with images. `processing_class` (tokenizer
     or processor) is saved next to the adapter."""
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback
 
     tokenizer = processing_class
     run_dir = Path(run_dir)
@@ -320,9 +349,12 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
     if sample_prompts:
         callbacks.append(SampleCallback(run_dir, tokenizer, list(sample_prompts), config.sample_every,
                                         config.sample_max_new_tokens))
-    trainer = Trainer(model=model, args=training_arguments(config, run_dir, device, compute_dtype),
-                      train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
-                      callbacks=callbacks)
+    trainer = course_trainer_class()(model=model, args=training_arguments(config, run_dir, device, compute_dtype),
+                                     train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+                                     callbacks=callbacks)
+    if device == "cpu" and config.loss_chunk_tokens and causal_lm_parts(model) is not None:
+        trainer.loss_chunk_tokens = config.loss_chunk_tokens
+        trainer.model_accepts_loss_kwargs = True  # the loss divides by num_items_in_batch: no second division
     trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
     if checkpoint is not None and paths["stats"].exists() and \

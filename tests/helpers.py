@@ -10,6 +10,11 @@ sys.path.insert(0, str(ROOT))
 
 from lib.data import Record  # noqa: E402
 from lib.model import load_tokenizer, resolve_model  # noqa: E402
+from lib.precision import resolve_compute_dtype  # noqa: E402
+
+# The compute dtype the course picks on this machine (lib.precision): tests train in it, so that a
+# CPU without native bfloat16 runs them in float32 instead of emulated bfloat16.
+COMPUTE_DTYPE = resolve_compute_dtype()
 
 
 def make_tiny_gemma(folder: Path) -> Path:

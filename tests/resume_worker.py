@@ -6,7 +6,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from helpers import code_records
+from helpers import COMPUTE_DTYPE, code_records
 from lib.lora import TrinityConfig
 from lib.model import ModelSource
 from lib.training import TrainingConfig, load_for_training, train
@@ -29,7 +29,7 @@ if __name__ == "__main__":
     model_dir, run_dir, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     torch.manual_seed(0)
     model, tokenizer = load_for_training(ModelSource("tiny", model_dir, "local"), TrinityConfig(rank=8),
-                                         "peft", torch.bfloat16, 128)
-    result = train(model, tokenizer, code_records(24), CONFIG, run_dir, "cpu", torch.bfloat16,
+                                         "peft", COMPUTE_DTYPE, 128)
+    result = train(model, tokenizer, code_records(24), CONFIG, run_dir, "cpu", COMPUTE_DTYPE,
                    extra_callbacks=[Slow(seconds)])
     print("resumed_from", result.resumed_from)

@@ -4,7 +4,7 @@ import sys
 import torch
 
 from helpers import ROOT
-from lib.environment import choose_backend, choose_compute_dtype, validate_environment
+from lib.environment import choose_backend, validate_environment
 
 
 def test_validate_environment_on_this_machine():
@@ -22,8 +22,14 @@ def test_backend_and_precision_rules():
     backend, why = choose_backend(True, False, "not installed")
     assert backend == "peft" and "not installed" in why
     assert choose_backend(False, False, "import failed: x")[0] == "peft"
-    assert choose_compute_dtype(True, True)[0] == torch.bfloat16
-    assert choose_compute_dtype(True, False)[0] == torch.float32  # T4: Gemma 3 overflows float16
+
+
+def test_the_report_carries_the_policy_and_a_forced_dtype():
+    forced = validate_environment("float32")
+    assert forced.compute_dtype == torch.float32 and "compute_dtype parameter" in forced.dtype_reason
+    if forced.device == "cpu":  # the measurement behind "auto" is in the report, and shown by chapter 00
+        assert set(forced.cpu_speeds.gflops) == {"float32", "bfloat16"}
+        assert any(row["check"] == "CPU" for row in forced.table())
 
 
 def test_command_line_check():

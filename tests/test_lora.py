@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from helpers import COMPUTE_DTYPE
 from lib.lora import ALL_LINEAR_MODULES, TrinityConfig, trainable_parameters
 from lib.training import load_for_training
 
@@ -21,7 +22,7 @@ def test_invalid_config(kwargs, message):
 
 def test_trinity_on_gemma_adapts_all_seven_projections(tiny_source):
     trinity = TrinityConfig(rank=8, alpha=16)
-    model, _ = load_for_training(tiny_source, trinity, "peft", torch.bfloat16, 128)
+    model, _ = load_for_training(tiny_source, trinity, "peft", COMPUTE_DTYPE, 128)
     config = model.peft_config["default"]
     assert (config.r, config.lora_alpha, config.use_rslora, config.use_dora) == (8, 16, True, True)
     assert set(config.target_modules) == set(ALL_LINEAR_MODULES)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from helpers import ROOT, code_records
+from helpers import COMPUTE_DTYPE, ROOT, code_records
 from lib.artifacts import read_json
 from lib.data import tokenize_conversation
 from lib.lora import TrinityConfig
@@ -58,10 +58,10 @@ def test_status_file_and_interrupt_are_recorded(tiny_source, tmp_path):
             if state.global_step == 3:
                 raise KeyboardInterrupt
 
-    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", torch.bfloat16, 128)
+    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", COMPUTE_DTYPE, 128)
     config = TrainingConfig(max_steps=5, batch_size=2, save_steps=2, warmup_steps=0, max_seq_length=128, sample_every=0)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(10), config, tmp_path, "cpu", torch.bfloat16, extra_callbacks=[CtrlC()])
+        train(model, tokenizer, code_records(10), config, tmp_path, "cpu", COMPUTE_DTYPE, extra_callbacks=[CtrlC()])
     status = read_json(run_paths(tmp_path)["status"])
     assert set(status) == {"running", "step", "total_steps", "epoch", "total_epochs", "loss", "learning_rate",
                            "eta_seconds", "started_at", "checkpoint_at", "error"}

@@ -4,6 +4,8 @@ labels, LoRA on both towers, a training step, saving, reloading, generation), no
 import pytest
 import torch
 
+from helpers import COMPUTE_DTYPE
+
 from lib.ghost_dataset import INSTRUCTION, build_dataset
 from lib.vision import (Conversations, VisionCollator, adapted_towers, build_tiny_random, collator_for,
                         generate_ddl, language_and_vision_targets, load_vision_for_inference, load_vision_model,
@@ -70,7 +72,7 @@ def test_a_training_step_moves_lora_on_both_towers(ghost, tiny, tmp_path, name):
 
     folder, examples = ghost
     settings = preset(name)
-    model, processor = load_vision_model(tiny, settings, "peft", torch.bfloat16)
+    model, processor = load_vision_model(tiny, settings, "peft", COMPUTE_DTYPE)
     towers = adapted_towers(model)
     assert towers["language"] == 2 * 7 and towers["vision"] == 2 * 6
     assert bool(fast_dora_layers(model)) == settings.use_dora
@@ -79,7 +81,7 @@ def test_a_training_step_moves_lora_on_both_towers(ghost, tiny, tmp_path, name):
                             max_seq_length=settings.max_seq_length, save_steps=10)
     train = [e for e in examples if e.split == "train"][:2]
     result = train_dataset(model, processor, Conversations(train, folder), collator_for("peft", model, processor, 2048),
-                           config, tmp_path, "cpu", torch.bfloat16)
+                           config, tmp_path, "cpu", COMPUTE_DTYPE)
     moved = {n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])}
     assert any("vision_tower" in n for n in moved) and any("language_model" in n for n in moved)
     assert result.stats["steps"] == 1 and (tmp_path / "adapter" / "adapter_config.json").exists()
@@ -91,19 +93,19 @@ def test_saved_adapter_reloads_and_generates(ghost, tiny, tmp_path):
     from lib.training import save_adapter
 
     folder, examples = ghost
-    model, processor = load_vision_model(tiny, preset("T4"), "peft", torch.bfloat16)
+    model, processor = load_vision_model(tiny, preset("T4"), "peft", COMPUTE_DTYPE)
     with torch.no_grad():  # make the adapter matter: B = 0 would leave the base model's output
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
     save_adapter(model, processor, tmp_path / "adapter")
-    reloaded, processor = load_vision_for_inference(tiny, tmp_path / "adapter", torch.bfloat16)
+    reloaded, processor = load_vision_for_inference(tiny, tmp_path / "adapter", COMPUTE_DTYPE)
     saved, loaded = get_peft_model_state_dict(model), get_peft_model_state_dict(reloaded)
     assert saved.keys() == loaded.keys() and all(torch.equal(saved[k].float(), loaded[k].float()) for k in saved)
-    base, _ = load_vision_for_inference(tiny, None, torch.bfloat16)
+    base, _ = load_vision_for_inference(tiny, None, COMPUTE_DTYPE)
     images = [folder / e.image for e in examples[:3]]
     answers = generate_ddl(reloaded, processor, images, INSTRUCTION, max_new_tokens=6, batch_size=2)
     assert len(answers) == 3 and all(isinstance(a, str) and a for a in answers)
     assert generate_ddl(base, processor, images, INSTRUCTION, max_new_tokens=6, batch_size=2) != answers
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
-        load_vision_for_inference(tiny, tmp_path / "nothing", torch.bfloat16)
+        load_vision_for_inference(tiny, tmp_path / "nothing", COMPUTE_DTYPE)

@@ -7,7 +7,7 @@ import sys
 import unsloth  # noqa: F401  (first, as in the chapters)
 import torch
 
-from helpers import code_records
+from helpers import COMPUTE_DTYPE, code_records
 from lib.dora import fast_dora_layers
 from lib.lora import TrinityConfig, trainable_parameters
 from lib.model import ModelSource
@@ -16,10 +16,10 @@ from lib.training import TrainingConfig, load_for_training, train
 if __name__ == "__main__":
     model_dir, run_dir = sys.argv[1], sys.argv[2]
     model, tokenizer = load_for_training(ModelSource("tiny", model_dir, "local"), TrinityConfig(rank=8), "unsloth",
-                                         torch.bfloat16, 128)
+                                         COMPUTE_DTYPE, 128)
     config = TrainingConfig(max_steps=3, batch_size=2, save_steps=10, warmup_steps=0, max_seq_length=128,
                             sample_every=0)
-    result = train(model, tokenizer, code_records(8), config, run_dir, "cpu", torch.bfloat16)
+    result = train(model, tokenizer, code_records(8), config, run_dir, "cpu", COMPUTE_DTYPE)
     ids = tokenizer("def add(a, b):\n    return a + b", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         model.train()

@@ -44,6 +44,39 @@ def chapters(root: Path = ROOT) -> list[Path]:
     return [root / f"{entry['file']}.py" for entry in toc["chapters"]]
 
 
+class PeakMemory:
+    """Peak resident memory (GiB) of this process's children and their children, polled every
+    `interval` seconds while the context is open: a chapter's kernel and the processes it starts."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_gib = interval, 0.0
+
+    def _poll(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # it ended between listing and reading
+                    pass
+            self.peak_gib = max(self.peak_gib, total / 2**30)
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def execute_chapter(source: Path, output: Path, parameters: dict | None = None) -> float:
     """Convert a py:percent chapter to a notebook and execute it with papermill; returns seconds.
 
@@ -67,14 +100,26 @@ def execute_chapter(source: Path, output: Path, parameters: dict | None = None) 
     return time.monotonic() - started
 
 
-def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None) -> dict[str, float]:
-    """Execute every chapter in order into `executed_dir/chapters/`; {chapter: seconds}."""
+def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Execute every chapter in order into `executed_dir/chapters/`.
+
+    Returns {chapter: {"seconds", "peak_rss_gib"}} (the kernel and its child processes, polled),
+    also written to `executed_dir/timings.json` with the machine's CPU and compute dtype.
+    """
+    from lib.artifacts import write_json
+    from lib.precision import choose_compute_dtype, cpu_features, default_device
+
     timings = {}
     for source in chapters():
-        extra = (parameters or {}).get(source.stem, {}) | (parameters or {}).get("*", {})
-        seconds = execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
-        timings[source.stem] = round(seconds, 1)
-        print(f"executed {source.stem} in {seconds:.0f} s", flush=True)
+        extra = (parameters or {}).get("*", {}) | (parameters or {}).get(source.stem, {})
+        with PeakMemory() as memory:
+            seconds = execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
+        timings[source.stem] = {"seconds": round(seconds, 1), "peak_rss_gib": round(memory.peak_gib, 2)}
+        print(f"executed {source.stem} in {seconds:.0f} s, peak RSS {memory.peak_gib:.2f} GiB", flush=True)
+        write_json(executed_dir / "timings.json", {
+            "chapters": timings, "cpu": cpu_features(),
+            "compute_dtype": str(choose_compute_dtype(default_device())[0]).removeprefix("torch."),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return timings
 
 
