@@ -25,13 +25,16 @@
 #
 # 1. builds the dataset: schemas across six domains, screens in four kinds and four visual styles,
 #    screenshotted by headless Chromium, split by schema;
-# 2. scores generated SQL for real: sqlglot parses it, SQLite executes it, and tables, columns,
-#    types, primary keys and foreign keys are compared with the truth;
-# 3. trains the **text Ghost Architect** (the screens' visible text and structure, no pixels, to
-#    DDL) with the Trinity on the embedded Gemma 3 270M, and measures base vs fine-tuned;
-# 4. runs the **vision path** (a Gemma 3 vision model with LoRA on its language *and* vision
-#    layers) with the source's two training presets;
-# 5. uses the result: a command line tool and a Streamlit app.
+# 2. reads every screenshot back from its **pixels**, with OCR and layout analysis, into the
+#    screen's text and structure, and measures what that recovers and what pixels cannot carry;
+# 3. scores generated SQL for real, in a sandbox: sqlglot parses it, SQLite executes it, and tables,
+#    columns, types, primary keys and foreign keys are compared with the truth;
+# 4. trains the **text Ghost Architect** (screen text to DDL) with the Trinity on the embedded
+#    Gemma 3 270M, once on the page's DOM text and once on OCR'd text, and measures both **end to
+#    end from the screenshots**, against the base model;
+# 5. runs the **vision path** (a Gemma 3 vision model with LoRA on its language *and* vision
+#    layers) with the source's two training presets, on a GPU with a real checkpoint;
+# 6. uses the result: a command line tool and a Streamlit app, reading screenshots offline.
 
 # %% tags=["parameters"]
 model_name = "gemma-3-270m"          # text path: embedded alias, local folder or hub id
@@ -40,10 +43,11 @@ output_dir = "output"
 dataset_examples = 320               # screens (the source had 287)
 dataset_seed = 0
 screens_per_schema = 4
-max_steps = 60                       # text Ghost Architect training
+ocr_workers = None                   # processes reading screenshots back (None: one per CPU core)
+max_steps = 60                       # each text Ghost Architect's training (one on DOM text, one on OCR text)
 batch_size = 4
 learning_rate = 2e-4
-max_seq_length = 768                 # the longest text example is ~650 tokens
+max_seq_length = 768                 # the longest text example is ~650 tokens (DOM or OCR)
 rank = 64
 alpha = 32
 use_rslora = True
@@ -51,7 +55,7 @@ use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
 compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
 seed = 3407
-eval_n = 32                          # test screens to generate SQL for (None: all)
+eval_n = 32                          # test screenshots to generate SQL for (None: all)
 max_new_tokens = 320                 # the longest true DDL is ~220 tokens
 eval_batch_size = 8
 vision_model = "auto"                # auto: unsloth/gemma-3-4b-it on a CUDA GPU, else the tiny random model
@@ -95,9 +99,11 @@ quiet_library_logs()
 #
 # Each in one of four stylesheets (clean, dark, compact, sidebar), so no model can learn one look.
 # The label of an example is the DDL of exactly the tables its screen shows. The split is by
-# schema: no test schema's tables were seen in training.
+# schema: no test schema's tables were seen in training. Every screenshot is also read back by OCR
+# (next section) when the dataset is built; a rerun with the same settings reuses the dataset.
 
 # %%
+import time
 import pandas as pd
 from lib.environment import import_backend, validate_environment
 from lib.ghost_dataset import build_dataset
@@ -107,8 +113,11 @@ chosen_backend = env.backend if backend == "auto" else backend
 import_backend(chosen_backend)  # unsloth must be imported before transformers to patch it
 run_dir = Path(output_dir) / run_name
 data_dir = run_dir / "ghost-data"
+started = time.monotonic()
 examples = build_dataset(data_dir, examples=dataset_examples, seed=dataset_seed,
-                         screens_per_schema=screens_per_schema)
+                         screens_per_schema=screens_per_schema, workers=ocr_workers)
+print(f"{len(examples)} screens ready in {time.monotonic() - started:.0f} s (rendering, screenshots, OCR; "
+      "a rerun with the same settings reuses them)")
 frame = pd.DataFrame([{"split": e.split, "domain": e.domain, "kind": e.kind, "style": e.style,
                        "schema": e.schema_seed, "tables": len(e.tables)} for e in examples])
 frame.groupby("split").agg(screens=("kind", "size"), schemas=("schema", "nunique"),
@@ -129,12 +138,46 @@ plots.screens_beside_ddl([(f"{e.id}: {e.kind}, {e.style} style ({e.domain})", da
                           for e in first_schema]);
 
 # %% [markdown]
-# What the text path sees instead of pixels: the screen's visible text and structure, read from
-# the rendered page by Chromium (headings, field labels with their input type and required mark,
-# column headers, rows).
+# ## Reading the pixels: OCR and layout analysis
+#
+# A user has a screenshot, not the page's DOM. `lib.ocr` reads its words with RapidOCR (PaddleOCR's
+# PP-OCRv6 detection and recognition models, shipped inside the `rapidocr` wheel, Apache-2.0, run
+# by onnxruntime: no download, no GPU), with the angle classifier off (screenshots are upright;
+# with it on, upright words came back upside down). `lib.screen_layout` then rebuilds the screen's
+# structure from geometry alone: the form controls are the rectangles drawn in the pixels (inputs,
+# selects with their arrow, text areas, checkboxes, buttons), a label is the text just above or
+# left of its control, table cells go to the column whose whitespace gap they sit between, rows by
+# line, the heading is the largest font at the top, a navigation bar the column of text left of it.
+# The result has the same format as the DOM text: one screen, both readings:
 
 # %%
-print(first_schema[0].screen_text)
+from lib.ocr import read_text_boxes
+
+shown = next((e for e in test_examples if e.kind == "form"), test_examples[0])
+plots.ocr_reading(data_dir / shown.image, read_text_boxes(data_dir / shown.image), shown.ocr_text, shown.screen_text);
+
+# %% [markdown]
+# **What pixels cannot carry.** An empty text input looks the same whatever its type (text,
+# number, email), so every one reads `[input]`; its maximum length is invisible; a select shows
+# its first option only. The layout step is therefore measured against what a screenshot can
+# show at best (`lib.screen_layout.visible_text`, the DOM text with those details removed), and
+# the last column measures against the full DOM text, so the difference is what pixels cannot carry.
+# Over every screen of the dataset, by screen kind:
+
+# %%
+from lib.screen_layout import reading_scores
+
+readings = pd.DataFrame([{"kind": e.kind, **reading_scores(e.ocr_text, e.screen_text)} for e in examples])
+reading_table = readings.groupby("kind").mean().assign(screens=readings.kind.value_counts())
+reading_table.loc["all"] = readings.drop(columns="kind").mean().tolist() + [len(readings)]
+reading_table.rename(columns={"word_recall": "words read", "line_recall": "lines recovered (of what pixels show)",
+                              "page_exact": "pages exactly right", "dom_line_recall": "lines recovered (of the DOM)"}
+                     ).round(3)
+
+# %% [markdown]
+# Forms lose the most against the DOM: every field line names its input type there. What that
+# costs the SQL is measured below, by training one model on the DOM text and one on OCR'd text
+# and reading the test screenshots with both.
 
 # %% [markdown]
 # ## Scoring SQL for real
@@ -163,28 +206,43 @@ cases = {"the truth": truth, "last table dropped": without_last_table or "SELECT
 pd.DataFrame({name: score_schema(sql, truth).to_dict() for name, sql in cases.items()}).T
 
 # %% [markdown]
+# Generated SQL is untrusted input, and the scorer executes it. Every execution (scorer, command
+# line, app) runs in `lib.sql_sandbox`: a fresh in-memory database per answer that cannot attach
+# files, run PRAGMAs, grow past 10 MiB or run past 2 s; every failure is a scored "does not parse"
+# or "does not execute" with its reason. Answers a model could write:
+
+# %%
+hostile = {"attach a file": "ATTACH DATABASE 'stolen.db' AS x; CREATE TABLE x.t (id INTEGER);",
+           "write a copy to disk": "CREATE TABLE t (id INTEGER); VACUUM INTO 'copy.db';",
+           "never stop": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n;",
+           "lift the size cap": "PRAGMA max_page_count = 2147483647;",
+           "nest 60 deep": "CREATE TABLE t (x INTEGER DEFAULT " + "(" * 60 + "1" + ")" * 60 + ");",
+           "lone surrogate": "CREATE TABLE t (name TEXT DEFAULT '\ud800');"}
+pd.DataFrame([{"answer": name, **{k: v for k, v in score_schema(sql, truth).to_dict().items()
+                                  if k in ("parses", "executes", "error")}} for name, sql in hostile.items()])
+
+# %% [markdown]
 # ## The text Ghost Architect: Trinity on Gemma 3 270M
 #
-# The embedded 270M model has no vision tower, but the task survives without pixels: given the
-# screen's text and structure, write the DDL. The conversation is the instruction plus the screen
-# text in the user turn, the DDL as the answer; loss on the answer only. The Trinity as in
-# chapter 04: NF4 base, LoRA rank 64 on all 7 projections, rsLoRA, DoRA.
+# The embedded 270M model has no vision tower, but the task survives without it: given a screen's
+# text and structure, write the DDL. The conversation is the instruction plus the screen text in
+# the user turn, the DDL as the answer; loss on the answer only. The Trinity as in chapter 04: NF4
+# base, LoRA rank 64 on all 7 projections, rsLoRA, DoRA. Two models are trained the same way on
+# the same screens: one reads the page's **DOM text** (what a scraper has), one reads the **OCR'd
+# text** (what the model will see at test time, from a user's screenshot).
 
 # %%
 import torch
 from lib.data import tokenize_conversation
 from lib.ghost_dataset import text_records
 from lib.lora import TrinityConfig
-from lib.model import resolve_model
-from lib.training import load_for_training
+from lib.model import load_tokenizer, resolve_model
 
-splits = {split: text_records(examples, split, data_dir) for split in ("train", "val", "test")}
-torch.manual_seed(seed)
-trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
-model, tokenizer = load_for_training(resolve_model(model_name), trinity, chosen_backend, env.compute_dtype,
-                                     max_seq_length)
-lengths = {split: [len(tokenize_conversation(tokenizer, r.messages)["input_ids"]) for r in records]
-           for split, records in splits.items()}
+source_model = resolve_model(model_name)
+tokenizer = load_tokenizer(source_model)
+lengths = {f"{split} ({source})": [len(tokenize_conversation(tokenizer, r.messages)["input_ids"])
+                                   for r in text_records(examples, split, data_dir, source)]
+           for source in ("dom", "ocr") for split in ("train", "test")}
 too_long = sum(n > max_seq_length for values in lengths.values() for n in values)
 assert not too_long, f"{too_long} conversations exceed max_seq_length={max_seq_length}: raise it"
 plots.token_length_histogram(lengths, max_seq_length);
@@ -194,89 +252,109 @@ plots.token_length_histogram(lengths, max_seq_length);
 # DDL and the end-of-turn marker.
 
 # %%
-tokens = tokenize_conversation(tokenizer, splits["train"][0].messages)
+first = text_records(examples, "train", data_dir, "ocr")[0]
+tokens = tokenize_conversation(tokenizer, first.messages)
 trained = tokenizer.decode([t for t, m in zip(tokens["input_ids"], tokens["assistant_masks"]) if m])
-assert trained == splits["train"][0].reference + "<end_of_turn>\n"
+assert trained == first.reference + "<end_of_turn>\n"
 print(f"{sum(tokens['assistant_masks'])} of {len(tokens['input_ids'])} tokens carry loss")
 
-# %%
-from lib.training import TrainingConfig, read_log, train
+# %% [markdown]
+# ## Trained on DOM text, trained on OCR text; measured from the screenshots
+#
+# The test screenshots are read by OCR once, timed, and every model answers from that text. The
+# base model is the same NF4 base with the adapter switched off. For reference, the DOM-trained
+# model also answers from the DOM text it was trained on: the score a user with only a screenshot
+# cannot get.
 
-text_run = run_dir / "ghost-text"
+# %%
+from lib.ghost_architect import evaluate_text_model, read_screens_timed, train_text_architect
+from lib.training import TrainingConfig, read_log
+
+test = test_examples[:eval_n]
+test_texts, ocr_seconds = read_screens_timed(test, data_dir)
+print(f"OCR + layout of {len(test)} test screenshots: {sum(ocr_seconds) / len(test):.2f} s per screenshot "
+      f"(this CPU, one thread)")
+trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
 config = TrainingConfig(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                         max_seq_length=max_seq_length, seed=seed, save_steps=max(1, max_steps // 2),
                         optim="adamw_8bit" if env.device == "cuda" else "adamw_torch")
-result = train(model, tokenizer, splits["train"], config, text_run, env.device, env.compute_dtype)
-plots.training_curves(read_log(text_run), "reserved by torch" if env.device == "cuda" else "resident set size (RSS)");
-pd.Series(result.stats).drop(["config", "trainable_parameters"])
-
-# %% [markdown]
-# ## Base vs fine-tuned, on schemas never trained on
-#
-# The same NF4 base with the adapter off (the base model) and on, greedy decoding, on the test
-# screens. Each generation is scored against its screen's true DDL.
+reports, trainings = {}, {}
+for source in ("dom", "ocr"):
+    model, tokenizer, trainings[source] = train_text_architect(
+        examples, data_dir, source, run_dir / f"ghost-{source}", source_model, trinity, config, chosen_backend,
+        env.device, env.compute_dtype)
+    if source == "dom":
+        reports["base, from pixels"], _ = evaluate_text_model(model, tokenizer, test, max_new_tokens,
+                                                              eval_batch_size, adapter=False, texts=test_texts)
+        reports["DOM-trained, from its DOM text"], _ = evaluate_text_model(model, tokenizer, test, max_new_tokens,
+                                                                           eval_batch_size, source="dom")
+    reports[f"{source.upper()}-trained, from pixels"], _ = evaluate_text_model(
+        model, tokenizer, test, max_new_tokens, eval_batch_size, texts=test_texts)
+    del model
+pd.DataFrame({source: {k: v for k, v in result.stats.items() if k not in ("config", "trainable_parameters")}
+              for source, result in trainings.items()}).T
 
 # %%
-from lib.ghost_architect import evaluate_text_model
+plots.training_curves(read_log(run_dir / "ghost-ocr"), "reserved by torch" if env.device == "cuda"
+                      else "resident set size (RSS)");
+
+# %%
 from lib.sql_eval import aggregate_report
 
-test = test_examples[:eval_n]
-reports, seconds = {}, {}
-for name, adapter in [("base", False), ("fine-tuned", True)]:
-    reports[name], seconds[name] = evaluate_text_model(model, tokenizer, test, max_new_tokens, eval_batch_size,
-                                                       adapter=adapter)
 scores = {name: aggregate_report(table) for name, table in reports.items()}
-summary = pd.DataFrame(scores).T.assign(seconds=pd.Series(seconds).round(1))
-summary
+seconds = {name: {"OCR s/screen": sum(ocr_seconds) / len(test) if "pixels" in name else 0.0,
+                  "generation s/screen": table.generation_seconds.mean()} for name, table in reports.items()}
+summary = pd.DataFrame(scores).T.join(pd.DataFrame(seconds).T)
+summary.round(3)
 
 # %%
 plots.schema_scores(scores, target_parse_rate=0.9);
 
 # %% [markdown]
-# The per-example report (first rows; all of it is saved in `metrics/ghost-architect.json`):
+# By screen kind, for the OCR-trained model from pixels. Names are matched exactly, and columns as
+# (table, column) pairs, so a wrong table name costs the table and all its columns. A data table or
+# a dashboard shows the table's name as the app's heading ("Submissions"); a form shows "New
+# submission", which does not say whether the schema names its tables in the plural or the
+# singular. That convention varies between the generated schemas as between real codebases, and a
+# form cannot reveal it.
 
 # %%
-reports["fine-tuned"].drop(columns=["sql"]).head(8).round(2)
+kinds = [e.kind for e in test]
+by_kind = pd.concat({name: table.assign(kind=kinds).groupby("kind")[["parses", "executes", "column_f1"]].mean()
+                     for name, table in reports.items() if "trained" in name}, axis=1)
+by_kind[("", "screens")] = pd.Series(kinds).value_counts()
+by_kind.round(2)
 
 # %% [markdown]
-# By screen kind. Names are matched exactly, and columns as (table, column) pairs, so a wrong
-# table name costs the table and all its columns. A data table or a dashboard shows the table's
-# name as the app's heading ("Submissions"); a form shows "New submission", which does not say
-# whether the schema names its tables in the plural or the singular. That convention varies
-# between the generated schemas as between real codebases, and a form cannot reveal it.
+# One test screenshot, what OCR read, what each model wrote, and the truth:
 
 # %%
-fine_tuned = reports["fine-tuned"].assign(kind=[e.kind for e in test])
-fine_tuned.groupby("kind")[["parses", "executes", "table_f1", "column_f1", "primary_key_f1",
-                            "foreign_key_f1"]].mean().assign(screens=fine_tuned.kind.value_counts()).round(2)
-
-# %% [markdown]
-# One test screen, what each model wrote, and the truth:
-
-# %%
-example = test[0]
+print(f"--- OCR + layout of {test[0].image} ---\n{test_texts[0]}\n")
 for name, table in reports.items():
     print(f"--- {name} (parses: {table.parses[0]}, column F1 {table.column_f1[0]:.2f}) ---\n{table.sql[0]}\n")
-print(f"--- truth ---\n{example.ddl}")
+print(f"--- truth ---\n{test[0].ddl}")
 
 # %% [markdown]
 # The source's target for the vision model is "more than 90% syntactically correct schemas"
-# (claim C20). The text path's share, measured above, goes into the claims ledger; it is the
-# 270M reading screen text, not the 4B reading pixels, and the ledger says so.
+# (claim C20). The OCR-trained text model's share, measured from the test screenshots above, goes
+# into the claims ledger; it is the 270M reading OCR'd screen text, not the 4B reading pixels, and
+# the ledger says so.
 
 # %%
 from lib.artifacts import write_json
 from lib.claims import ClaimsLedger, ledger_table
 
-parse_rate = scores["fine-tuned"]["parses"]
+best = scores["OCR-trained, from pixels"]
 ledger = ClaimsLedger("08_ghost_architect", run_dir)
-ledger.record("C20", f"{parse_rate:.0%} of {len(test)} test screens parse (sqlglot), "
-              f"{scores['fine-tuned']['executes']:.0%} execute in SQLite; base model {scores['base']['parses']:.0%}",
-              "holds" if parse_rate > 0.9 else "does not hold", "Base vs fine-tuned",
-              note=f"text Ghost Architect ({model_name} on screen text, {max_steps} steps), not the source's "
-                   "vision model on screenshots")
+ledger.record("C20", f"{best['parses']:.0%} of {len(test)} test screenshots parse (sqlglot), "
+              f"{best['executes']:.0%} execute in SQLite; base model {scores['base, from pixels']['parses']:.0%}",
+              "holds" if best["parses"] > 0.9 else "does not hold", "Trained on DOM text, trained on OCR text",
+              note=f"OCR + text Ghost Architect ({model_name}, {max_steps} steps on OCR'd screens), end to end from "
+                   "the screenshots; not the source's 4B vision model")
 write_json(run_dir / "metrics" / "ghost-architect.json",
-           {"scores": scores, "seconds": seconds, "training": {k: v for k, v in result.stats.items() if k != "config"},
+           {"scores": scores, "seconds": seconds, "ocr_seconds": ocr_seconds,
+            "reading": reading_table.reset_index().to_dict("records"),
+            "training": {source: {k: v for k, v in r.stats.items() if k != "config"} for source, r in trainings.items()},
             "examples": {name: table.to_dict("records") for name, table in reports.items()}})
 ledger_table(run_dir, only_measured=True).query("id == 'C20'")
 
@@ -303,12 +381,14 @@ pd.DataFrame([p.to_dict() for p in PRESETS.values()]).set_index("name")
 # (`NotImplementedError`), so transformers + peft load it and `lib.vision.VisionCollator` does the
 # collator's work.
 #
-# **Offline there are no vision weights.** `vision_model = "auto"` then builds a tiny
+# **Offline there are no vision weights.** Without a GPU, `vision_model = "auto"` builds a tiny
 # Gemma3ForConditionalGeneration with *random* weights (2 text layers, 2 vision layers, 224 px
-# images, 16 image tokens) and the real Gemma 3 tokenizer. It runs every line of the vision path
-# (processor, chat template with the image in the user turn, response-only labels, NF4, LoRA on
-# both towers, training, generation), and that is all it tests: its loss and its SQL say nothing
-# about what the method can learn.
+# images, 16 image tokens) and the real Gemma 3 tokenizer, as a demonstration of the GPU path. It
+# runs every line of the vision path (processor, chat template with the image in the user turn,
+# response-only labels, NF4, LoRA on both towers, training, generation), and that is all it tests:
+# its loss and its SQL say nothing about what the method can learn. On a CPU, screenshots are
+# answered by the OCR path above; the command line and the app do the same unless given a vision
+# checkpoint.
 
 # %%
 from lib.vision import Conversations, adapted_towers, collator_for, load_vision_model, steps_for
@@ -382,37 +462,51 @@ pd.DataFrame(gpu_check["results"]).set_index("preset")[
 # %% [markdown]
 # ## Using it
 #
-# **Command line.** `python -m lib.ghost_architect` takes screenshots or folders of them (vision
-# model) or `--text FILE` (text model), and prints each answer's SQL highlighted, its validity
-# checks as a table (parses, executes, creates tables, a primary key on every table, no dangling
-# foreign key) and its tables and relationships. Here on one test screen's text, with the adapter
-# trained above:
+# **Command line.** `python -m lib.ghost_architect` takes screenshots or folders of them, or
+# `--text FILE` for a screen's text, and prints for each answer which path wrote it (OCR + the text
+# model, unless `--vision-model` names a vision checkpoint) with its time per stage, the SQL
+# highlighted, its validity checks as a table (parses, executes, creates tables, a primary key on
+# every table, no dangling foreign key) and its tables and relationships; it exits 1 when some
+# answer fails a check, 2 for bad input. Adapter and model options are checked before any model
+# loads. Here on two test screenshots, through OCR, with the OCR-trained adapter:
 
 # %%
 from lib.ghost_architect import main as ghost_cli
 
-screen_file = run_dir / "ghost-screen.txt"
-screen_file.write_text(test[1].screen_text)
-exit_status = ghost_cli(["--text", str(screen_file), "--text-model", model_name, "--text-adapter", str(text_run / "adapter"),
-           "--max-new-tokens", str(max_new_tokens)])
+exit_status = ghost_cli([str(data_dir / e.image) for e in test[:2]] + [
+    "--text-model", model_name, "--text-adapter", str(run_dir / "ghost-ocr" / "adapter"),
+    "--max-new-tokens", str(max_new_tokens)])
+print(f"exit status {exit_status}")
 
 # %% [markdown]
-# On a folder of screenshots: `python -m lib.ghost_architect output/default/ghost-data/images
-# --vision-adapter output/default/ghost-vision/adapter`.
-#
-# **Streamlit app.** Upload a screenshot or paste a screen's text; the page shows the SQL, the
-# validity checks, and the tables and relationships. Uploads that are empty, not an image, or over
-# the size limit (10 MB by default) get a message naming the file and the problem. The tests start
-# this server and upload files to it with headless Chromium.
+# **Streamlit app.** Upload a screenshot or paste a screen's text; the page says which path
+# answered and shows what OCR read, the SQL, the validity checks, and the tables and relationships.
+# Uploads that are empty, not an image, or over the size limit get a message naming the file and
+# the problem; the limit is Streamlit's `server.maxUploadSize` (10 MB in `.streamlit/config.toml`),
+# which the server itself enforces, and results are cached per uploaded file. The tests start this
+# server and upload files to it with headless Chromium.
 #
 # ```bash
-# .venv/bin/streamlit run apps/ghost_architect_app.py -- \
-#     --text-adapter output/default/ghost-text/adapter --vision-adapter output/default/ghost-vision/adapter
+# .venv/bin/streamlit run apps/ghost_architect_app.py -- --text-adapter output/default/ghost-ocr/adapter
 # ```
-#
+
+# %%
+best, dom_best = scores["OCR-trained, from pixels"], scores["DOM-trained, from pixels"]
+print(f"""Summary of this run ({len(test)} test screenshots of schemas never trained on, {env.device}, {env.compute_dtype}):
+* OCR + layout recovered {reading_table.loc['all', 'line_recall']:.1%} of the lines a screenshot can show
+  ({reading_table.loc['all', 'page_exact']:.0%} of pages exactly), {reading_table.loc['all', 'dom_line_recall']:.1%} of the DOM's lines,
+  in {sum(ocr_seconds) / len(test):.1f} s per screenshot.
+* From the screenshots: base model parses {scores['base, from pixels']['parses']:.0%}; trained on DOM text
+  {dom_best['parses']:.0%} parse, {dom_best['executes']:.0%} execute, column F1 {dom_best['column_f1']:.2f};
+  trained on OCR text {best['parses']:.0%} parse, {best['executes']:.0%} execute, column F1 {best['column_f1']:.2f}
+  (from its own DOM text the DOM model reaches column F1 {scores['DOM-trained, from its DOM text']['column_f1']:.2f}).
+* Generation took {summary.loc['OCR-trained, from pixels', 'generation s/screen']:.1f} s per screen after OCR.""")
+
+# %% [markdown]
 # ## Summary
 #
 # The dataset's labels are exact because the screens were drawn from them; the scorer measures
-# SQL by what SQLite builds from it. The text Ghost Architect's base-vs-fine-tuned table above is
-# this run's measurement on schemas it never saw. The vision path runs end to end here only on a
-# random tiny model; its numbers need a GPU and a real checkpoint.
+# SQL by what SQLite builds from it, in a sandbox. The cell above states this run's measurements:
+# how much of a screen OCR and layout analysis recover from its pixels, and how well each text
+# Ghost Architect writes the schema from test screenshots of schemas it never saw. The vision path
+# runs end to end here only on a random tiny model; its numbers need a GPU and a real checkpoint.

@@ -174,6 +174,7 @@ def quiet_library_logs() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)  # "unsupported syntax, parsing as a Command"
     warnings.filterwarnings("ignore", message="IProgress not found")
 
 

@@ -2,12 +2,20 @@
 relationship summary and its validity checks. Used by chapter 08, the Streamlit app
 (`apps/ghost_architect_app.py`) and the command line:
 
-    python -m lib.ghost_architect screenshots/               # every image in a folder (vision model)
-    python -m lib.ghost_architect --text screen.txt          # visible text (text model)
+    python -m lib.ghost_architect screenshots/ --text-adapter output/default/ghost-ocr/adapter
+    python -m lib.ghost_architect --text screen.txt --text-adapter ...
 
-Two models, loaded on first use: the text path (Gemma 3 270M + the adapter chapter 08 trains on
-screen text) and the vision path (a Gemma 3 vision checkpoint + optional adapter; offline the
-tiny random model, which writes noise: it proves the plumbing, not the answers).
+Two paths from a screenshot, each loaded on first use:
+
+* **OCR + text model** (the default): the pixels are read by OCR and layout analysis
+  (`lib.screen_layout.read_screen`) into screen text, which the text model (Gemma 3 270M plus
+  the adapter chapter 08 trains on OCR'd screens) turns into DDL. Runs on any CPU, offline.
+* **vision model**, when `vision_model` names a checkpoint (a Gemma 3 vision model + its
+  adapter, on a GPU; `lib.vision.TINY_RANDOM` is the random stand-in that demonstrates the path
+  and writes noise).
+
+Every answer says which path wrote it. Generated SQL is only ever executed in the sandbox of
+`lib.sql_sandbox` (through `lib.sql_eval`).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +79,12 @@ class UploadError(ValueError):
 
 
 def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES):
-    """The uploaded bytes as an RGB PIL image. Raises UploadError naming the file for an empty
-    upload, one over `max_bytes`, or one that is not an image PIL can decode (whatever its suffix)."""
+    """The uploaded bytes as an RGB PIL image, transparent areas composited on white (as a browser
+    shows them). Raises UploadError naming the file for an empty upload, one over `max_bytes`, or
+    one that is not an image PIL can decode (whatever its suffix)."""
     from PIL import Image, UnidentifiedImageError
+
+    from .ocr import on_white
 
     if not data:
         raise UploadError(f"{name}: the file is empty (0 bytes)")
@@ -84,7 +96,7 @@ def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES):
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise UploadError(f"{name}: {image.width} x {image.height} pixels is too large for a screenshot")
             image.load()
-            return image.convert("RGB")
+            return on_white(image)
     except UnidentifiedImageError as error:
         raise UploadError(f"{name}: not an image (no PNG, JPEG or WebP header)") from error
     except (Image.DecompressionBombError, OSError) as error:  # truncated or corrupt, or absurdly large
@@ -94,77 +106,176 @@ def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_BYTES):
 # ------------------------------------------------------------------ the models
 
 @dataclass
+class Answer:
+    """One screen's DDL and how it was made: `path` names the models, `screen_text` is what OCR read
+    (OCR path only), `seconds` the time per stage."""
+
+    sql: str
+    path: str
+    screen_text: str | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def check_adapter(folder: str | Path | None, option: str) -> None:
+    """Raise FileNotFoundError naming `option` when `folder` is given but holds no peft adapter."""
+    if folder is not None and not (Path(folder) / "adapter_config.json").exists():
+        what = "does not exist" if not Path(folder).exists() else "has no adapter_config.json"
+        raise FileNotFoundError(f"{option} {folder}: {what} (train it in chapter 08, or leave the option out)")
+
+
+@dataclass
 class GhostArchitect:
-    """Screen -> DDL with lazily loaded models. `text_model` / `vision_model`: embedded alias,
-    folder or hub id; the adapters are peft folders (None: the base model alone)."""
+    """Screen -> DDL with lazily loaded models. `text_model`: embedded alias, folder or hub id;
+    `vision_model`: None for the OCR path, else a vision checkpoint (or `lib.vision.TINY_RANDOM`);
+    adapters are peft folders (None: the base model alone). Adapters and the text model are checked
+    on construction, before any model loads: raises FileNotFoundError or `ModelNotFoundError`."""
 
     text_model: str = "gemma-3-270m"
     text_adapter: str | None = None
-    vision_model: str | None = None      # None: lib.vision.default_vision_model()
+    vision_model: str | None = None
     vision_adapter: str | None = None
     max_new_tokens: int = 320
     compute_dtype: str | torch.dtype = "auto"   # lib.precision's policy, or a dtype / its name
     _loaded: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        from .model import resolve_model
+
+        if self.vision_adapter and not self.vision_model:
+            raise ValueError("--vision-adapter needs --vision-model (the checkpoint it was trained on)")
+        check_adapter(self.text_adapter, "--text-adapter")
+        check_adapter(self.vision_adapter, "--vision-adapter")
+        self._text_source = resolve_model(self.text_model)
+
+    @property
+    def screenshot_path(self) -> str:
+        """Which models answer a screenshot, in words."""
+        if self.vision_model:
+            return f"vision model {self.vision_model}" + (f" + {self.vision_adapter}" if self.vision_adapter else "")
+        return f"OCR + text model {self.text_model}" + (f" + {self.text_adapter}" if self.text_adapter else "")
 
     def text_pipeline(self):
-        if "text" not in self._loaded:
-            from .evaluation import load_finetuned
-            from .model import load_causal_lm, load_tokenizer, resolve_model
+        with self._lock:  # two app sessions asking at once load the model once
+            if "text" not in self._loaded:
+                from .evaluation import load_finetuned
+                from .model import load_causal_lm, load_tokenizer
 
-            source = resolve_model(self.text_model)
-            dtype = resolve_compute_dtype(self.compute_dtype)
-            model = (load_finetuned(source, self.text_adapter, dtype) if self.text_adapter
-                     else load_causal_lm(source, dtype).eval())
-            self._loaded["text"] = (model, load_tokenizer(source))
+                dtype = resolve_compute_dtype(self.compute_dtype)
+                source = self._text_source
+                model = (load_finetuned(source, self.text_adapter, dtype) if self.text_adapter
+                         else load_causal_lm(source, dtype).eval())
+                self._loaded["text"] = (model, load_tokenizer(source))
         return self._loaded["text"]
 
     def vision_pipeline(self):
-        if "vision" not in self._loaded:
-            from .vision import default_vision_model, load_vision_for_inference
+        with self._lock:
+            if "vision" not in self._loaded:
+                from .vision import load_vision_for_inference
 
-            name = self.vision_model or default_vision_model()
-            self._loaded["vision"] = load_vision_for_inference(name, self.vision_adapter,
-                                                               resolve_compute_dtype(self.compute_dtype))
+                self._loaded["vision"] = load_vision_for_inference(self.vision_model, self.vision_adapter,
+                                                                   resolve_compute_dtype(self.compute_dtype))
         return self._loaded["vision"]
 
-    def from_text(self, screen_texts: list[str], batch_size: int = 4) -> list[str]:
+    def from_text(self, screen_texts: list[str], batch_size: int = 4) -> list[Answer]:
         """DDL for each screen's visible text (greedy)."""
+        import time
+
         from .evaluation import generate
 
         model, tokenizer = self.text_pipeline()
+        started = time.monotonic()
         answers = generate(model, tokenizer, [text_prompt(t) for t in screen_texts], self.max_new_tokens, batch_size)
-        return [extract_sql(a) for a in answers]
+        each = (time.monotonic() - started) / max(1, len(screen_texts))
+        path = f"text model {self.text_model}" + (f" + {self.text_adapter}" if self.text_adapter else "")
+        return [Answer(extract_sql(a), path, seconds={"generation": each}) for a in answers]
 
-    def from_images(self, images: list, batch_size: int = 2) -> list[str]:
-        """DDL for each screenshot (PIL images or paths), greedy."""
-        from .vision import generate_ddl
+    def from_images(self, images: list, batch_size: int = 2) -> list[Answer]:
+        """DDL for each screenshot (PIL images or paths), greedy, through `screenshot_path`."""
+        import time
 
-        model, processor = self.vision_pipeline()
-        answers = generate_ddl(model, processor, images, INSTRUCTION, self.max_new_tokens, batch_size)
-        return [extract_sql(a) for a in answers]
+        if self.vision_model:
+            from .vision import generate_ddl
+
+            model, processor = self.vision_pipeline()
+            started = time.monotonic()
+            answers = generate_ddl(model, processor, images, INSTRUCTION, self.max_new_tokens, batch_size)
+            each = (time.monotonic() - started) / max(1, len(images))
+            return [Answer(extract_sql(a), self.screenshot_path, seconds={"generation": each}) for a in answers]
+        from .screen_layout import read_screen
+
+        texts, ocr_seconds = [], []
+        for image in images:
+            started = time.monotonic()
+            texts.append(read_screen(image))
+            ocr_seconds.append(time.monotonic() - started)
+        answers = self.from_text(texts)
+        return [Answer(a.sql, self.screenshot_path, text, {"ocr": o, **a.seconds})
+                for a, text, o in zip(answers, texts, ocr_seconds)]
 
 
 # ------------------------------------------------------------------ evaluation (chapter 08)
 
 def evaluate_text_model(model, tokenizer, examples: list[GhostExample], max_new_tokens: int,
-                        batch_size: int = 4, adapter: bool = True):
+                        batch_size: int = 4, adapter: bool = True, source: str = "dom",
+                        texts: list[str] | None = None):
     """Greedy DDL for each example's screen text, scored against its true DDL.
 
-    Returns (per-example DataFrame from `lib.sql_eval.report` plus the generated SQL, seconds).
-    With adapter=False a peft model runs as its base model.
+    The screen text is `texts[i]` when given (e.g. `read_screens_timed`'s OCR of the screenshots),
+    else the example's own (`source`: "dom" or "ocr", see `lib.ghost_dataset.screen_of`). Returns
+    the per-example DataFrame of `lib.sql_eval.report` with the SQL and the generation seconds per
+    screen (a batch's time over its screens), and the total seconds. With adapter=False a peft
+    model runs as its base model.
     """
     import time
 
     from .evaluation import adapter_switch, generate
+    from .ghost_dataset import screen_of
 
+    texts = texts if texts is not None else [screen_of(e, source) for e in examples]
+    if len(texts) != len(examples):
+        raise ValueError(f"{len(texts)} texts for {len(examples)} examples")
     model.eval()
-    started = time.monotonic()
+    answers, seconds = [], []
     with adapter_switch(model, adapter):
-        answers = generate(model, tokenizer, [text_messages(e)[:1] for e in examples], max_new_tokens, batch_size)
-    seconds = time.monotonic() - started
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start:start + batch_size]
+            started = time.monotonic()
+            answers += generate(model, tokenizer, [text_prompt(t) for t in batch], max_new_tokens, len(batch))
+            seconds += [(time.monotonic() - started) / len(batch)] * len(batch)
     sql = [extract_sql(a) for a in answers]
     table = report([e.id for e in examples], sql, [e.ddl for e in examples])
-    return table.assign(sql=sql), seconds
+    return table.assign(sql=sql, generation_seconds=seconds), sum(seconds)
+
+
+def train_text_architect(examples: list[GhostExample], folder: str | Path, source: str, run_dir: str | Path,
+                         source_model, trinity, config, backend: str, device: str, compute_dtype: torch.dtype):
+    """Train the text Ghost Architect on one text source ("dom" or "ocr") of the dataset's train
+    split: a fresh Trinity adapter on the base (`lib.training.load_for_training`), response-only
+    loss on the DDL. Returns (peft model, tokenizer, `lib.training.TrainingResult`); a finished run
+    in `run_dir` is loaded instead of trained again (see `lib.training.train`)."""
+    from .ghost_dataset import text_records
+    from .training import load_for_training, train
+
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_for_training(source_model, trinity, backend, compute_dtype, config.max_seq_length)
+    result = train(model, tokenizer, text_records(examples, "train", folder, source), config, run_dir, device,
+                   compute_dtype)
+    return model, tokenizer, result
+
+
+def read_screens_timed(examples: list[GhostExample], folder: str | Path) -> tuple[list[str], list[float]]:
+    """OCR + layout of each example's screenshot, now, one at a time: (screen texts, seconds each)."""
+    import time
+
+    from .screen_layout import read_screen
+
+    texts, seconds = [], []
+    for example in examples:
+        started = time.monotonic()
+        texts.append(read_screen(Path(folder) / example.image))
+        seconds.append(time.monotonic() - started)
+    return texts, seconds
 
 
 # ------------------------------------------------------------------ command line
@@ -186,14 +297,17 @@ def screenshots_in(paths: list[str]) -> list[Path]:
     return found
 
 
-def show(console, name: str, sql: str) -> bool:
-    """Print one result: the SQL highlighted, the checks as a table, the tables if it executes.
-    Returns whether every check passed."""
+def show(console, name: str, answer: Answer) -> bool:
+    """Print one result: which path answered, the SQL highlighted, the checks as a table, the tables
+    if it executes. Returns whether every check passed."""
     from rich.panel import Panel
     from rich.syntax import Syntax
     from rich.table import Table
 
-    console.print(Panel(Syntax(sql or "-- (no SQL)", "sql", word_wrap=True), title=name, expand=False))
+    sql = answer.sql
+    timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in answer.seconds.items())
+    console.print(Panel(Syntax(sql or "-- (no SQL)", "sql", word_wrap=True), title=name,
+                        subtitle=f"{answer.path}; {timing}", expand=False))
     checks = validity_checks(sql)
     table = Table("check", "result", "detail", title="validity checks", title_justify="left")
     marks = {True: "[green]pass[/]", False: "[red]fail[/]", None: "[dim]not run[/]"}
@@ -212,13 +326,16 @@ def show(console, name: str, sql: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line. Exit status 0 when every screen's DDL passes its checks, 1 when some do
+    not, 2 for bad input (a missing file, a non-image, a bad adapter folder)."""
     parser = argparse.ArgumentParser(prog="python -m lib.ghost_architect", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="*", help="screenshots or folders of screenshots")
     parser.add_argument("--text", action="append", default=[], metavar="FILE",
                         help="a file of a screen's visible text (repeatable)")
     parser.add_argument("--text-model", default="gemma-3-270m")
-    parser.add_argument("--text-adapter", help="peft adapter folder (chapter 08: output/<run>/ghost-text/adapter)")
-    parser.add_argument("--vision-model", help="default: the hub 4B on a GPU, else the tiny random model")
+    parser.add_argument("--text-adapter", help="peft adapter folder (chapter 08: output/<run>/ghost-ocr/adapter)")
+    parser.add_argument("--vision-model", help="a vision checkpoint for screenshots (GPU), or 'tiny-random' to "
+                                               "demonstrate the path; default: OCR + the text model")
     parser.add_argument("--vision-adapter")
     parser.add_argument("--max-new-tokens", type=int, default=320)
     args = parser.parse_args(argv)
@@ -227,21 +344,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
+    from .model import ModelNotFoundError
+
     console = Console()
-    architect = GhostArchitect(args.text_model, args.text_adapter, args.vision_model, args.vision_adapter,
-                               args.max_new_tokens)
     try:
+        architect = GhostArchitect(args.text_model, args.text_adapter, args.vision_model, args.vision_adapter,
+                                   args.max_new_tokens)
         images = screenshots_in(args.paths) if args.paths else []
         texts = [Path(t).read_text(encoding="utf-8") for t in args.text]
         loaded = [read_upload(str(p), p.read_bytes()) for p in images]
-    except (OSError, ValueError) as error:  # UploadError is a ValueError
+    except (OSError, ValueError, ModelNotFoundError) as error:  # UploadError is a ValueError
         console.print(f"[red]error:[/] {error}", soft_wrap=True)
         return 2
     results = list(zip(map(str, images), architect.from_images(loaded) if loaded else []))
     results += list(zip(args.text, architect.from_text(texts) if texts else []))
-    passed = [show(console, name, sql) for name, sql in results]
+    passed = [show(console, name, answer) for name, answer in results]
     console.print(f"{sum(passed)} of {len(passed)} screens gave DDL that passes every check")
-    return 0
+    return 0 if all(passed) else 1
 
 
 if __name__ == "__main__":

@@ -1,21 +1,30 @@
 """The Ghost Architect dataset (chapter 08): UI screenshots labelled with the exact DDL behind them.
 
 Schemas come first (`lib.schemas`), screens are rendered from them (`lib.ui_render`), so each
-label is the true DDL of the tables a screen shows. One example = one screen: its PNG, the same
-screen as text (for the text-only path), and the DDL. Schemas are split train/val/test, never
-their screens, so a test schema was never seen in training. Repeated schemas are skipped.
+label is the true DDL of the tables a screen shows. One example = one screen: its PNG, the
+screen's text read from the page's DOM (`screen_text`, what no user has), the same screen read
+back from the pixels by OCR and layout analysis (`ocr_text`, `lib.screen_layout`: what a user's
+screenshot gives), and the DDL. Schemas are split train/val/test, never their screens, so a test
+schema was never seen in training. Repeated schemas are skipped.
 
     <folder>/images/<id>.png
-    <folder>/examples.jsonl        one example per line (written to a temporary file, then renamed)
+    <folder>/examples.jsonl        one example per line
+    <folder>/dataset.json          the settings it was built with; the same settings reuse it
+
+The whole set is built in a staging folder and moved into place when complete: a build that
+fails or is killed leaves the previous dataset as it was.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .artifacts import replace_folder
 from .data import SPLITS
 from .schemas import generate_schema
 from .ui_render import SCREEN_KINDS, STYLES, render_screen, screenshot
@@ -35,20 +44,34 @@ class GhostExample:
     tables: tuple[str, ...]
     ddl: str
     image: str  # relative to the dataset folder
-    screen_text: str
+    screen_text: str  # from the page's DOM (lib.ui_render.SCREEN_TEXT_JS)
+    ocr_text: str     # from the pixels (lib.screen_layout.read_screen); "" when built with ocr=False
+
+
+TEXT_SOURCES = ("dom", "ocr")
 
 
 def build_dataset(folder: str | Path, examples: int = 320, seed: int = 0, screens_per_schema: int = 4,
-                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[GhostExample]:
+                  fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), ocr: bool = True,
+                  workers: int | None = None) -> list[GhostExample]:
     """Generate `examples` examples (rounded up to whole schemas) into `folder`; deterministic.
 
-    Raises ValueError for fractions that do not sum to 1 or a count below one schema per split.
+    `ocr`: also read every screenshot back with OCR + layout (`ocr_text`; about 1.7 s a screen on
+    one core of this course's CPU, `workers` processes at once, default one per core). A folder
+    already built with the same settings is loaded instead of rebuilt. Raises ValueError for
+    fractions that do not sum to 1 or a count below one schema per split.
     """
     if abs(sum(fractions) - 1) > 1e-9 or len(fractions) != 3:
         raise ValueError(f"fractions must be 3 numbers summing to 1 (train, val, test), got {fractions}")
     schemas_needed = -(-examples // screens_per_schema)
     if schemas_needed < 3:
         raise ValueError(f"examples={examples} gives {schemas_needed} schemas: need at least one per split")
+    folder = Path(folder)
+    settings = {"examples": examples, "seed": seed, "screens_per_schema": screens_per_schema,
+                "fractions": list(fractions), "ocr": ocr, "format": 2}
+    cached = _reuse(folder, settings)
+    if cached is not None:
+        return cached
     rng = random.Random(seed)
     schemas, seen, schema_seed = [], set(), seed * 100_003
     while len(schemas) < schemas_needed:
@@ -71,15 +94,48 @@ def build_dataset(folder: str | Path, examples: int = 320, seed: int = 0, screen
             screen = render_screen(schema, kind, rng.choice(sorted(STYLES)), rng.randrange(2**31))
             screens.append(screen)
             meta.append((f"s{schema.seed:06d}-{j}-{kind}", split_of[i], schema))
-    folder = Path(folder)
-    captures = screenshot(screens, folder / "images", names=[m[0] for m in meta])
-    result = [GhostExample(name, split, schema.seed, schema.domain, screen.kind, screen.style, screen.tables,
-                           schema.subset(screen.tables).ddl(), str(capture.image.relative_to(folder)), capture.text)
-              for (name, split, schema), screen, capture in zip(meta, screens, captures)]
-    partial = folder / "examples.jsonl.partial"
-    partial.write_text("".join(json.dumps(asdict(e)) + "\n" for e in result))
-    partial.rename(folder / "examples.jsonl")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+    try:
+        captures = screenshot(screens, staging / "images", names=[m[0] for m in meta])
+        read_back = read_screens([c.image for c in captures], workers) if ocr else [""] * len(captures)
+        result = [GhostExample(name, split, schema.seed, schema.domain, screen.kind, screen.style, screen.tables,
+                               schema.subset(screen.tables).ddl(), str(capture.image.relative_to(staging)),
+                               capture.text, text)
+                  for (name, split, schema), screen, capture, text in zip(meta, screens, captures, read_back)]
+        (staging / "examples.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in result))
+        (staging / "dataset.json").write_text(json.dumps(settings, indent=2) + "\n")
+        replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return result
+
+
+def _reuse(folder: Path, settings: dict) -> list[GhostExample] | None:
+    """The examples of `folder` if it was built with exactly `settings` and loads, else None."""
+    try:
+        if json.loads((folder / "dataset.json").read_text()) == settings:
+            return load_examples(folder)
+    except (OSError, ValueError):  # missing, partial or from another version: build again
+        pass
+    return None
+
+
+def read_screens(images: list[Path], workers: int | None = None) -> list[str]:
+    """`lib.screen_layout.read_screen` of each screenshot, in `workers` processes (default: one per
+    CPU core; onnxruntime on one thread each)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from .screen_layout import read_screen
+
+    workers = workers or min(len(images), os.cpu_count() or 1)
+    if workers <= 1:
+        return [read_screen(path) for path in images]
+    # spawn, not fork: the parent may hold torch's and onnxruntime's threads
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(read_screen, images, chunksize=4))
 
 
 def load_examples(folder: str | Path) -> list[GhostExample]:
@@ -110,13 +166,23 @@ def vision_messages(example: GhostExample, folder: str | Path) -> list[dict]:
             {"role": "assistant", "content": [{"type": "text", "text": example.ddl}]}]
 
 
-def text_messages(example: GhostExample) -> list[dict]:
-    """The text-only conversation: the screen's text and structure instead of pixels."""
-    return [{"role": "user", "content": f"{INSTRUCTION}\n\nScreen:\n{example.screen_text}"},
+def screen_of(example: GhostExample, source: str = "dom") -> str:
+    """The example's screen text from its DOM ("dom") or from its pixels ("ocr"). Raises ValueError
+    for another source, or "ocr" on a dataset built without OCR."""
+    if source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {source!r}: choose one of {TEXT_SOURCES}")
+    if source == "ocr" and not example.ocr_text:
+        raise ValueError(f"{example.id}: no OCR text (the dataset was built with ocr=False)")
+    return example.screen_text if source == "dom" else example.ocr_text
+
+
+def text_messages(example: GhostExample, source: str = "dom") -> list[dict]:
+    """The text-only conversation: the screen's text and structure (`screen_of`) instead of pixels."""
+    return [{"role": "user", "content": f"{INSTRUCTION}\n\nScreen:\n{screen_of(example, source)}"},
             {"role": "assistant", "content": example.ddl}]
 
 
-def text_records(examples: list[GhostExample], split: str, folder: str | Path) -> list:
+def text_records(examples: list[GhostExample], split: str, folder: str | Path, source: str = "dom") -> list:
     """The `split`'s examples as `lib.data.Record`s of `text_messages`, for `lib.training.train`.
 
     Each record points back to its line of examples.jsonl. Raises ValueError for an unknown split.
@@ -126,5 +192,5 @@ def text_records(examples: list[GhostExample], split: str, folder: str | Path) -
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
     path = str(Path(folder) / "examples.jsonl")
-    return [Record(text_messages(e), path, number, {"id": e.id, "tables": list(e.tables)})
+    return [Record(text_messages(e, source), path, number, {"id": e.id, "tables": list(e.tables), "source": source})
             for number, e in enumerate(examples, start=1) if e.split == split]

@@ -282,3 +282,28 @@ def schema_scores(models: dict[str, dict], target_parse_rate: float | None = Non
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
+
+
+def ocr_reading(image_path, boxes, read_text: str, dom_text: str):
+    """A screenshot with OCR's word boxes drawn on it (left) beside what layout analysis rebuilt
+    from them and the page's own DOM text (right), for one screen."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    height = min(image.shape[0], 700)
+    fig, (ax_image, ax_text) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    ax_image.imshow(image[:height])
+    for box in boxes:
+        if box.y0 < height:
+            ax_image.add_patch(plt.Rectangle((box.x0, box.y0), box.x1 - box.x0, box.y1 - box.y0, fill=False,
+                                             edgecolor="tab:red", linewidth=0.8))
+    ax_image.set_title(f"{len(boxes)} words found by OCR", fontsize=10)
+    ax_image.axis("off")
+    ax_text.axis("off")
+    clip = lambda text: "\n".join(line[:64] for line in text.splitlines()[:16])  # noqa: E731
+    ax_text.text(0, 1, "from the pixels (OCR + layout):\n" + clip(read_text), va="top", family="monospace",
+                 fontsize=7.5, transform=ax_text.transAxes)
+    ax_text.text(0, 0.45, "from the page's DOM:\n" + clip(dom_text), va="top", family="monospace", fontsize=7.5,
+                 color="dimgray", transform=ax_text.transAxes)
+    fig.tight_layout()
+    return fig

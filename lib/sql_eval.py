@@ -20,6 +20,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import asdict, dataclass, fields
 
+from .sql_sandbox import UnsafeSQL, check_text, run_untrusted, sandbox
+
 
 def affinity(declared_type: str) -> str:
     """SQLite's column affinity of a declared type: INTEGER, TEXT, BLOB, REAL or NUMERIC.
@@ -48,12 +50,14 @@ class Structure:
 
 
 def structure(sql: str) -> Structure:
-    """Execute `sql` in an empty in-memory SQLite database and read the schema back.
+    """Execute `sql` in an empty, confined in-memory SQLite database (`lib.sql_sandbox`) and read
+    the schema back.
 
-    Raises sqlite3.Error when SQLite rejects the script.
+    Raises sqlite3.Error when SQLite rejects the script or the sandbox stops it (disk access,
+    PRAGMA, time budget, size cap, text that is not UTF-8).
     """
-    with sqlite3.connect(":memory:") as db:
-        db.executescript(sql)
+    with sandbox() as db:
+        run_untrusted(db, sql)
         names = [row[0] for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         columns, primary, foreign = {}, set(), set()
@@ -100,9 +104,12 @@ def parses(sql: str) -> tuple[bool, str | None]:
     if not sql.strip():
         return False, "empty SQL"
     try:
+        check_text(sql)
         statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
-    except (ParseError, TokenError) as error:
+    except (ParseError, TokenError, UnsafeSQL) as error:
         return False, str(error).splitlines()[0]
+    except RecursionError:  # sqlglot's recursive descent: ~50 nested parentheses exhaust Python's stack
+        return False, "nested too deeply for the parser"
     return (True, None) if statements else (False, "no SQL statement")
 
 

@@ -64,10 +64,12 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
             if source.stem == "05_oom_ladder":  # the GPU transcript and the local ladder are shown
                 text = page.inner_text("main")
                 assert "seq -> 2048" in text and "models still alive after the ladder: 0" in text
-            if source.stem == "08_ghost_architect":  # DDL beside its screens, the CLI's output, the caveat
+            if source.stem == "08_ghost_architect":  # DDL beside its screens, OCR, the sandbox, the CLI
                 text = page.inner_text("main")
                 assert "CREATE TABLE" in text and "validity checks" in text
-                assert "Offline there are no vision weights" in text
+                assert "Offline there are no vision weights" in text and "What pixels cannot carry" in text
+                assert "ATTACH is refused in the sandbox" in text and "OCR + text model" in text
+                assert "lines recovered (of what pixels show)" in text
         browser.close()
     assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "02_memory_budget.ipynb") >= 3
@@ -75,4 +77,4 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
     assert image_outputs(executed / "chapters" / "05_oom_ladder.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "06_evaluate.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "07_export.ipynb") >= 1
-    assert image_outputs(executed / "chapters" / "08_ghost_architect.ipynb") >= 4
+    assert image_outputs(executed / "chapters" / "08_ghost_architect.ipynb") >= 5

@@ -1,10 +1,12 @@
-"""The Ghost Architect tool: SQL extraction, schema summary, upload checks, and the CLI on a folder."""
+"""The Ghost Architect tool: SQL extraction, schema summary, upload checks, and the CLI on a folder
+(screenshots through OCR + the text model by default, or through an explicitly chosen vision model)."""
 
 import io
 
 import pytest
 
-from lib.ghost_architect import UploadError, extract_sql, main, read_upload, schema_summary, screenshots_in
+from lib.ghost_architect import (GhostArchitect, UploadError, extract_sql, main, read_upload, schema_summary,
+                                 screenshots_in)
 from lib.ghost_dataset import build_dataset
 
 DDL = """CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
@@ -15,7 +17,7 @@ CREATE TABLE tags (label TEXT);"""
 @pytest.fixture(scope="module")
 def screens(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ghost")
-    return folder, build_dataset(folder, examples=6, seed=4, screens_per_schema=2)
+    return folder, build_dataset(folder, examples=6, seed=4, screens_per_schema=2, ocr=False)
 
 
 def png_bytes(size=(40, 30)) -> bytes:
@@ -55,6 +57,29 @@ def test_uploads_are_checked_with_messages_naming_the_file():
         read_upload("cut.png", png_bytes()[:60])  # a truncated PNG
 
 
+def test_a_transparent_upload_is_composited_on_white():
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (80, 40), (0, 0, 0, 0))  # transparent black, as many screenshot tools save
+    ImageDraw.Draw(image).text((5, 10), "Orders", fill=(0, 0, 0, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    read = read_upload("clip.png", buffer.getvalue())
+    assert read.mode == "RGB" and read.getpixel((1, 1)) == (255, 255, 255) and read.getpixel((1, 1)) != (0, 0, 0)
+
+
+def test_bad_adapters_and_models_are_refused_before_anything_loads(tiny_source, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--text-adapter .*nowhere: does not exist"):
+        GhostArchitect(tiny_source.path_or_id, text_adapter=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="--vision-adapter .*empty: has no adapter_config.json"):
+        GhostArchitect(tiny_source.path_or_id, vision_model="tiny-random", vision_adapter=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="--vision-adapter needs --vision-model"):
+        GhostArchitect(tiny_source.path_or_id, vision_adapter=str(tmp_path / "empty"))
+    architect = GhostArchitect(tiny_source.path_or_id)
+    assert architect._loaded == {} and architect.screenshot_path.startswith("OCR + text model")
+
+
 def test_screenshots_in_expands_folders_and_names_what_is_missing(screens, tmp_path):
     folder, examples = screens
     found = screenshots_in([str(folder / "images")])
@@ -65,18 +90,26 @@ def test_screenshots_in_expands_folders_and_names_what_is_missing(screens, tmp_p
         screenshots_in([str(tmp_path)])
 
 
-def test_cli_on_a_folder_of_screenshots_and_a_text_file(screens, tiny_source, tmp_path, capsys):
+def test_cli_reads_screenshots_through_ocr_by_default(screens, tiny_source, tmp_path, capsys):
     folder, examples = screens
     text_file = tmp_path / "screen.txt"
     text_file.write_text(examples[0].screen_text)
-    status = main([str(folder / "images"), "--text", str(text_file), "--vision-model", "tiny-random",
-                   "--text-model", tiny_source.path_or_id, "--max-new-tokens", "4"])
+    status = main([str(folder / "images"), "--text", str(text_file), "--text-model", tiny_source.path_or_id,
+                   "--max-new-tokens", "4"])
     out = capsys.readouterr().out
-    assert status == 0
+    assert status == 1  # the random tiny model's 4 tokens are no valid DDL: not every screen passes
     for example in examples:
         assert example.image.split("/")[-1] in out
+    assert out.count("OCR + text model") == len(examples) and "ocr " in out  # which path answered, timed
     assert str(text_file) in out and out.count("validity checks") == len(examples) + 1
-    assert f"of {len(examples) + 1} screens gave DDL that passes every check" in out
+    assert f"0 of {len(examples) + 1} screens gave DDL that passes every check" in out
+
+
+def test_the_vision_path_is_an_explicit_choice(screens, tiny_source, capsys):
+    folder, examples = screens
+    assert main([str(folder / examples[0].image), "--vision-model", "tiny-random", "--text-model",
+                 tiny_source.path_or_id, "--max-new-tokens", "4"]) == 1
+    assert "vision model tiny-random" in capsys.readouterr().out
 
 
 def test_cli_reports_bad_input_and_exits_2(tmp_path, capsys):
@@ -85,3 +118,5 @@ def test_cli_reports_bad_input_and_exits_2(tmp_path, capsys):
     assert "fake.png: not an image" in capsys.readouterr().out
     assert main([str(tmp_path / "missing")]) == 2
     assert "no such file or folder" in capsys.readouterr().out
+    assert main([str(tmp_path / "fake.png"), "--text-adapter", str(tmp_path / "typo")]) == 2  # before any model
+    assert "--text-adapter" in capsys.readouterr().out

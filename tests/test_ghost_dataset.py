@@ -9,7 +9,7 @@ from lib.sql_eval import structure
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ghost")
-    return folder, build_dataset(folder, examples=40, seed=1, screens_per_schema=4)
+    return folder, build_dataset(folder, examples=40, seed=1, screens_per_schema=4, ocr=False)
 
 
 def test_examples_split_by_schema_with_exact_labels(dataset):
@@ -26,9 +26,38 @@ def test_examples_split_by_schema_with_exact_labels(dataset):
 
 def test_same_seed_same_dataset(dataset, tmp_path):
     folder, examples = dataset
-    again = build_dataset(tmp_path, examples=40, seed=1, screens_per_schema=4)
+    again = build_dataset(tmp_path, examples=40, seed=1, screens_per_schema=4, ocr=False)
     assert again == examples
     assert (tmp_path / "examples.jsonl").read_text() == (folder / "examples.jsonl").read_text()
+
+
+def test_a_built_set_is_reused_and_a_failed_build_keeps_the_previous_one(tmp_path, monkeypatch):
+    import lib.ghost_dataset as ghost_dataset
+
+    first = build_dataset(tmp_path / "set", examples=6, seed=5, screens_per_schema=2, ocr=False)
+    before = (tmp_path / "set" / "examples.jsonl").stat().st_mtime_ns
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("Chromium crashed")
+
+    monkeypatch.setattr(ghost_dataset, "screenshot", no_browser)
+    assert build_dataset(tmp_path / "set", examples=6, seed=5, screens_per_schema=2, ocr=False) == first  # reused
+    assert (tmp_path / "set" / "examples.jsonl").stat().st_mtime_ns == before
+    with pytest.raises(RuntimeError, match="Chromium crashed"):  # other settings: a rebuild, which fails
+        build_dataset(tmp_path / "set", examples=6, seed=6, screens_per_schema=2, ocr=False)
+    assert load_examples(tmp_path / "set") == first  # the previous set is whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no staging folder left behind
+
+
+def test_text_of_the_dom_or_of_the_pixels(dataset):
+    from lib.ghost_dataset import screen_of
+
+    folder, examples = dataset
+    assert screen_of(examples[0], "dom") == examples[0].screen_text
+    with pytest.raises(ValueError, match="built with ocr=False"):
+        screen_of(examples[0], "ocr")
+    with pytest.raises(ValueError, match="unknown text source 'html'"):
+        text_messages(examples[0], "html")
 
 
 def test_messages_put_the_image_in_the_user_turn(dataset):
@@ -74,6 +103,6 @@ def test_text_records_train_on_the_ddl_only(dataset, tokenizer):
 
 
 def test_few_schemas_still_give_every_split(tmp_path):
-    examples = build_dataset(tmp_path, examples=12, seed=2, screens_per_schema=2)  # 6 schemas
+    examples = build_dataset(tmp_path, examples=12, seed=2, screens_per_schema=2, ocr=False)  # 6 schemas
     assert {split: len({e.schema_seed for e in examples if e.split == split}) for split in ("train", "val", "test")} \
         == {"train": 4, "val": 1, "test": 1}

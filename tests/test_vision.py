@@ -15,7 +15,7 @@ from lib.vision import (Conversations, VisionCollator, adapted_towers, build_tin
 @pytest.fixture(scope="module")
 def ghost(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ghost")
-    return folder, build_dataset(folder, examples=12, seed=3, screens_per_schema=2)
+    return folder, build_dataset(folder, examples=12, seed=3, screens_per_schema=2, ocr=False)
 
 
 @pytest.fixture(scope="module")
