@@ -82,9 +82,12 @@ if build_file.exists():
 from lib.data import split_files, load_records
 
 files = split_files(dataset_dir)
-example = load_records(files["train"])[0][0]
-for message in example.messages:
-    print(f"--- {message['role']} ---\n{message['content']}\n")
+train_records, train_issues = load_records(files["train"])
+if train_records:
+    for message in train_records[0].messages:
+        print(f"--- {message['role']} ---\n{message['content']}\n")
+else:  # every record is bad: the issues are the story (prepare_dataset below lists them all)
+    display(pd.DataFrame([vars(issue) for issue in train_issues]))
 
 # %% [markdown]
 # ## Your own data: three formats, one internal form
@@ -108,7 +111,9 @@ pd.DataFrame([{"format": name, "converted": to_messages(record)} for name, recor
 #
 # Validation reads every file before any model loads and reports *all* problems, each with file,
 # line, field and reason, not only the first. Here is a small file with one problem per line
-# (plus one good record), of the kinds real datasets have:
+# (plus one good record), of the kinds real datasets have, a `.json` array with a record left
+# outside its closing bracket (which a lenient reader drops without a word), and an empty file
+# (which would give zero records and no error):
 
 # %%
 from lib.artifacts import atomic_write_text
@@ -123,21 +128,27 @@ bad_lines = [
     json.dumps({"messages": [{"role": "assistant", "content": "Me first"}, {"role": "user", "content": "?"}]}),
     json.dumps({"conversations": [{"from": "robot", "value": "beep"}]}),
 ]
+bad_lines.append(json.dumps({"instruction": "half of a character: \ud800", "output": "x"}))
 bad_file = atomic_write_text(run_dir / "examples" / "bad.jsonl", "\n".join(bad_lines) + "\n")
 with open(bad_file, "ab") as f:
     f.write(b'{"instruction": "caf\xe9", "output": "latin-1, not UTF-8"}\n')
+# a .json array with a record left outside it, and an empty file
+outside = atomic_write_text(run_dir / "examples" / "outside.json", "[" + bad_lines[0] + "]\n" + bad_lines[0] + "\n")
+empty = atomic_write_text(run_dir / "examples" / "empty.jsonl", "")
 try:
-    validate_files({"train": bad_file})
+    validate_files({"train": bad_file, "val": outside, "test": empty})
 except DataValidationError as err:
     display(pd.DataFrame([vars(issue) for issue in err.issues]))
 
 # %% [markdown]
 # ## Prepare the course dataset
 #
-# `prepare_dataset` validates the three splits, removes duplicates (exact, then after ignoring
-# case and whitespace; across splits, so a test record that repeats a training record is removed
-# from test), and leaves out records longer than `max_seq_length` tokens under the chat template,
-# listing each with its token count. Every removal is counted in the table.
+# `prepare_dataset` validates the three splits, removes duplicates (exact, then the same answer to
+# a question that differs only in case and whitespace; across splits, so a test record that repeats
+# a training record is removed from test), and leaves out records longer than `max_seq_length`
+# tokens under the chat template, listing each with its token count. Every removal is counted in
+# the table. Answers are compared exactly, never normalized: two code answers that differ in
+# indentation or case are different programs.
 
 # %%
 from lib.data import prepare_dataset, save_prepared
@@ -164,10 +175,10 @@ pd.DataFrame(too_long[:10], columns=["record", "tokens", "split"])
 # The prepared splits go to the run folder, where chapters 04 and 06 read them:
 
 # %%
-save_prepared(prepared, run_dir / "data")
+save_prepared(prepared, run_dir / "data")  # refuses an empty split before writing anything
 summary = {split: len(rows) for split, rows in prepared.records.items()}
-print(f"wrote {run_dir / 'data'}: {summary}")
-assert all(summary.values()), "every split must keep at least one record"
+print(f"wrote {run_dir / 'data'}: {summary}, as one set with a manifest of digests (a set mixed from two runs "
+      "is refused when read)")
 
 # %% [markdown]
 # ## Summary

@@ -151,7 +151,8 @@ measure_merged("merged bf16", merged_dir)
 if compare_original_merge:
     original_dir = merge_adapter(source, adapter_out, export_dir / "merged-into-original", base="original")
     measure_merged("merged into original weights", original_dir)
-merge_columns = ["loss", "perplexity", "parse_rate", "defines_function_rate", "chrf", "generated"]
+merge_columns = ["loss", "perplexity", "parse_rate", "defines_function_rate", "clean_rate", "repeated_line_rate",
+                 "chrf", "generated"]
 pd.DataFrame(results).T.reindex(columns=merge_columns).astype(float).round(3)
 
 # %%
@@ -210,8 +211,8 @@ from lib.export import evaluate_gguf
 for kind, path in ggufs.items():
     results[f"GGUF {kind}"], examples[f"GGUF {kind}"] = evaluate_gguf(path, tokenizer, test, generate_n,
                                                                       max_new_tokens, n_ctx)
-columns = ["file_mib", "load_seconds", "loss", "perplexity", "parse_rate", "defines_function_rate", "chrf",
-           "tokens_per_second", "seconds_per_response"]
+columns = ["file_mib", "load_seconds", "loss", "perplexity", "parse_rate", "defines_function_rate", "clean_rate",
+           "repeated_line_rate", "chrf", "tokens_per_second", "seconds_per_response"]
 table = pd.DataFrame({k: v for k, v in results.items() if k == "merged bf16" or k.startswith("GGUF")}).T
 table = table.reindex(columns=columns).astype(float)
 table.round(3)
@@ -228,9 +229,10 @@ export_comparison(table);
 # ## 5. The quantization-verified gate
 #
 # q8_0 and q4_k_m pass when their perplexity is within `max_relative_change` of the merged
-# model's, and their defines-the-function rate is too, or else not significantly different from
-# the merged model's on the same prompts (exact McNemar test on the paired outcomes, p >= 0.05).
-# Why the second clause: with 24 generations one answer moves the rate by 4 points, and greedy
+# model's, and their rate of clean answers (chapter 06: defines the function, its names resolve,
+# no repeated line, stops by itself) is too, or else not significantly different from the merged
+# model's on the same prompts (exact McNemar test on the paired outcomes, p >= 0.05).
+# Why the second clause: with two dozen generations one answer moves the rate by 4 points, and greedy
 # decoding turns tiny numeric differences into different answers. The f16 GGUF is gated too, as
 # a control: it holds the merged model's weights in 16 bits, so whatever separates its row from
 # the merged model's comes from the engine's arithmetic, not from quantization. The verdicts go

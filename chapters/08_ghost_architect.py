@@ -219,7 +219,8 @@ hostile = {"attach a file": "ATTACH DATABASE 'stolen.db' AS x; CREATE TABLE x.t 
            "nest 60 deep": "CREATE TABLE t (x INTEGER DEFAULT " + "(" * 60 + "1" + ")" * 60 + ");",
            "lone surrogate": "CREATE TABLE t (name TEXT DEFAULT '\ud800');"}
 pd.DataFrame([{"answer": name, **{k: v for k, v in score_schema(sql, truth).to_dict().items()
-                                  if k in ("parses", "executes", "error")}} for name, sql in hostile.items()])
+                                  if k in ("parses", "executes", "error")}} for name, sql in hostile.items()]
+             ).style.hide(axis="index")
 
 # %% [markdown]
 # ## The text Ghost Architect: Trinity on Gemma 3 270M

@@ -6,6 +6,7 @@ half-written file: os.replace is atomic on POSIX and Windows within one filesyst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -67,3 +68,48 @@ def read_json(path: str | Path) -> Any:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path):
+    """An exclusive advisory lock (fcntl.flock, Linux and macOS) on `path` (created if missing),
+    held while the context is open; another process asking for it waits."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(target: str | Path, build, complete=lambda folder: (folder / "config.json").exists()) -> Path:
+    """The folder `target`, built by `build(staging_folder)` unless it is already `complete`.
+
+    Safe with several processes at once: a lock file next to the target lets one build while the
+    others wait (and then find it complete); each build writes into its own staging folder and
+    moves it into place only when done; staging folders left by a killed build are removed under
+    the lock. A complete target is never deleted or replaced, so a process reading it keeps it.
+    """
+    import shutil
+
+    target = Path(target)
+    if complete(target):
+        return target
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if complete(target):  # another process built it while this one waited
+            return target
+        for stale in target.parent.glob(f".{target.name}.building-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+        try:
+            build(staging)
+            if target.exists():  # an incomplete leftover: nothing can be using it as a model
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

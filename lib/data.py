@@ -74,46 +74,72 @@ class Record:
 
 # ---------------------------------------------------------------- reading files
 
-def _json_array_items(text: str) -> list[tuple[int, Any, str | None]]:
-    """(line, value, error) for each element of a JSON array, with the line it starts on."""
+def _json_array_items(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """(line, value) for each element of a JSON array, with the line it starts on, and (line,
+    problem) for what is wrong with the array itself. One pass over the text: line numbers are
+    counted between consecutive elements, never from the start again."""
     decoder = json.JSONDecoder()
-    items, pos = [], 0
-    skip_ws = re.compile(r"\s*")
-    pos = skip_ws.match(text, pos).end()
+    whitespace = re.compile(r"\s*")
+    items, problems = [], []
+    pos, line = 0, 1
+
+    def advance(to: int) -> None:  # move `pos` to `to`, counting the newlines passed
+        nonlocal pos, line
+        line += text.count("\n", pos, to)
+        pos = to
+
+    advance(whitespace.match(text, 0).end())
     if not text.startswith("[", pos):
-        raise ValueError("a .json file must hold an array of records")
-    pos = skip_ws.match(text, pos + 1).end()
+        return [], [(line, "a .json file must hold an array of records ([...]); use .jsonl for one record per line")]
+    advance(whitespace.match(text, pos + 1).end())
     while pos < len(text) and text[pos] != "]":
-        line = text.count("\n", 0, pos) + 1
+        start_line = line
         try:
-            value, pos = decoder.raw_decode(text, pos)
+            value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            items.append((line, None, f"bad JSON: {err.msg}"))
-            return items  # the rest of the array cannot be located reliably
-        items.append((line, value, None))
-        pos = skip_ws.match(text, pos).end()
+            problems.append((start_line + text.count("\n", pos, err.pos), f"bad JSON: {err.msg}"))
+            return items, problems  # the rest of the array cannot be located reliably
+        items.append((start_line, value))
+        advance(whitespace.match(text, end).end())
         if text.startswith(",", pos):
-            pos = skip_ws.match(text, pos + 1).end()
-    return items
+            advance(whitespace.match(text, pos + 1).end())
+        elif pos < len(text) and text[pos] != "]":
+            problems.append((line, "expected ',' or ']' after a record"))
+            return items, problems
+    if pos >= len(text):
+        problems.append((line, "the array is not closed: no ']' at the end"))
+    else:
+        advance(whitespace.match(text, pos + 1).end())
+        if pos < len(text):
+            problems.append((line, "text after the array's closing ']' (a record outside the array is not read)"))
+    return items, problems
 
 
 def _decode_utf8(raw: bytes, file: str) -> tuple[str | None, Issue | None]:
+    """The text of a file's bytes, a UTF-8 byte-order mark (which some editors write) dropped."""
     try:
-        return raw.decode("utf-8"), None
+        return raw.decode("utf-8-sig"), None
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         return None, Issue(file, line, "-", f"not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})")
 
 
 def read_raw_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Issue]]:
-    """Parse a .json or .jsonl file into (line, object) pairs, plus issues for unreadable lines."""
+    """Parse a .json or .jsonl file into (line, object) pairs, plus issues for unreadable lines.
+
+    An empty file, or one with no record, is an issue (line 1), not zero records.
+    """
     path = Path(path)
     file = str(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file not found: {path}")
+    if path.suffix not in (".json", ".jsonl"):
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .json or .jsonl")
     raw = path.read_bytes()
     rows, issues = [], []
     if path.suffix == ".jsonl":
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a byte-order mark, as some editors write it
         for number, raw_line in enumerate(raw.split(b"\n"), start=1):
             if not raw_line.strip():
                 continue
@@ -125,17 +151,14 @@ def read_raw_records(path: str | Path) -> tuple[list[tuple[int, Any]], list[Issu
                 rows.append((number, json.loads(text)))
             except json.JSONDecodeError as err:
                 issues.append(Issue(file, number, "-", f"bad JSON: {err.msg} (column {err.colno})"))
-    elif path.suffix == ".json":
+    else:
         text, issue = _decode_utf8(raw, file)
         if issue:
             return [], [issue]
-        for line, value, error in _json_array_items(text):
-            if error:
-                issues.append(Issue(file, line, "-", error))
-            else:
-                rows.append((line, value))
-    else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .json or .jsonl")
+        rows, problems = _json_array_items(text)
+        issues += [Issue(file, line, "-", problem) for line, problem in problems]
+    if not rows and not issues:
+        issues.append(Issue(file, 1, "-", "the file holds no records"))
     return rows, issues
 
 
@@ -167,6 +190,10 @@ def _string_field(obj: dict, key: str, where: str, required: bool = True) -> str
         return ""
     if not isinstance(obj[key], str):
         raise _FieldError(where, f"expected a string, got {type(obj[key]).__name__}")
+    try:
+        obj[key].encode("utf-8")
+    except UnicodeEncodeError as err:  # JSON's "\ud800" escapes decode to text no tokenizer takes
+        raise _FieldError(where, f"not valid Unicode text: {err.reason} at character {err.start}") from err
     return obj[key]
 
 
@@ -245,16 +272,21 @@ def _normalize(text: str) -> str:
 
 
 def conversation_key(messages: list[dict], normalized: bool) -> str:
-    """A hash of the conversation; `normalized` ignores case and whitespace differences."""
-    parts = [(m["role"], _normalize(m["content"]) if normalized else m["content"]) for m in messages]
+    """A hash of the conversation; `normalized` ignores case and whitespace differences in the
+    system and user turns only. Answers always compare exactly: two code answers that differ in
+    indentation or case are different programs (Python reads both), so they are not duplicates."""
+    parts = [(m["role"], _normalize(m["content"]) if normalized and m["role"] != "assistant" else m["content"])
+             for m in messages]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def deduplicate(splits: dict[str, list[Record]]) -> tuple[dict[str, list[Record]], dict[str, Counter]]:
     """Remove exact and normalized duplicates across all splits, keeping the first seen.
 
-    Splits are visited in order (train, val, test), so a test record that repeats a train record
-    is removed from test: no leakage. Returns (kept, {"exact": Counter(split), "normalized": ...}).
+    Normalized: the same answer, exactly, to a question that differs only in case and whitespace
+    (`conversation_key`). Splits are visited in order (train, val, test), so a test record that
+    repeats a train record is removed from test: no leakage. Returns (kept, {"exact":
+    Counter(split), "normalized": ...}).
     """
     seen_exact, seen_norm = set(), set()
     removed = {"exact": Counter(), "normalized": Counter()}
@@ -376,24 +408,60 @@ def prepare_dataset(files: dict[str, str | Path], tokenizer, max_seq_length: int
     return PreparedData(records, report)
 
 
-def save_prepared(prepared: PreparedData, folder: str | Path) -> None:
-    """Write the cleaned splits (messages + meta + source file:line) and the report to `folder`."""
+MANIFEST = "manifest.json"
+
+
+def save_prepared(prepared: PreparedData, folder: str | Path) -> Path:
+    """Write the cleaned splits (messages + meta + source file:line), the report and a manifest of
+    their SHA-256 digests to `folder`, as one set: everything goes to a staging folder first, which
+    replaces `folder` only when complete, so a failure (a full disk) leaves the previous set whole.
+
+    Raises ValueError, before writing anything, when a split is empty.
+    """
+    import shutil
+    import tempfile
     from dataclasses import asdict
 
-    from .artifacts import write_json, write_jsonl
+    from .artifacts import replace_folder
 
+    empty = [split for split in SPLITS if not prepared.records.get(split)]
+    if empty:
+        raise ValueError(f"no records left in split(s) {', '.join(empty)}: nothing to train or test on "
+                         "(see the report for what was removed)")
     folder = Path(folder)
-    for split, records in prepared.records.items():
-        write_jsonl(folder / f"{split}.jsonl", [asdict(r) for r in records])
-    write_json(folder / "data-report.json", asdict(prepared.report))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
+    try:
+        digests = {}
+        for split in SPLITS:
+            data = "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in prepared.records[split])
+            (staging / f"{split}.jsonl").write_text(data, encoding="utf-8")
+            digests[f"{split}.jsonl"] = hashlib.sha256(data.encode("utf-8")).hexdigest()
+        report = json.dumps(asdict(prepared.report), indent=2, ensure_ascii=False) + "\n"
+        (staging / "data-report.json").write_text(report, encoding="utf-8")
+        digests["data-report.json"] = hashlib.sha256(report.encode("utf-8")).hexdigest()
+        (staging / MANIFEST).write_text(json.dumps({"files": digests}, indent=2) + "\n", encoding="utf-8")
+        return replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_prepared(folder: str | Path) -> dict[str, list[Record]]:
-    """Read the splits written by `save_prepared`; FileNotFoundError names what is missing."""
+    """Read the splits written by `save_prepared`, after checking each file against the manifest:
+    a set mixed from two runs (or edited by hand) is refused, since it could leak test records into
+    training. Raises FileNotFoundError naming what is missing, ValueError naming a file that does
+    not match."""
     folder = Path(folder)
     missing = [s for s in SPLITS if not (folder / f"{s}.jsonl").exists()]
     if missing:
         raise FileNotFoundError(f"{folder}: no prepared {', '.join(missing)} split(s); run chapter 03_data first")
+    if not (folder / MANIFEST).exists():
+        raise FileNotFoundError(f"{folder}: no {MANIFEST}; prepare the data again (chapter 03_data)")
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+    for name, digest in manifest.items():
+        if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+            raise ValueError(f"{folder / name} does not match {folder / MANIFEST}: the prepared set was changed or "
+                             "mixed with another run's; prepare the data again (chapter 03_data)")
     from .artifacts import read_jsonl
 
     return {split: [Record(**row) for row in read_jsonl(folder / f"{split}.jsonl")] for split in SPLITS}
@@ -402,7 +470,8 @@ def load_prepared(folder: str | Path) -> dict[str, list[Record]]:
 def split_files(folder: str | Path) -> dict[str, Path]:
     """{split: path} for train/val/test in `folder`, each as .jsonl or .json.
 
-    Raises FileNotFoundError naming the folder and the split that is missing.
+    Raises FileNotFoundError naming the folder and the split that is missing, ValueError when a
+    split has both a .jsonl and a .json file.
     """
     folder = Path(folder)
     files = {}
@@ -410,5 +479,8 @@ def split_files(folder: str | Path) -> dict[str, Path]:
         found = [folder / f"{split}{ext}" for ext in (".jsonl", ".json") if (folder / f"{split}{ext}").exists()]
         if not found:
             raise FileNotFoundError(f"{folder}: no {split}.jsonl or {split}.json")
+        if len(found) > 1:
+            raise ValueError(f"{folder}: both {found[0].name} and {found[1].name}; keep one, so no record is "
+                             "silently ignored")
         files[split] = found[0]
     return files

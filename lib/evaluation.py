@@ -3,8 +3,18 @@
 Metrics, per model:
 * response loss: mean cross-entropy (nats/token) over the reference assistant tokens only, and
   perplexity = exp(loss) (teacher forcing, the same masking as training);
-* on greedy generations: share that parses as Python (`ast.parse`), share that defines the asked
-  function name, and chrF against the reference (Popović 2015, via sacrebleu's corpus_chrf).
+* on generations: share that parses as Python (`ast.parse`), share that defines the asked
+  function name, chrF against the reference (Popović 2015, via sacrebleu's corpus_chrf), and what
+  those miss, measured because a model that loops or invents helpers still "defines the function":
+  - degeneration: share with a line repeated 3+ times, distinct-2 (distinct word bigrams over all
+    bigrams, Li et al. 2016, arXiv:1510.03055), share that stop by themselves (end of turn) rather
+    than at max_new_tokens;
+  - names that resolve: every free name of the generated function is a parameter, a local, a
+    builtin, defined by the generated code, or a global of the real module it was asked for
+    (imported and looked at); a call to a helper that does not exist fails it;
+  - doctests: where the prompt carries `>>>` examples, they run against the generated function in
+    a limited subprocess (`lib.code_sandbox`);
+  - clean: defines the function, its names resolve, no repeated line, and it stopped by itself.
 
 Gates, stored next to the metrics so a pipeline can read them:
 * baseline-established: the base model's metrics were measured and written to baseline.json;
@@ -18,6 +28,7 @@ import math
 import re
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -63,11 +74,30 @@ def dora_caching():
         dora.ENABLE_DORA_CACHING = previous
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One completion: its text, whether it ended by itself (end of turn or EOS) rather than at
+    max_new_tokens, and how many tokens it generated."""
+
+    text: str
+    stopped: bool
+    new_tokens: int
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 4,
+             **decoding) -> list[str]:
+    """Completions of chat prompts (lists of messages), decoded without special tokens (see
+    `generate_with_details`)."""
+    return [g.text for g in generate_with_details(model, tokenizer, prompts, max_new_tokens, batch_size, **decoding)]
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 4) -> list[str]:
-    """Greedy completions of chat prompts (lists of messages), decoded without special tokens.
+def generate_with_details(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 4,
+                          **decoding) -> list[Generation]:
+    """Greedy completions of chat prompts, with whether each stopped by itself.
 
     Stops at the end-of-turn token of the chat template (Gemma: <end_of_turn>) or the EOS token.
+    `decoding`: further `model.generate` settings, e.g. repetition_penalty=1.15 (greedy still).
     """
     stop_ids = [tokenizer.eos_token_id]
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -83,8 +113,11 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
                 texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
                 enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids,
-                                     pad_token_id=tokenizer.pad_token_id)
-                outputs.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+                                     pad_token_id=tokenizer.pad_token_id, **decoding)
+                new = out[:, enc["input_ids"].shape[1]:]
+                for row, text in zip(new.tolist(), tokenizer.batch_decode(new, skip_special_tokens=True)):
+                    ended = [i for i, token in enumerate(row) if token in stop_ids]
+                    outputs.append(Generation(text, bool(ended), ended[0] if ended else len(row)))
     finally:
         tokenizer.padding_side = padding_side
     return outputs
@@ -167,21 +200,113 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
     return CHRF().corpus_score(hypotheses, [references]).score
 
 
-def code_metrics(generations: list[str], records: list[Record]) -> tuple[dict, list[dict]]:
-    """Aggregate parse %, defines-function % and chrF, and one row per example."""
+REPEATED_LINE_TIMES = 3
+REPEATED_LINE_MIN_CHARS = 10  # shorter lines ("else:", "return None") repeat in correct code
+
+
+def repeats_a_line(text: str, times: int = REPEATED_LINE_TIMES) -> bool:
+    """True when a line of at least REPEATED_LINE_MIN_CHARS characters (stripped) occurs `times`+
+    times: the loop a small model falls into, writing the same statement until max_new_tokens."""
+    from collections import Counter
+
+    lines = Counter(line.strip() for line in text.splitlines() if len(line.strip()) >= REPEATED_LINE_MIN_CHARS)
+    return any(n >= times for n in lines.values())
+
+
+def distinct_2(text: str) -> float | None:
+    """Distinct word bigrams over all word bigrams (1.0: no bigram repeats); None under 2 words."""
+    words = text.split()
+    bigrams = list(zip(words, words[1:]))
+    return len(set(bigrams)) / len(bigrams) if bigrams else None
+
+
+@lru_cache(maxsize=256)
+def module_globals(module: str) -> frozenset[str] | None:
+    """The global names of a real module (imported here), or None if it does not import."""
+    import importlib
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return frozenset(vars(importlib.import_module(module)))
+    except Exception:  # any import error means: unknown module
+        return None
+
+
+def unresolved_names(code: str, function: str, module: str | None = None) -> list[str] | None:
+    """Names `function` (defined in `code`) reads as globals that nothing defines: not a builtin,
+    not defined at the top level of `code`, not a global of the real `module`. Parameters and
+    locals, and nested scopes' own names, are resolved by the compiler (`symtable`). None when
+    `code` does not parse, does not define `function`, or `module` does not import."""
+    import builtins
+    import symtable
+
+    try:
+        table = symtable.symtable(code, "<generated>", "exec")
+    except (SyntaxError, ValueError):
+        return None
+    scopes = [t for t in table.get_children() if t.get_name() == function and t.get_type() == "function"]
+    if not scopes:
+        return None
+    known = set(dir(builtins)) | {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()
+                                  or s.is_namespace()}
+    if module:
+        real = module_globals(module)
+        if real is None:
+            return None
+        known |= real
+    missing, stack = set(), [scopes[0]]
+    while stack:
+        scope = stack.pop()
+        missing |= {s.get_name() for s in scope.get_symbols() if s.is_global() and s.is_referenced()}
+        stack += scope.get_children()
+    return sorted(missing - known)
+
+
+def code_metrics(generations: list, records: list[Record], run_doctests: bool = True) -> tuple[dict, list[dict]]:
+    """Aggregate code metrics (see the module docstring) and one row per example.
+
+    `generations`: `Generation`s (or plain strings, when whether they stopped is unknown).
+    Aggregates are percentages over all generations, except distinct-2 (a mean) and the doctest
+    pass rate (over the examples that have doctests, with their count).
+    """
+    from .code_sandbox import doctest_examples, run_doctests as doctests_of
+
     rows = []
-    for text, record in zip(generations, records):
+    for generation, record in zip(generations, records):
+        text = generation.text if isinstance(generation, Generation) else generation
+        stopped = generation.stopped if isinstance(generation, Generation) else None
         code = extract_code(text)
-        name = record.meta.get("function")
-        rows.append({"function": name, "parses": parses(code),
-                     "defines_function": defines_function(code, name) if name else None,
-                     "generation": text, "reference": record.reference})
-    named = [r for r in rows if r["defines_function"] is not None]
+        name, module = record.meta.get("function"), record.meta.get("module")
+        unresolved = unresolved_names(code, name, module) if name else None
+        examples = doctest_examples(record.messages[-2]["content"]) if name and run_doctests else ""
+        doctest = doctests_of(code, name, examples, module) if examples else None
+        row = {"function": name, "parses": parses(code),
+               "defines_function": defines_function(code, name) if name else None,
+               "names_resolve": unresolved == [] if unresolved is not None else False,
+               "unresolved": unresolved or [], "repeated_line": repeats_a_line(text), "distinct_2": distinct_2(text),
+               "stopped": stopped, "doctest": doctest.status if doctest else None,
+               "generation": text, "reference": record.reference}
+        row["clean"] = bool(row["defines_function"] and row["names_resolve"] and not row["repeated_line"]
+                            and stopped is not False)
+        rows.append(row)
+    n = len(rows)
+
+    def rate(key, of=rows):
+        values = [r[key] for r in of if r[key] is not None]
+        return 100 * sum(values) / len(values) if values else None
+
+    tested = [r for r in rows if r["doctest"] is not None]
+    diversity = [r["distinct_2"] for r in rows if r["distinct_2"] is not None]
     return {
-        "parse_rate": 100 * sum(r["parses"] for r in rows) / len(rows),
-        "defines_function_rate": 100 * sum(r["defines_function"] for r in named) / len(named) if named else None,
-        "chrf": chrf([extract_code(g) for g in generations], [r.reference for r in records]),
-        "generated": len(rows),
+        "parse_rate": rate("parses"), "defines_function_rate": rate("defines_function"),
+        "names_resolve_rate": rate("names_resolve"), "repeated_line_rate": rate("repeated_line"),
+        "stopped_rate": rate("stopped"), "distinct_2": sum(diversity) / len(diversity) if diversity else None,
+        "doctest_pass_rate": 100 * sum(r["doctest"] == "passed" for r in tested) / len(tested) if tested else None,
+        "doctest_examples": len(tested), "clean_rate": rate("clean"),
+        "chrf": chrf([extract_code(r["generation"]) for r in rows], [r["reference"] for r in rows]),
+        "generated": n,
     }, rows
 
 
@@ -190,17 +315,27 @@ def adapter_switch(model, enabled: bool):
     return nullcontext() if enabled or not hasattr(model, "disable_adapter") else model.disable_adapter()
 
 
+def generation_subset(records: list[Record], generate_n: int) -> list[Record]:
+    """The records to generate for: the first `generate_n`, plus every later one whose prompt has
+    doctest examples (there are few, and they are the only executable check)."""
+    from .code_sandbox import doctest_examples
+
+    return records[:generate_n] + [r for r in records[generate_n:] if doctest_examples(r.messages[-2]["content"])]
+
+
 def evaluate_model(model, tokenizer, records: list[Record], generate_n: int, max_new_tokens: int,
-                   batch_size: int = 4, adapter: bool = True) -> tuple[dict, list[dict]]:
+                   batch_size: int = 4, adapter: bool = True, loss: bool = True, **decoding) -> tuple[dict, list[dict]]:
     """All metrics for one model on `records`; with `adapter=False` a peft model runs as its base.
 
-    Loss uses every record; generation metrics use the first `generate_n`.
+    Loss uses every record (skipped with loss=False); generation metrics use `generation_subset`.
+    `decoding`: extra `model.generate` settings (e.g. repetition_penalty).
     """
     model.eval()
     with adapter_switch(model, adapter):
-        metrics = response_loss(model, tokenizer, records, batch_size)
-        subset = records[:generate_n]
-        generations = generate(model, tokenizer, [r.prompt_messages for r in subset], max_new_tokens, batch_size)
+        metrics = response_loss(model, tokenizer, records, batch_size) if loss else {}
+        subset = generation_subset(records, generate_n)
+        generations = generate_with_details(model, tokenizer, [r.prompt_messages for r in subset], max_new_tokens,
+                                            batch_size, **decoding)
     code, rows = code_metrics(generations, subset)
     return metrics | code, rows
 
@@ -227,13 +362,18 @@ def baseline_gate(base_metrics: dict, path: str | Path) -> GateResult:
 
 
 def performance_gate(base: dict, tuned: dict, min_loss_drop: float, min_task_gain: float,
-                     task_metric: str = "defines_function_rate") -> GateResult:
+                     task_metric: str = "clean_rate", base_rows: list[dict] | None = None,
+                     tuned_rows: list[dict] | None = None, max_p: float = 0.05) -> GateResult:
     """Fine-tuned passes if its response loss is at least `min_loss_drop` (relative, 0-1) below the
-    base model's and its `task_metric` (a percentage) at least `min_task_gain` points above.
+    base model's and its `task_metric` (a percentage) at least `min_task_gain` points above; with
+    the per-example rows of both (same prompts), the gain must also be significant by an exact
+    McNemar test (p < `max_p`) on the paired outcomes (`task_metric` without "_rate").
 
     Data without the task metric (records that name no function) is gated on the loss alone,
     and the detail says so.
     """
+    from .export import mcnemar_exact_p
+
     drop = (base["loss"] - tuned["loss"]) / base["loss"]
     detail = (f"response loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({100 * drop:.1f}% lower, "
               f"need {100 * min_loss_drop:.0f}%)")
@@ -243,7 +383,40 @@ def performance_gate(base: dict, tuned: dict, min_loss_drop: float, min_task_gai
     gain = tuned[task_metric] - base[task_metric]
     detail += (f"; {task_metric} {base[task_metric]:.1f}% -> {tuned[task_metric]:.1f}% "
                f"({gain:+.1f} points, need +{min_task_gain:.0f})")
-    return GateResult("model-performance", passed and gain >= min_task_gain, detail)
+    passed = passed and gain >= min_task_gain
+    if base_rows is not None and tuned_rows is not None:
+        key = task_metric.removesuffix("_rate")
+        only_base = sum(bool(b[key]) and not t[key] for b, t in zip(base_rows, tuned_rows))
+        only_tuned = sum(bool(t[key]) and not b[key] for b, t in zip(base_rows, tuned_rows))
+        p = mcnemar_exact_p(only_base, only_tuned)
+        detail += f"; McNemar exact p = {p:.2g} ({only_tuned} prompts better, {only_base} worse; need < {max_p})"
+        passed = passed and p < max_p
+    return GateResult("model-performance", passed, detail)
+
+
+def answers_html(rows: dict[str, list[dict]], reference_label: str = "reference") -> str:
+    """Every generated answer beside its reference, one collapsible block per prompt (HTML
+    <details>), with each model's checks in its heading. `rows`: {model name: code_metrics rows},
+    the same prompts in the same order."""
+    import html
+
+    flags = ("defines_function", "names_resolve", "repeated_line", "stopped", "clean")
+    names = list(rows)
+    blocks = []
+    for i, first in enumerate(rows[names[0]]):
+        cells = []
+        for name in names:
+            row = rows[name][i]
+            marks = ", ".join(f"{flag.replace('_', ' ')}: {row[flag]}" for flag in flags if row[flag] is not None)
+            missing = f"; unresolved: {', '.join(row['unresolved'])}" if row["unresolved"] else ""
+            doctest = f"; doctests: {row['doctest']}" if row["doctest"] else ""
+            cells.append(f"<td><b>{html.escape(name)}</b><br><small>{html.escape(marks + missing + doctest)}"
+                         f"</small><pre>{html.escape(row['generation'])}</pre></td>")
+        cells.append(f"<td><b>{reference_label}</b><pre>{html.escape(first['reference'])}</pre></td>")
+        clean = ", ".join(f"{name}: {'clean' if rows[name][i]['clean'] else 'not clean'}" for name in names)
+        blocks.append(f"<details><summary><code>{html.escape(str(first['function']))}</code> ({clean})</summary>"
+                      f"<table><tr>{''.join(cells)}</tr></table></details>")
+    return "\n".join(blocks)
 
 
 def write_gates(path: str | Path, gates: list[GateResult]) -> None:

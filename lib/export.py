@@ -318,6 +318,11 @@ def check_gguf(path: str | Path) -> dict:
         raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     try:
         reader = GGUFReader(str(path))
+    except ValueError as err:
+        if "cannot reshape" in str(err):  # the reader maps each tensor's bytes: the file ends inside the data
+            raise GGUFError(f"{path}: truncated: the file ({size:,} bytes) ends inside the tensor data "
+                            f"({err})") from err
+        raise GGUFError(f"{path}: unreadable or truncated GGUF header ({type(err).__name__}: {err})") from err
     except Exception as err:  # numpy/struct errors on a cut header
         raise GGUFError(f"{path}: unreadable or truncated GGUF header ({type(err).__name__}: {err})") from err
     end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
@@ -373,9 +378,12 @@ def gguf_response_loss(llm, tokenizer, records) -> dict:
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 
 
-def gguf_generate(llm, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> tuple[list[str], dict]:
-    """Greedy completions of chat prompts with a GGUF, stopping at <end_of_turn>, and timings:
-    {'seconds_per_response', 'tokens_per_second'} (generated tokens over generation wall time)."""
+def gguf_generate(llm, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> tuple[list, dict]:
+    """Greedy completions of chat prompts with a GGUF, stopping at <end_of_turn>, as
+    `lib.evaluation.Generation`s, and timings: {'seconds_per_response', 'tokens_per_second'}
+    (generated tokens over generation wall time)."""
+    from .evaluation import Generation
+
     texts, seconds, generated = [], 0.0, 0
     for prompt in prompts:
         ids = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)[
@@ -385,8 +393,9 @@ def gguf_generate(llm, tokenizer, prompts: list[list[dict]], max_new_tokens: int
         out = llm.create_completion(ids, max_tokens=max_new_tokens, temperature=0.0, top_k=1,
                                     stop=["<end_of_turn>"])
         seconds += time.perf_counter() - started
-        texts.append(out["choices"][0]["text"])
-        generated += out["usage"]["completion_tokens"]
+        choice, tokens = out["choices"][0], out["usage"]["completion_tokens"]
+        texts.append(Generation(choice["text"], choice.get("finish_reason") == "stop", tokens))
+        generated += tokens
     return texts, {"seconds_per_response": seconds / len(prompts), "tokens_per_second": generated / seconds}
 
 
@@ -395,10 +404,12 @@ def evaluate_gguf(path: str | Path, tokenizer, records, generate_n: int, max_new
     """Loss/perplexity on `records`, code metrics on the first `generate_n`, size and speed."""
     from .evaluation import code_metrics
 
+    from .evaluation import generation_subset
+
     llm, load_seconds = load_gguf(path, n_ctx=n_ctx, logits_all=True)
     try:
         metrics = gguf_response_loss(llm, tokenizer, records)
-        subset = records[:generate_n]
+        subset = generation_subset(records, generate_n)
         generations, speed = gguf_generate(llm, tokenizer, [r.prompt_messages for r in subset], max_new_tokens)
     finally:
         llm.close()
@@ -422,11 +433,11 @@ def mcnemar_exact_p(only_reference: int, only_other: int) -> float:
 
 def quantization_gate(reference: dict, quantized: dict, name: str, reference_rows: list[dict],
                       quantized_rows: list[dict], max_relative: float = 0.05, alpha: float = 0.05,
-                      task_metric: str = "defines_function"):
+                      task_metric: str = "clean"):
     """A GateResult for a quantized model against the merged 16-bit one.
 
     Perplexity (teacher-forced, every test record) must be within `max_relative` (0-1). The task
-    metric (share of generations that define the asked function) must be within `max_relative`
+    metric (share of clean generations, `lib.evaluation.code_metrics`) must be within `max_relative`
     too, or, when it is not, the paired difference must not be significant (exact McNemar test
     at `alpha`): with n generations one example moves the rate by 100/n points, and greedy decoding
     turns tiny numeric differences into different answers, so a 5% band alone would fail even

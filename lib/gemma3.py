@@ -64,7 +64,8 @@ GEMMA3_SHAPES: dict[str, Gemma3Shape] = {s.name: s for s in [
 
 
 def shape_of(name_or_config) -> Gemma3Shape:
-    """A Gemma3Shape from a built-in name ("270M", "1B", "4B", "12B", "27B") or any Gemma 3 config.
+    """A Gemma3Shape from a built-in name ("270M", "1B", "4B", "12B", "27B", any case) or any
+    Gemma 3 config.
 
     Accepts a transformers config (Gemma3TextConfig, or Gemma3Config whose `text_config` is used).
     Raises KeyError for an unknown name.
@@ -72,9 +73,10 @@ def shape_of(name_or_config) -> Gemma3Shape:
     if isinstance(name_or_config, Gemma3Shape):
         return name_or_config
     if isinstance(name_or_config, str):
-        if name_or_config not in GEMMA3_SHAPES:
+        key = {name.lower(): name for name in GEMMA3_SHAPES}.get(name_or_config.lower())
+        if key is None:
             raise KeyError(f"unknown Gemma 3 size {name_or_config!r}; built in: {', '.join(GEMMA3_SHAPES)}")
-        return GEMMA3_SHAPES[name_or_config]
+        return GEMMA3_SHAPES[key]
     config = getattr(name_or_config, "text_config", None) or name_or_config
     return Gemma3Shape(getattr(config, "name_or_path", "") or "custom", config.hidden_size, config.intermediate_size,
                        config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,

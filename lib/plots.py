@@ -35,20 +35,23 @@ def training_curves(log: list[dict], memory_label: str):
     return fig
 
 
-def base_vs_finetuned(base: dict, tuned: dict):
-    """Bars for each metric: base model vs fine-tuned, one panel per unit."""
-    panels = [("loss", "response loss (nats/token, lower is better)"),
-              ("parse_rate", "parses as Python (%)"),
-              ("defines_function_rate", "defines the asked function (%)"),
-              ("chrf", "chrF vs reference (0-100)")]
-    panels = [(k, label) for k, label in panels if base.get(k) is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
-    for ax, (key, label) in zip(axes, panels):
-        values = [base[key], tuned[key]]
-        bars = ax.bar(["base", "fine-tuned"], values, color=["tab:gray", "tab:green"])
-        ax.bar_label(bars, fmt="%.2f" if key == "loss" else "%.1f")
-        ax.set_title(label, fontsize=9)
-        ax.set_ylim(0, max(values) * 1.2 or 1)
+def base_vs_finetuned(models: dict[str, dict]):
+    """Bars for each metric, one bar per model ({name: metrics of lib.evaluation}), one panel per
+    metric: the loss, what the generations look like, and what they get right."""
+    panels = [("loss", "response loss\n(nats/token, lower is better)"), ("parse_rate", "parses as Python (%)"),
+              ("defines_function_rate", "defines the asked\nfunction (%)"), ("names_resolve_rate", "its names\nresolve (%)"),
+              ("repeated_line_rate", "repeats a line 3+ times\n(%, lower is better)"),
+              ("stopped_rate", "stops by itself (%)"), ("clean_rate", "clean: all of those (%)")]
+    panels = [(k, label) for k, label in panels if any(m.get(k) is not None for m in models.values())]
+    colors = ["tab:gray", "tab:green", "tab:blue", "tab:orange"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 3.4))
+    for ax, (key, label) in zip(np.atleast_1d(axes), panels):
+        values = [m.get(key) or 0.0 for m in models.values()]
+        bars = ax.bar(range(len(values)), values, color=colors[:len(values)])
+        ax.bar_label(bars, fmt="%.2f" if key == "loss" else "%.0f", fontsize=7)
+        ax.set_xticks(range(len(values)), [name.replace(", ", ",\n") for name in models], fontsize=6)
+        ax.set_title(label, fontsize=8)
+        ax.set_ylim(0, max(values) * 1.25 or 1)
     fig.suptitle("Base vs fine-tuned on the held-out test split")
     fig.tight_layout()
     return fig

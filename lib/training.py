@@ -12,11 +12,14 @@ lands under its run folder:
     <run>/logs/training.log             one line per logging step
     <run>/logs/samples.jsonl            greedy generations every `sample_every` steps
     <run>/metrics/training-stats.json   tokens/s, peak memory, losses, wall time
+    <run>/run-spec.json                 what the run trains: resuming with other settings is refused
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -61,6 +64,7 @@ def run_paths(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     return {
         "run": run_dir,
+        "spec": run_dir / "run-spec.json",
         "adapter": run_dir / "adapter",
         "checkpoints": run_dir / "checkpoints",
         "status": run_dir / "training-status.json",
@@ -70,11 +74,39 @@ def run_paths(run_dir: str | Path) -> dict[str, Path]:
     }
 
 
+CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_state(folder: Path) -> dict | None:
+    """A checkpoint's trainer_state.json if the checkpoint is complete, else None.
+
+    transformers writes trainer_state.json last, in place: a kill during a save leaves it missing,
+    empty or cut short. Complete means: it reads as JSON, its global_step is the folder's number,
+    and the adapter weights and optimizer state it resumes from are there.
+    """
+    match = CHECKPOINT_NAME.fullmatch(folder.name)
+    if match is None or not folder.is_dir():
+        return None
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    weights = any((folder / name).exists() for name in ("adapter_model.safetensors", "model.safetensors"))
+    if state.get("global_step") != int(match.group(1)) or not weights or not (folder / "optimizer.pt").exists():
+        return None
+    return state
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The highest-numbered complete checkpoint folder of a run, or None."""
+    """The highest-numbered complete checkpoint folder of a run (`checkpoint_state`), or None.
+
+    A torn newest checkpoint falls back to the one before; folders that are not named
+    `checkpoint-<step>` (a copy, a backup) are ignored.
+    """
     folder = run_paths(run_dir)["checkpoints"]
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    steps = sorted(((int(m.group(1)), p) for p in folder.glob("checkpoint-*")
+                    if (m := CHECKPOINT_NAME.fullmatch(p.name))), reverse=True)
+    return next((path for _, path in steps if checkpoint_state(path) is not None), None)
 
 
 # ------------------------------------------------------------------ memory
@@ -292,6 +324,52 @@ def course_trainer_class():
     return CourseTrainer
 
 
+# Settings that may change when a run is continued: more steps, other logging and sampling.
+RESUMABLE_CHANGES = ("max_steps", "logging_steps", "save_steps", "sample_every", "sample_max_new_tokens")
+
+
+def run_spec(model, dataset, config: TrainingConfig) -> dict:
+    """What a run trains: the optimisation settings, the base model and adapter, and a digest of
+    the training data (token ids and labels of every example, for a tokenized dataset)."""
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    adapter = {} if peft_config is None else {
+        key: getattr(peft_config, key) for key in ("r", "lora_alpha", "use_rslora", "use_dora", "lora_dropout")}
+    if peft_config is not None:
+        adapter["target_modules"] = sorted(peft_config.target_modules) if not isinstance(
+            peft_config.target_modules, str) else peft_config.target_modules
+    base = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if hasattr(dataset, "column_names") and {"input_ids", "labels"} <= set(dataset.column_names):
+        digest = hashlib.sha256()
+        for row in dataset:
+            digest.update(json.dumps([row["input_ids"], row["labels"]]).encode())
+        data = {"examples": len(dataset), "sha256": digest.hexdigest()}
+    else:
+        data = {"examples": len(dataset)}
+    return {"config": {k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES},
+            "base_model": base, "adapter": adapter, "data": data}
+
+
+def check_resume(run_dir: Path, spec: dict) -> None:
+    """Raise ValueError, naming every difference, when `run_dir`'s run-spec.json (the settings it was
+    started with) is not `spec`: a resumed run must continue the same training."""
+    path = run_paths(run_dir)["spec"]
+    if not path.exists():
+        return
+    before = read_json(path)
+    differences = []
+    for part in spec:
+        old, new = before.get(part, {}), spec[part]
+        if isinstance(new, dict):
+            differences += [f"{part}.{key}: {old.get(key)!r} then, {new.get(key)!r} now"
+                            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+        elif old != new:
+            differences.append(f"{part}: {old!r} then, {new!r} now")
+    if differences:
+        raise ValueError(f"{run_dir} holds a run started with other settings; resuming would mix two trainings. "
+                         f"Use another run folder, or resume=False to start over. Differences:\n  "
+                         + "\n  ".join(differences))
+
+
 @dataclass
 class TrainingResult:
     run_dir: Path
@@ -318,8 +396,10 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
           extra_callbacks=()) -> TrainingResult:
     """Train `model` (a peft model from `load_for_training`) and save the adapter under `run_dir`.
 
-    With `resume` and a checkpoint in <run>/checkpoints, training continues from the last one:
-    optimizer, scheduler, RNG and data order restored, so the loss curve continues. A
+    With `resume` and a checkpoint in <run>/checkpoints, training continues from the last complete
+    one (`last_checkpoint`): optimizer, scheduler, RNG and data order restored, so the loss curve
+    continues. A resume with other settings or data than the run was started with raises
+    ValueError naming the differences (`check_resume`; max_steps and logging may change). A
     KeyboardInterrupt or error is recorded in training-status.json and re-raised.
     """
     from transformers import DataCollatorForSeq2Seq
@@ -357,8 +437,12 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
         trainer.model_accepts_loss_kwargs = True  # the loss divides by num_items_in_batch: no second division
     trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
+    spec = run_spec(model, dataset, config)
+    if checkpoint is not None:
+        check_resume(run_dir, spec)
+    write_json(paths["spec"], spec)
     if checkpoint is not None and paths["stats"].exists() and \
-            read_json(checkpoint / "trainer_state.json")["global_step"] >= config.max_steps:
+            checkpoint_state(checkpoint)["global_step"] >= config.max_steps:
         # The run is complete. Resuming would still train one step past max_steps (transformers
         # 5.17), so load the final checkpoint's adapter instead.
         return finished_run(model, tokenizer, checkpoint, run_dir, status)
@@ -413,13 +497,20 @@ def read_log(run_dir: str | Path) -> list[dict]:
     """The training log, one entry per step, across resumed sessions.
 
     Steps logged after the last checkpoint of an interrupted session are trained again on resume;
-    the resumed session's entry replaces the lost one.
+    the resumed session's entry replaces the lost one. A cut-short last line (a kill while it was
+    written) is left out; a bad line elsewhere raises ValueError naming file:line.
     """
     path = run_paths(run_dir)["log"]
     if not path.exists():
         return []
     by_step = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if number == len(lines):  # the line being written when the run was killed: a resume redoes it
+                break
+            raise ValueError(f"{path}:{number}: not a JSON log entry") from None
         by_step[entry["step"]] = entry
     return [by_step[step] for step in sorted(by_step)]

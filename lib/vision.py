@@ -139,14 +139,11 @@ def resolve_vision_model(name: str, cache_dir: str | Path | None = None) -> str:
 
     if name != TINY_RANDOM:
         return name
-    folder = Path(cache_dir or DEFAULT_CACHE) / "tiny-random-gemma3-vision"
-    if not (folder / "config.json").exists():
-        from .artifacts import replace_folder
+    from .artifacts import build_once
 
-        staging = folder.with_name(f".{folder.name}.partial")
-        build_tiny_random(staging)
-        replace_folder(staging, folder)
-    return str(folder)
+    folder = Path(cache_dir or DEFAULT_CACHE) / "tiny-random-gemma3-vision"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return str(build_once(folder, build_tiny_random))  # under a lock, in a staging folder of its own
 
 
 # ------------------------------------------------------------------ loading with LoRA

@@ -3,8 +3,9 @@ import torch
 
 from helpers import code_records
 from lib.data import tokenize_conversation
-from lib.evaluation import (chrf, code_metrics, defines_function, extract_code, parses, performance_gate,
-                            response_loss)
+from lib.data import Record
+from lib.evaluation import (Generation, answers_html, chrf, code_metrics, defines_function, distinct_2, extract_code,
+                            parses, performance_gate, repeats_a_line, response_loss, unresolved_names)
 from lib.model import load_causal_lm
 
 
@@ -29,6 +30,46 @@ def test_code_metrics_rates():
     metrics, rows = code_metrics(["def add_0(x):\n    return x", "add_1 = lambda x: x +"], records)
     assert metrics["parse_rate"] == 50 and metrics["defines_function_rate"] == 50
     assert rows[1]["parses"] is False
+    assert metrics["stopped_rate"] is None  # plain strings: whether they stopped is unknown
+
+
+LOOP = "def add_1(x):\n" + "    if not x: x = x.replace('a', 'b')\n" * 5
+
+
+def test_degenerate_and_invented_answers_are_not_clean():
+    records = code_records(4)
+    generations = [Generation("def add_0(x):\n    return x + 0", True, 12),       # clean
+                   Generation(LOOP, False, 160),                                    # a loop to max_new_tokens
+                   Generation("def add_2(x):\n    return _address(x)", True, 9),   # a helper that does not exist
+                   Generation("def add_3(x):\n    return x + 3", False, 160)]      # did not stop
+    metrics, rows = code_metrics(generations, records)
+    assert [r["clean"] for r in rows] == [True, False, False, False]
+    assert metrics["defines_function_rate"] == 100 and metrics["clean_rate"] == 25
+    assert metrics["repeated_line_rate"] == 25 and metrics["stopped_rate"] == 50
+    assert rows[2]["unresolved"] == ["_address"] and metrics["names_resolve_rate"] == 75
+    assert repeats_a_line(LOOP) and not repeats_a_line("else:\n    pass\nelse:\n    pass\nelse:\n    pass")
+    assert distinct_2("a b a b a b") == 2 / 5 and distinct_2("one") is None
+    html = answers_html({"fine-tuned": rows})
+    assert html.count("<details>") == 4 and "_address" in html and "&#x27;a&#x27;" in html  # escaped
+
+
+def test_names_resolve_against_the_real_module():
+    code = "import re\ndef f(x):\n    y = helper(x)\n    return [re.sub(a, 'b', y) for a in CONST] + [len(x)]"
+    assert unresolved_names(code, "f") == ["CONST", "helper"]
+    assert unresolved_names("def reach(h):\n    return is_HDN(h)", "reach", "http.cookiejar") == []
+    assert unresolved_names("def reach(h):\n    return is_HDNN(h)", "reach", "http.cookiejar") == ["is_HDNN"]
+    assert unresolved_names("def g(): pass", "f") is None and unresolved_names("def f(:", "f") is None
+    assert unresolved_names("def f(): pass", "f", "no_such_module_anywhere") is None
+
+
+def test_doctests_of_the_prompt_run_against_the_generated_function():
+    prompt = "Write `def reach(h)` from `http.cookiejar`.\n\n>>> reach('www.acme.com')\n'.acme.com'\n"
+    record = Record([{"role": "user", "content": prompt}, {"role": "assistant", "content": "..."}], "mem", 1,
+                    {"function": "reach", "module": "http.cookiejar"})
+    right = "def reach(h):\n    i = h.find('.')\n    return '.' + h[i + 1:] if i >= 0 else h"
+    metrics, rows = code_metrics([right, "def reach(h):\n    return h", "x = 1"], [record] * 3)
+    assert [r["doctest"] for r in rows] == ["passed", "failed", "error"]  # "error": reach is not defined
+    assert metrics["doctest_examples"] == 3 and metrics["doctest_pass_rate"] == pytest.approx(100 / 3)
 
 
 def test_response_loss_matches_the_models_own_loss(tiny_source, tokenizer):
@@ -48,11 +89,17 @@ def test_response_loss_matches_the_models_own_loss(tiny_source, tokenizer):
     assert measured["loss"] == pytest.approx(total / count, rel=1e-4)
 
 
-def test_performance_gate_needs_both_margins():
-    base = {"loss": 2.0, "defines_function_rate": 10.0}
-    assert performance_gate(base, {"loss": 1.5, "defines_function_rate": 60.0}, 0.2, 25).passed
-    assert not performance_gate(base, {"loss": 1.9, "defines_function_rate": 60.0}, 0.2, 25).passed
-    assert not performance_gate(base, {"loss": 1.5, "defines_function_rate": 30.0}, 0.2, 25).passed
-    no_task = performance_gate({"loss": 2.0, "defines_function_rate": None},
-                               {"loss": 1.5, "defines_function_rate": None}, 0.2, 25)
-    assert no_task.passed and "no defines_function_rate" in no_task.detail
+def test_performance_gate_needs_both_margins_and_significance():
+    base = {"loss": 2.0, "clean_rate": 10.0}
+    assert performance_gate(base, {"loss": 1.5, "clean_rate": 60.0}, 0.2, 25).passed
+    assert not performance_gate(base, {"loss": 1.9, "clean_rate": 60.0}, 0.2, 25).passed
+    assert not performance_gate(base, {"loss": 1.5, "clean_rate": 30.0}, 0.2, 25).passed
+    no_task = performance_gate({"loss": 2.0, "clean_rate": None}, {"loss": 1.5, "clean_rate": None}, 0.2, 25)
+    assert no_task.passed and "no clean_rate" in no_task.detail
+    before, after = [{"clean": False}] * 8, [{"clean": True}] * 4 + [{"clean": False}] * 4  # +50 points, n=8
+    small = performance_gate({"loss": 2.0, "clean_rate": 0.0}, {"loss": 1.5, "clean_rate": 50.0}, 0.2, 25,
+                             base_rows=before, tuned_rows=after)
+    assert not small.passed and "McNemar exact p = 0.12" in small.detail  # 4 of 4 one way: p = 2/16
+    large = performance_gate({"loss": 2.0, "clean_rate": 0.0}, {"loss": 1.5, "clean_rate": 50.0}, 0.2, 25,
+                             base_rows=before * 2, tuned_rows=after * 2)
+    assert large.passed

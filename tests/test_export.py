@@ -192,7 +192,10 @@ def test_damaged_files_raise_a_clear_gguf_error(tmp_path):
     assert check_gguf(good)["tensors"] == 1
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(good.read_bytes()[:-100])
-    with pytest.raises(GGUFError, match="truncated"):
+    with pytest.raises(GGUFError, match="truncated: the file .* ends inside the tensor data"):
+        check_gguf(truncated)
+    truncated.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(GGUFError, match="truncated GGUF header"):
         check_gguf(truncated)
     (tmp_path / "text.gguf").write_text("not a model")
     with pytest.raises(GGUFError, match="not a GGUF file"):
@@ -202,7 +205,7 @@ def test_damaged_files_raise_a_clear_gguf_error(tmp_path):
 
 
 def rows(outcomes):
-    return [{"defines_function": bool(x)} for x in outcomes]
+    return [{"clean": bool(x)} for x in outcomes]
 
 
 def test_quantization_gate_needs_perplexity_within_5_percent_and_no_real_task_drop():

@@ -112,3 +112,12 @@ def test_will_it_fit_command_line():
     nothing = subprocess.run([sys.executable, "-m", "lib.oom_ladder", "27B", "T4", "--backend", "peft"],
                              capture_output=True, text=True, env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
     assert nothing.returncode == 1 and "no rung fits" in nothing.stdout
+
+
+def test_names_in_any_case_and_numbers_in_range():
+    lower = oom_ladder.main(["12b", "t4"])
+    assert lower == 0  # the same answer as "12B T4"
+    for flag, value in (("--rank", "1e9"), ("--rank", "0"), ("--seq", "999999999"), ("--batch", "-1")):
+        bad = subprocess.run([sys.executable, "-m", "lib.oom_ladder", "12B", "T4", flag, value], capture_output=True,
+                             text=True)
+        assert bad.returncode == 2 and f"argument {flag}" in bad.stderr, (flag, value, bad.stderr)

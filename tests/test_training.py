@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -112,3 +113,73 @@ def test_killed_run_resumes_and_its_loss_curve_continues(tiny_source, tmp_path):
     assert [e["step"] for e in read_log(run)] == [1, 2, 3, 4, 5, 6]
     reloaded = load_file(run / "adapter" / "adapter_model.safetensors")
     assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
+
+
+def complete_checkpoint(folder, step):
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": []}))
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (folder / "optimizer.pt").write_bytes(b"state")
+
+
+def test_a_torn_newest_checkpoint_falls_back_and_stray_folders_are_ignored(tmp_path):
+    checkpoints = run_paths(tmp_path)["checkpoints"]
+    complete_checkpoint(checkpoints / "checkpoint-2", 2)
+    complete_checkpoint(checkpoints / "checkpoint-4", 4)
+    (checkpoints / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')  # killed mid-write
+    complete_checkpoint(checkpoints / "checkpoint-6 (copy)", 6)
+    complete_checkpoint(checkpoints / "checkpoint-8", 8)
+    (checkpoints / "checkpoint-8" / "trainer_state.json").write_text("")  # empty
+    complete_checkpoint(checkpoints / "checkpoint-9", 9)
+    (checkpoints / "checkpoint-9" / "optimizer.pt").unlink()  # killed before the optimizer state was written
+    assert last_checkpoint(tmp_path).name == "checkpoint-2"
+
+
+def test_a_torn_last_log_line_is_left_out_and_a_bad_middle_line_is_named(tmp_path):
+    log = run_paths(tmp_path)["log"]
+    log.parent.mkdir(parents=True)
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
+    assert [e["step"] for e in read_log(tmp_path)] == [1, 2]
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.8}\n')
+    with pytest.raises(ValueError, match=r"training.log:2: not a JSON log entry"):
+        read_log(tmp_path)
+
+
+def test_a_kill_during_a_checkpoint_save_resumes_from_the_one_before(tiny_source, tmp_path):
+    env = os.environ | {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}"}
+    reference, run = tmp_path / "reference", tmp_path / "torn"
+    subprocess.run([sys.executable, str(WORKER), tiny_source.path_or_id, str(reference), "0"], env=env, check=True,
+                   capture_output=True)
+    worker = subprocess.Popen([sys.executable, str(WORKER), tiny_source.path_or_id, str(run), "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert worker.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    state = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    state.write_text(state.read_text()[: len(state.read_text()) // 2])  # the save was cut off mid-file
+    rerun = subprocess.run([sys.executable, str(WORKER), tiny_source.path_or_id, str(run), "0"], env=env,
+                           capture_output=True, text=True, check=True)
+    assert "resumed_from checkpoint-2" in rerun.stdout
+    assert [e["loss"] for e in read_log(run)] == pytest.approx([e["loss"] for e in read_log(reference)], rel=1e-3)
+
+
+def test_resuming_with_other_settings_or_data_is_refused(tiny_source, tmp_path):
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", COMPUTE_DTYPE, 128)
+    config = TrainingConfig(max_steps=5, batch_size=2, save_steps=2, warmup_steps=0, max_seq_length=128, sample_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tokenizer, code_records(10), config, tmp_path, "cpu", COMPUTE_DTYPE, extra_callbacks=[Stop()])
+    faster = TrainingConfig(**{**config.__dict__, "learning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"config.learning_rate: 0.0002 then, 0.001 now"):
+        train(model, tokenizer, code_records(10), faster, tmp_path, "cpu", COMPUTE_DTYPE)
+    with pytest.raises(ValueError, match=r"data.sha256"):
+        train(model, tokenizer, code_records(12), config, tmp_path, "cpu", COMPUTE_DTYPE)
+    longer = TrainingConfig(**{**config.__dict__, "max_steps": 6})  # more steps: a continuation, allowed
+    assert train(model, tokenizer, code_records(10), longer, tmp_path, "cpu", COMPUTE_DTYPE).stats["steps"] == 6

@@ -30,7 +30,7 @@ SMOKE_PARAMETERS = {
     "04_trinity_training": {"max_steps": 3, "batch_size": 2, "save_steps": 2, "warmup_steps": 1,
                             "sample_every": 2, "sample_max_new_tokens": 8},
     "05_oom_ladder": {"demo_steps": 1, "demo_seq_length": 64},
-    "06_evaluate": {"max_steps": 3, "eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
+    "06_evaluate": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
     "07_export": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
     "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
                            "eval_n": 2, "max_new_tokens": 16, "eval_batch_size": 2, "vision_max_steps": 2,
