@@ -191,11 +191,12 @@ pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g i
 
 # %%
 base, tuned, tuned_penalty = results["base"], results["fine-tuned"], results[penalized]
+invented = sum(bool(row["unresolved"]) for row in rows["fine-tuned"])
 print(f"""On {len(test)} test records (loss) and {tuned['generated']} generations, base -> fine-tuned (greedy):
 * response loss {base['loss']:.3f} -> {tuned['loss']:.3f} nats/token, perplexity {base['perplexity']:.2f} -> {tuned['perplexity']:.2f};
 * defines the asked function {base['defines_function_rate']:.0f}% -> {tuned['defines_function_rate']:.0f}%, but only
   {tuned['clean_rate']:.0f}% of the fine-tuned answers are clean: {tuned['repeated_line_rate']:.0f}% repeat a line 3+ times,
-  {100 - tuned['stopped_rate']:.0f}% run to max_new_tokens, {100 - tuned['names_resolve_rate']:.0f}% read a name nothing defines;
+  {100 - tuned['stopped_rate']:.0f}% run to max_new_tokens, {invented} of {tuned['generated']} read a name nothing defines;
 * with repetition penalty {repetition_penalty}: clean {tuned_penalty['clean_rate']:.0f}%, a repeated line in {tuned_penalty['repeated_line_rate']:.0f}%,
   defines the function {tuned_penalty['defines_function_rate']:.0f}%;
 * doctests: {tuned['doctest_examples']} generations had examples to run; greedy passed {tuned['doctest_pass_rate'] or 0:.0f}%;
