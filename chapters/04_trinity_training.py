@@ -188,6 +188,50 @@ print(json.dumps(status, indent=2))
 assert status["running"] is False and status["error"] is None and status["step"] == max_steps
 
 # %% [markdown]
+# ## The same training on a GPU: speed at this data's lengths
+#
+# How long does the Trinity take on a GPU for data like this? The course's own loader and Trinity
+# (NF4 + double quantization, r = 64, rsLoRA, fast DoRA, 8-bit AdamW, unsloth) were timed on an
+# H200 for the 4B and 12B shapes (random weights, batch 1; `tools/claims_gpu.py`, stored in
+# `data/measurements/claims-gpu.json` with its provenance). Each example is one step at batch 1,
+# so the time per 1,000 examples follows from the step time at each example's token length
+# (`lib.training.seconds_per_example`), with this dataset's lengths:
+
+# %%
+import numpy as np
+from lib.training import seconds_per_example
+
+claims_gpu = read_json("data/measurements/claims-gpu.json")
+gpu_runs = {r["size"]: r for r in claims_gpu["rows"] if r["kind"] == "trinity"}
+train_lengths = [len(tokenize_conversation(tokenizer, r.messages)["input_ids"]) for r in splits["train"]]
+speed = pd.DataFrame([{"size": size, "seq": row["seq"], "s/step": row["step_seconds"],
+                       "tokens/s": row["tokens_per_second"], "peak allocated (GiB)": row["peak_allocated_gib"],
+                       "first step at this length (s)": row["first_step_seconds"]}
+                      for size, run in gpu_runs.items() for row in run["by_seq"]])
+per_example = {size: seconds_per_example({row["seq"]: row["step_seconds"] for row in run["by_seq"]}, train_lengths)
+               for size, run in gpu_runs.items()}
+print(f"{claims_gpu['provenance']['gpu']}, {claims_gpu['provenance']['date']}; this dataset's train examples: "
+      f"median {int(np.median(train_lengths))} tokens, {len(train_lengths)} examples")
+speed
+
+# %% [markdown]
+# A T4 was not available. What a T4 would do can only be estimated, and the basis has to be
+# stated: its peak dense tensor throughput is 65 TFLOP/s in fp16 (NVIDIA T4 datasheet) against the
+# H200's 989 in bf16 (H200 datasheet; 790 measured here on large products), and its memory
+# bandwidth 320 GB/s against 4,800: both ratios are about 1/15. Scaling the H200's time by that
+# assumes the T4 reaches the same fraction of its peak, which batch-1 steps of a small model
+# rarely do on either card: an optimistic estimate, not a measurement.
+
+# %%
+T4_SCALE = min(65 / 989, 320 / 4800)  # the T4's peak throughput and bandwidth over the H200's
+estimates = pd.DataFrame({size: {"H200 min / 1,000 examples": 1000 * s / 60,
+                                 "H200 h / 18,000 examples": 18000 * s / 3600,
+                                 "T4 estimate min / 1,000 examples": 1000 * s / T4_SCALE / 60,
+                                 "T4 estimate tokens/s at 1,024": gpu_runs[size]["by_seq"][-1]["tokens_per_second"]
+                                 * T4_SCALE} for size, s in per_example.items()}).T
+estimates.round(1)
+
+# %% [markdown]
 # ## Claims ledger
 #
 # The source documents expect the loss to fall "from ~2.5 to ~0.8". Measured here as the mean
@@ -204,11 +248,32 @@ ledger.record("C17", f"{start:.2f} -> {end:.2f} over {len(losses)} steps (mean o
               f"{model_name}, {result.stats['tokens_this_session']:,} tokens)",
               "holds" if abs(start - 2.5) <= 0.4 and abs(end - 0.8) <= 0.2 else "does not hold", "Loss and memory",
               note="depends on data, steps and model size; this is the default run's")
+gpu_where = f"{claims_gpu['provenance']['gpu']}, {claims_gpu['provenance']['date']}, data/measurements/claims-gpu.json"
+t4 = {size: run["by_seq"][-1]["tokens_per_second"] * T4_SCALE for size, run in gpu_runs.items()}
+ledger.record("C18", f"not measured on a T4. H200, batch 1 at 1,024 tokens: 4B {gpu_runs['4B']['by_seq'][-1]['tokens_per_second']:.0f}, "
+              f"12B {gpu_runs['12B']['by_seq'][-1]['tokens_per_second']:.0f} tokens/s; T4 estimate (x{T4_SCALE:.3f}, peak "
+              f"FLOP/s and bandwidth ratio): 4B {t4['4B']:.0f}, 12B {t4['12B']:.0f} tokens/s", "depends",
+              "The same training on a GPU", where=gpu_where,
+              note="an optimistic estimate with its basis stated, not a measurement; shorter sequences give fewer tokens/s")
+ledger.record("C23", f"per 1,000 examples of this dataset (batch 1): H200 4B {1000 * per_example['4B'] / 60:.0f} min, "
+              f"12B {1000 * per_example['12B'] / 60:.0f} min; T4 estimate 4B {1000 * per_example['4B'] / T4_SCALE / 3600:.1f} h, "
+              f"12B {1000 * per_example['12B'] / T4_SCALE / 3600:.1f} h; 27B not measured", "depends",
+              "The same training on a GPU", where=gpu_where,
+              note="the source names no GPU; on an H200 it is 5-10x faster than claimed, on a T4 (estimated) in range")
+ledger.record("C30", f"18,000 examples of this dataset, one epoch, batch 1: H200 4B {18000 * per_example['4B'] / 3600:.1f} h, "
+              f"12B {18000 * per_example['12B'] / 3600:.1f} h", "depends", "The same training on a GPU", where=gpu_where,
+              note="holds for the 12B on an H200 at batch 1; batching or packing the short examples would cut it")
 ledger_table(run_dir, only_measured=True)
 
 # %% [markdown]
 # ## Summary
-#
-# The adapter is in `output/<run>/adapter` (peft format), with the statistics above in
-# `output/<run>/metrics/training-stats.json`. Chapter 06 measures what it learned on the test
-# split.
+
+# %%
+stats = result.stats
+print(f"""{stats['steps']} steps of {batch_size} on {env.device} in {stats['compute_dtype']} ({chosen_backend}):
+* loss {start:.2f} -> {end:.2f} (mean of the first and last {window} steps);
+* {stats['tokens_per_second']} tokens/s, {stats['peak_memory_measure']} {stats['peak_memory_gib']:.2f} GiB
+  (this session: {stats['train_seconds_this_session']} s);
+* the adapter: {run_paths(run_dir)['adapter']} (peft format); chapter 06 measures what it learned on the test split.
+* On an H200 the same Trinity trains this data at {1000 * per_example['4B'] / 60:.0f} min (4B) and
+  {1000 * per_example['12B'] / 60:.0f} min (12B) per 1,000 examples at batch 1 (stored measurement).""")

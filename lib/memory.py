@@ -213,6 +213,26 @@ def optimizer_bytes(setup: TrainingSetup) -> float:
     return total
 
 
+FULL_FINETUNE_MODES = {
+    # bytes per parameter: weights, gradients, AdamW's two moments (they take the parameter's dtype)
+    "mixed": (4, 4, 8),   # fp32 master weights with bf16 autocast: the usual mixed precision
+    "bf16": (2, 2, 4),    # everything in bf16 (AdamW states too): half the memory, less exact updates
+}
+
+
+def full_finetune_bytes(shape, mode: str = "mixed") -> dict[str, float]:
+    """Bytes of full fine-tuning's static terms for a Gemma 3 size or config, every parameter trained
+    with AdamW (Loshchilov & Hutter 2019): {"parameters", "weights", "gradients", "optimizer",
+    "total"}; activations and logits come on top. mode: "mixed" (fp32 weights, gradients and
+    states, bf16 compute; Micikevicius et al. 2018) or "bf16". Raises KeyError for another mode."""
+    from .gemma3 import parameter_counts
+
+    weights, gradients, states = FULL_FINETUNE_MODES[mode]
+    n = parameter_counts(shape)["total"]
+    terms = {"parameters": n, "weights": n * weights, "gradients": n * gradients, "optimizer": n * states}
+    return terms | {"total": terms["weights"] + terms["gradients"] + terms["optimizer"]}
+
+
 def optimizer_state_bytes(optimizer) -> int:
     """Bytes of a live optimizer's state tensors inside PyTorch's allocator (paged ones excluded):
     what `optimizer_bytes` estimates."""

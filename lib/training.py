@@ -493,6 +493,19 @@ def finished_run(model, tokenizer, checkpoint: Path, run_dir: Path, status: Stat
     return TrainingResult(run_dir, checkpoint.name, read_json(run_paths(run_dir)["stats"]), state["log_history"])
 
 
+def seconds_per_example(step_seconds: dict[int, float], lengths: list[int]) -> float:
+    """Mean training seconds per example at batch 1, from measured step times {sequence length:
+    seconds} and the examples' token lengths: each length's time is interpolated linearly between
+    the measured lengths (clamped at the shortest and longest measured; a shorter step is not
+    cheaper on a GPU that the small step leaves idle). Raises ValueError without measurements."""
+    import numpy as np
+
+    if not step_seconds or not lengths:
+        raise ValueError("need measured step times and at least one example length")
+    measured = sorted(step_seconds)
+    return float(np.interp(lengths, measured, [step_seconds[n] for n in measured]).mean())
+
+
 def read_log(run_dir: str | Path) -> list[dict]:
     """The training log, one entry per step, across resumed sessions.
 

@@ -96,3 +96,24 @@ def test_unknown_model_and_gpu_are_named():
         memory.gpu_profile("V100")
     assert memory.gpu_profile("a100").name == "A100-40GB"
     assert memory.fits(TrainingSetup("1B"), "T4") and not memory.fits(TrainingSetup("27B"), "T4")
+
+
+def test_full_finetuning_accounting_equals_the_tensors_counted_on_the_gpu():
+    """The 270M and 1B were fully fine-tuned on an H200 (data/measurements/claims-gpu.json): the
+    weights, gradients and AdamW states counted there are the accounting's, byte for byte."""
+    import json
+
+    from helpers import ROOT
+
+    rows = [r for r in json.loads((ROOT / "data/measurements/claims-gpu.json").read_text())["rows"]
+            if r["kind"] == "full_ft"]
+    assert {(r["size"], r["mode"]) for r in rows} == {("270M", "mixed"), ("270M", "bf16"), ("1B", "mixed"),
+                                                      ("1B", "bf16")}
+    for row in rows:
+        terms = memory.full_finetune_bytes(row["size"], row["mode"])
+        assert terms["parameters"] == row["parameters"]
+        for term in ("weights", "gradients", "optimizer"):
+            assert terms[term] / 2**30 == pytest.approx(row[f"{term}_gib"], abs=1e-3), (row["size"], term)
+        assert row["peak_allocated_gib"] > terms["total"] / 2**30  # activations and logits come on top
+    with pytest.raises(KeyError):
+        memory.full_finetune_bytes("1B", "fp8")

@@ -183,3 +183,14 @@ def test_resuming_with_other_settings_or_data_is_refused(tiny_source, tmp_path):
         train(model, tokenizer, code_records(12), config, tmp_path, "cpu", COMPUTE_DTYPE)
     longer = TrainingConfig(**{**config.__dict__, "max_steps": 6})  # more steps: a continuation, allowed
     assert train(model, tokenizer, code_records(10), longer, tmp_path, "cpu", COMPUTE_DTYPE).stats["steps"] == 6
+
+
+def test_seconds_per_example_interpolates_the_measured_step_times():
+    from lib.training import seconds_per_example
+
+    measured = {256: 0.3, 512: 0.4, 1024: 0.5}
+    assert seconds_per_example(measured, [256]) == pytest.approx(0.3)
+    assert seconds_per_example(measured, [384, 768]) == pytest.approx((0.35 + 0.45) / 2)
+    assert seconds_per_example(measured, [10, 4000]) == pytest.approx((0.3 + 0.5) / 2)  # clamped at both ends
+    with pytest.raises(ValueError, match="need measured step times"):
+        seconds_per_example({}, [100])
