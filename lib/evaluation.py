@@ -126,18 +126,28 @@ def generate_with_details(model, tokenizer, prompts: list[list[dict]], max_new_t
 # ------------------------------------------------------------------ teacher-forced loss
 
 @torch.no_grad()
-def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4, chunk_tokens: int = 256) -> dict:
+def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4, chunk_tokens: int = 256,
+                  last_turn_only: bool = False) -> dict:
     """Token-weighted mean loss over assistant tokens. Returns {'loss', 'perplexity', 'tokens'}.
 
-    The output head runs on the assistant tokens only, `chunk_tokens` rows at a time
-    (`lib.loss.chunked_cross_entropy`), so a batch never holds its full 262k-vocabulary logits.
+    `last_turn_only`: only the final assistant turn counts (for prompts with worked examples
+    before the question, `with_examples`). The output head runs on the counted tokens only,
+    `chunk_tokens` rows at a time (`lib.loss.chunked_cross_entropy`), so a batch never holds its
+    full 262k-vocabulary logits.
     """
     from .loss import causal_lm_parts, chunked_cross_entropy
 
     device = next(model.parameters()).device
     parts = causal_lm_parts(model)
     total, count = 0.0, 0
-    encoded = [tokenize_conversation(tokenizer, r.messages) for r in records]
+    encoded = []
+    for r in records:
+        tokens = tokenize_conversation(tokenizer, r.messages)
+        if last_turn_only:  # the tokens before the last turn's answer carry no loss
+            prompt = len(tokenizer.apply_chat_template(r.messages[:-1], tokenize=True, add_generation_prompt=True,
+                                                       return_dict=True)["input_ids"])
+            tokens["assistant_masks"] = [0] * prompt + tokens["assistant_masks"][prompt:]
+        encoded.append(tokens)
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start:start + batch_size]
         width = max(len(e["input_ids"]) for e in batch)
@@ -315,6 +325,13 @@ def adapter_switch(model, enabled: bool):
     return nullcontext() if enabled or not hasattr(model, "disable_adapter") else model.disable_adapter()
 
 
+def with_examples(record: Record, examples: list[Record]) -> Record:
+    """`record` asked after worked examples (in-context, "few-shot" prompting, Brown et al. 2020,
+    arXiv:2005.14165): each example's question and answer as earlier turns of the conversation."""
+    turns = [message for example in examples for message in example.messages]
+    return Record(turns + record.messages, record.file, record.line, dict(record.meta))
+
+
 def generation_subset(records: list[Record], generate_n: int) -> list[Record]:
     """The records to generate for: the first `generate_n`, plus every later one whose prompt has
     doctest examples (there are few, and they are the only executable check)."""
@@ -324,17 +341,23 @@ def generation_subset(records: list[Record], generate_n: int) -> list[Record]:
 
 
 def evaluate_model(model, tokenizer, records: list[Record], generate_n: int, max_new_tokens: int,
-                   batch_size: int = 4, adapter: bool = True, loss: bool = True, **decoding) -> tuple[dict, list[dict]]:
+                   batch_size: int = 4, adapter: bool = True, loss: bool = True, examples: list[Record] = (),
+                   **decoding) -> tuple[dict, list[dict]]:
     """All metrics for one model on `records`; with `adapter=False` a peft model runs as its base.
 
     Loss uses every record (skipped with loss=False); generation metrics use `generation_subset`.
-    `decoding`: extra `model.generate` settings (e.g. repetition_penalty).
+    `examples`: worked examples asked before every record (`with_examples`); the loss then counts
+    the record's answer only. `decoding`: extra `model.generate` settings (e.g. repetition_penalty).
     """
     model.eval()
+    subset = generation_subset(records, generate_n)
+    asked = [with_examples(r, list(examples)) for r in subset] if examples else subset
     with adapter_switch(model, adapter):
-        metrics = response_loss(model, tokenizer, records, batch_size) if loss else {}
-        subset = generation_subset(records, generate_n)
-        generations = generate_with_details(model, tokenizer, [r.prompt_messages for r in subset], max_new_tokens,
+        metrics = {}
+        if loss:
+            scored = [with_examples(r, list(examples)) for r in records] if examples else records
+            metrics = response_loss(model, tokenizer, scored, batch_size, last_turn_only=bool(examples))
+        generations = generate_with_details(model, tokenizer, [r.prompt_messages for r in asked], max_new_tokens,
                                             batch_size, **decoding)
     code, rows = code_metrics(generations, subset)
     return metrics | code, rows

@@ -103,3 +103,20 @@ def test_performance_gate_needs_both_margins_and_significance():
     large = performance_gate({"loss": 2.0, "clean_rate": 0.0}, {"loss": 1.5, "clean_rate": 50.0}, 0.2, 25,
                              base_rows=before * 2, tuned_rows=after * 2)
     assert large.passed
+
+
+def test_worked_examples_come_first_and_only_the_question_is_scored(tiny_source, tokenizer):
+    from lib.evaluation import with_examples
+
+    model = load_causal_lm(tiny_source, torch.float32, load_in_4bit=False).eval()
+    question, shots = code_records(3)[2], code_records(2)
+    asked = with_examples(question, shots)
+    assert [m["role"] for m in asked.messages] == ["user", "assistant"] * 3
+    assert asked.messages[-1] == question.messages[-1] and asked.prompt_messages[-1] == question.messages[0]
+    scored = response_loss(model, tokenizer, [asked], last_turn_only=True)
+    everything = response_loss(model, tokenizer, [asked])
+    answer_tokens = len(tokenize_conversation(tokenizer, question.messages)["input_ids"]) - len(
+        tokenizer.apply_chat_template(question.prompt_messages, tokenize=True, add_generation_prompt=True,
+                                      return_dict=True)["input_ids"])
+    assert scored["tokens"] == answer_tokens  # the question's answer, end-of-turn included
+    assert everything["tokens"] > scored["tokens"]  # the examples' answers too, without last_turn_only
