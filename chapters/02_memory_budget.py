@@ -250,7 +250,7 @@ pd.DataFrame([{"size": r["shape"], "seq": r["max_seq_length"], "DoRA": r["dora"]
               for r in anchor_runs if r["backend"] == "unsloth"])
 
 # %% [markdown]
-# The grid's DoRA is peft's, the implementation unsloth uses. Since issue 7 the course trains
+# The grid's DoRA is peft's, the implementation unsloth uses. The course trains
 # with its own DoRA (`lib.dora.use_fast_dora`, the default of `load_for_training`): the same
 # adapter, numerically equal to peft's, with the norm computed once per optimizer step. Its GPU
 # benchmark is a stored measurement (`data/measurements/dora-benchmark.json`, H100, provenance

@@ -273,7 +273,7 @@ stats = result.stats
 print(f"""{stats['steps']} steps of {batch_size} on {env.device} in {stats['compute_dtype']} ({chosen_backend}):
 * loss {start:.2f} -> {end:.2f} (mean of the first and last {window} steps);
 * {stats['tokens_per_second']} tokens/s, {stats['peak_memory_measure']} {stats['peak_memory_gib']:.2f} GiB
-  (this session: {stats['train_seconds_this_session']} s);
+  ({stats['train_seconds_this_session']} s of training in this run);
 * the adapter: {run_paths(run_dir)['adapter']} (peft format); chapter 06 measures what it learned on the test split.
 * On an H200 the same Trinity trains this data at {1000 * per_example['4B'] / 60:.0f} min (4B) and
   {1000 * per_example['12B'] / 60:.0f} min (12B) per 1,000 examples at batch 1 (stored measurement).""")

@@ -1,12 +1,32 @@
 """The course's library: one module per concept, named as the chapters name them.
 
-environment     validate_environment: versions, GPU, backend and precision choice
+environment     validate_environment: versions, GPU, backend choice (chapter 00)
+precision       the compute dtype per device: measured on a CPU, bf16 or fp32 on a GPU
 model           the embedded Gemma 3 270M, local folders, hub ids; NF4 loading
-stdlib_dataset  the default dataset, built from Python's standard library
-data            reading, validating, deduplicating and tokenizing conversations
+gemma3          the Gemma 3 family's shapes and parameter counts
+quantization    NF4 / FP4 / int4 round trips, bits stored per parameter (chapter 01)
 lora            the Trinity adapter config: LoRA rank/alpha, rsLoRA, DoRA, target modules
-training        SFT with response-only loss, status file, checkpoints and resume
-evaluation      base vs fine-tuned: response loss, perplexity, code metrics, gates
+dora            DoRA's magnitude/direction analysis, and the fast DoRA the course trains with
+adapter_runs    short comparison runs in fresh processes (chapter 01)
+memory          the memory estimator, GPU profiles, full fine-tuning accounting (chapter 02)
+oom_ladder      the OOM ladder and "will it fit?" (chapter 05)
+stdlib_dataset  the default dataset, built from Python's standard library
+data            reading, validating, deduplicating and tokenizing conversations (chapter 03)
+loss            response-only loss by chunks, without the full logits
+training        SFT with response-only loss, status file, checkpoints and resume (chapter 04)
+evaluation      base vs fine-tuned: loss, code metrics, degeneration, names, doctests, gates (chapter 06)
+code_sandbox    running model-written Python (doctests) in a limited subprocess
+export          adapter, merged model, GGUF, Ollama Modelfile (chapter 07)
+schemas         generated relational schemas (chapter 08)
+ui_render       screens rendered from a schema, Chromium screenshots
+ghost_dataset   screenshots labelled with their exact DDL, with DOM and OCR text
+ocr             RapidOCR word boxes of a screenshot
+screen_layout   layout analysis: the screen's text and structure rebuilt from the pixels
+sql_eval        scoring generated DDL: parse, execute, table/column/key F1
+sql_sandbox     running model-written SQL in a confined in-memory SQLite
+vision          the Gemma 3 vision path: presets, tiny random model, loader, collator
+ghost_architect screenshot or screen text -> DDL: the tool, its CLI, evaluation helpers
+claims          the claims ledger
 plots           every figure of the book
-artifacts       atomic writes of run files (write, then rename)
+artifacts       atomic writes, whole-folder replacement, caches built once under a lock
 """
