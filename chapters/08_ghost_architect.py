@@ -447,7 +447,7 @@ vision_report.assign(generated=[a[:60] for a in answers])[["id", "parses", "exec
 # a GPU, the same cells train it and the same scorer measures it.
 #
 # The GPU branch (FastVisionModel, UnslothVisionDataCollator) cannot run on a CPU. It ran on a
-# lent H100 with the same tiny model (`tools/vision_gpu_check.py`, both presets from scratch, 2
+# H100 with the same tiny model (`tools/vision_gpu_check.py`, both presets from scratch, 2
 # steps each); the stored result, with its provenance:
 
 # %%
