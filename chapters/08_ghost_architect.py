@@ -446,7 +446,7 @@ vision_report.assign(generated=[a[:60] for a in answers])[["id", "parses", "exec
 # should be: nothing here measured vision quality. With `vision_model` set to a real checkpoint on
 # a GPU, the same cells train it and the same scorer measures it.
 #
-# The GPU branch (FastVisionModel, UnslothVisionDataCollator) cannot run on a CPU. It ran on a
+# The GPU branch (FastVisionModel, UnslothVisionDataCollator) cannot run on a CPU. It ran on an
 # H100 with the same tiny model (`tools/vision_gpu_check.py`, both presets from scratch, 2
 # steps each); the stored result, with its provenance:
 
