@@ -22,6 +22,10 @@ from dataclasses import asdict, dataclass, fields
 
 from .sql_sandbox import UnsafeSQL, check_text, run_untrusted, sandbox
 
+# sqlglot parses by recursive descent, about 20 Python frames per parenthesis: where ~50 levels
+# exhaust the stack depends on how deep the caller already is. No schema needs more than a few.
+MAX_NESTING = 32
+
 
 def affinity(declared_type: str) -> str:
     """SQLite's column affinity of a declared type: INTEGER, TEXT, BLOB, REAL or NUMERIC.
@@ -105,12 +109,26 @@ def parses(sql: str) -> tuple[bool, str | None]:
         return False, "empty SQL"
     try:
         check_text(sql)
+        if (depth := nesting_depth(sql)) > MAX_NESTING:
+            return False, f"nested too deeply for the parser: {depth} levels of parentheses, over {MAX_NESTING}"
         statements = [s for s in sqlglot.parse(sql, read="sqlite") if s is not None]
     except (ParseError, TokenError, UnsafeSQL) as error:
         return False, str(error).splitlines()[0]
-    except RecursionError:  # sqlglot's recursive descent: ~50 nested parentheses exhaust Python's stack
+    except RecursionError:  # a recursive descent: its depth limit is Python's stack, not ours
         return False, "nested too deeply for the parser"
     return (True, None) if statements else (False, "no SQL statement")
+
+
+def nesting_depth(sql: str) -> int:
+    """The deepest parenthesis nesting of `sql`, from sqlglot's tokens (quotes and comments skip)."""
+    import sqlglot
+    from sqlglot.tokens import TokenType
+
+    depth = deepest = 0
+    for token in sqlglot.Dialect.get_or_raise("sqlite").tokenize(sql):
+        depth += (token.token_type == TokenType.L_PAREN) - (token.token_type == TokenType.R_PAREN)
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def score_schema(predicted_sql: str, truth_sql: str) -> SchemaScore:

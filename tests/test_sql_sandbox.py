@@ -51,6 +51,14 @@ def test_deep_nesting_is_a_parse_failure_not_an_exception():
     assert list(table["parses"]) == [False, True]
 
 
+def test_nesting_up_to_the_limit_parses():
+    from lib.sql_eval import MAX_NESTING, nesting_depth, parses
+
+    sql = "CREATE TABLE t (x INTEGER DEFAULT " + "(" * (MAX_NESTING - 1) + "1" + ")" * (MAX_NESTING - 1) + ");"
+    assert nesting_depth(sql) == MAX_NESTING and parses(sql) == (True, None)
+    assert nesting_depth("SELECT '(((((' -- ((((\n") == 0
+
+
 def test_a_lone_surrogate_is_a_failure_with_its_reason():
     score = score_schema("CREATE TABLE t (name TEXT DEFAULT '\ud800');", TRUTH)
     assert score.parses is False and "UTF-8" in score.error
