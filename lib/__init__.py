@@ -26,6 +26,11 @@ sql_eval        scoring generated DDL: parse, execute, table/column/key F1
 sql_sandbox     running model-written SQL in a confined in-memory SQLite
 vision          the Gemma 3 vision path: presets, tiny random model, loader, collator
 ghost_architect screenshot or screen text -> DDL: the tool, its CLI, evaluation helpers
+attention       attention statistics, span changes and the KV cache (chapter 09)
+adapter_spectra where a fine-tune went: update size and singular values per layer and module
+representations hidden-state drift: cosine and linear CKA per layer
+memorization    held-out loss over steps, loss-threshold membership inference
+capacity        bits per parameter on random sequences (Morris et al. 2025)
 claims          the claims ledger
 plots           every figure of the book
 artifacts       atomic writes, whole-folder replacement, caches built once under a lock

@@ -33,6 +33,10 @@ class Gemma3Shape:
     sliding_window: int
     max_position_embeddings: int
     query_pre_attn_scalar: int = 256
+    global_every: int = 6                 # `sliding_window_pattern`: layers 6, 12, ... attend globally
+    rope_theta_global: float = 1_000_000.0
+    rope_theta_local: float = 10_000.0
+    rope_scaling_global: float = 1.0      # linear position interpolation of the global layers (4B-27B: 8)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(out_features, in_features) of the 7 projections of one decoder layer."""
@@ -51,15 +55,26 @@ class Gemma3Shape:
             num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim, vocab_size=self.vocab_size,
             sliding_window=self.sliding_window, max_position_embeddings=self.max_position_embeddings,
-            query_pre_attn_scalar=self.query_pre_attn_scalar, tie_word_embeddings=True)
+            query_pre_attn_scalar=self.query_pre_attn_scalar, tie_word_embeddings=True,
+            layer_types=self.layer_types())
+
+    def layer_types(self) -> list[str]:
+        """transformers' per-layer attention kinds: "full_attention" every `global_every`-th layer
+        (1-based), "sliding_attention" (a window of `sliding_window` tokens) elsewhere. Raises
+        ValueError for a shape read from a config whose layers follow no such period."""
+        if self.global_every < 1:
+            raise ValueError(f"{self.name}: the layer kinds follow no regular pattern; pass them explicitly")
+        return ["full_attention" if (i + 1) % self.global_every == 0 else "sliding_attention"
+                for i in range(self.num_hidden_layers)]
 
 
 GEMMA3_SHAPES: dict[str, Gemma3Shape] = {s.name: s for s in [
     Gemma3Shape("270M", 640, 2048, 18, 4, 1, 256, 262_144, 512, 32_768),
     Gemma3Shape("1B", 1152, 6912, 26, 4, 1, 256, 262_144, 512, 32_768),
-    Gemma3Shape("4B", 2560, 10240, 34, 8, 4, 256, 262_208, 1024, 131_072),
-    Gemma3Shape("12B", 3840, 15360, 48, 16, 8, 256, 262_208, 1024, 131_072),
-    Gemma3Shape("27B", 5376, 21504, 62, 32, 16, 128, 262_208, 1024, 131_072, query_pre_attn_scalar=168),
+    Gemma3Shape("4B", 2560, 10240, 34, 8, 4, 256, 262_208, 1024, 131_072, rope_scaling_global=8.0),
+    Gemma3Shape("12B", 3840, 15360, 48, 16, 8, 256, 262_208, 1024, 131_072, rope_scaling_global=8.0),
+    Gemma3Shape("27B", 5376, 21504, 62, 32, 16, 128, 262_208, 1024, 131_072, query_pre_attn_scalar=168,
+                rope_scaling_global=8.0),
 ]}
 
 
@@ -78,10 +93,58 @@ def shape_of(name_or_config) -> Gemma3Shape:
             raise KeyError(f"unknown Gemma 3 size {name_or_config!r}; built in: {', '.join(GEMMA3_SHAPES)}")
         return GEMMA3_SHAPES[key]
     config = getattr(name_or_config, "text_config", None) or name_or_config
+    rope = rope_settings(config)
     return Gemma3Shape(getattr(config, "name_or_path", "") or "custom", config.hidden_size, config.intermediate_size,
                        config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
                        config.head_dim, config.vocab_size, config.sliding_window, config.max_position_embeddings,
-                       int(config.query_pre_attn_scalar))
+                       int(config.query_pre_attn_scalar), global_every=_global_every(config.layer_types),
+                       rope_theta_global=rope["full_attention"][0], rope_theta_local=rope["sliding_attention"][0],
+                       rope_scaling_global=rope["full_attention"][1])
+
+
+def _global_every(layer_types: list[str]) -> int:
+    """The period of a regular local/global pattern; 0 when the layers follow no such period."""
+    globals_ = [i + 1 for i, kind in enumerate(layer_types) if kind == "full_attention"]
+    if not globals_:
+        return 0
+    period = globals_[0]
+    regular = all(kind == ("full_attention" if (i + 1) % period == 0 else "sliding_attention")
+                  for i, kind in enumerate(layer_types))
+    return period if regular else 0
+
+
+def rope_settings(config) -> dict[str, tuple[float, float]]:
+    """{layer kind: (RoPE base theta, linear scaling factor)} as a transformers Gemma 3 config sets
+    them (`rope_parameters` per layer kind in transformers 5; `rope_theta`, `rope_local_base_freq`
+    and `rope_scaling` before)."""
+    config = getattr(config, "text_config", None) or config
+    parameters = getattr(config, "rope_parameters", None)
+    if isinstance(parameters, dict) and "full_attention" in parameters:
+        return {kind: (float(p["rope_theta"]), float(p.get("factor", 1.0) if p.get("rope_type") == "linear" else 1.0))
+                for kind, p in parameters.items()}
+    scaling = getattr(config, "rope_scaling", None) or {}
+    return {"full_attention": (float(config.rope_theta), float(scaling.get("factor", 1.0))),
+            "sliding_attention": (float(config.rope_local_base_freq), 1.0)}
+
+
+def kv_cache_bytes(shape: Gemma3Shape | str, tokens: int, bytes_per_value: int = 2,
+                   layer_types: list[str] | None = None) -> int:
+    """Bytes of the key/value cache for one sequence of `tokens` tokens.
+
+    Each layer stores a key and a value of num_key_value_heads x head_dim per token it keeps: a
+    global layer keeps every token, a sliding-window layer the sliding_window - 1 tokens before the
+    next query (which sees those and itself: the window of the Gemma 3 technical report, arXiv
+    2503.19786, section 2.1; transformers' sliding cache keeps exactly these). `layer_types`
+    overrides the shape's pattern (e.g. all "full_attention" for the all-global counterfactual);
+    bytes_per_value 2 for bf16/fp16.
+    """
+    shape = shape_of(shape)
+    kinds = layer_types if layer_types is not None else shape.layer_types()
+    if len(kinds) != shape.num_hidden_layers:
+        raise ValueError(f"{len(kinds)} layer types for a model of {shape.num_hidden_layers} layers")
+    per_token = 2 * shape.num_key_value_heads * shape.head_dim * bytes_per_value
+    kept = sum(tokens if kind == "full_attention" else min(tokens, shape.sliding_window - 1) for kind in kinds)
+    return per_token * kept
 
 
 def parameter_counts(shape: Gemma3Shape | str) -> dict[str, int]:

@@ -310,3 +310,181 @@ def ocr_reading(image_path, boxes, read_text: str, dom_text: str):
                  color="dimgray", transform=ax_text.transAxes)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ chapter 09: inside Gemma 3
+
+LAYER_COLORS = {"sliding_attention": "tab:blue", "full_attention": "tab:orange"}
+
+
+def layer_pattern(stacks: dict[str, list[str]], windows: dict[str, int]):
+    """One row of bars per model: each decoder layer coloured by its attention kind."""
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(stacks) + 1.2))
+    for row, (name, kinds) in enumerate(stacks.items()):
+        for i, kind in enumerate(kinds):
+            ax.barh(row, 1, left=i, color=LAYER_COLORS[kind], edgecolor="white")
+        ax.text(len(kinds) + 0.5, row, f"{kinds.count('full_attention')} global, {kinds.count('sliding_attention')} "
+                f"local (window {windows[name]:,})", va="center", fontsize=8)
+    ax.set_yticks(range(len(stacks)), list(stacks))
+    ax.set(xlabel="decoder layer", title="Gemma 3's stack: sliding-window (blue) and global (orange) layers")
+    ax.set_xlim(0, max(len(k) for k in stacks.values()) + 22)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def kv_cache_by_context(table):
+    """KV-cache GiB against context length per model, real pattern (solid) vs all-global (dashed).
+
+    table: rows with model, tokens, pattern_gib, all_global_gib."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (model, rows) in enumerate(table.groupby("model", sort=False)):
+        color = f"C{i}"
+        ax.plot(rows["tokens"], rows["all_global_gib"], "--", color=color)
+        ax.plot(rows["tokens"], rows["pattern_gib"], "-o", color=color, label=model)
+    ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="KV cache, one sequence (GiB, bf16)",
+           title="KV cache: 5 local : 1 global (solid) vs all global (dashed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_maps(maps: dict[str, "np.ndarray"], window: int):
+    """Head-averaged attention probabilities, one panel per layer (log colour scale)."""
+    from matplotlib.colors import LogNorm
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 4))
+    for ax, (title, probabilities) in zip(np.atleast_1d(axes), maps.items()):
+        image = ax.imshow(np.asarray(probabilities) + 1e-6, norm=LogNorm(vmin=1e-4, vmax=1), cmap="magma")
+        ax.set(title=title, xlabel="key position", ylabel="query position")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention probability")
+    fig.suptitle(f"Attention on a real prompt (sliding window {window} tokens)")
+    return fig
+
+
+def attention_by_layer(table):
+    """Mean attention distance and entropy per layer, one line per context length, global layers
+    marked. table: rows with layer, kind, tokens, mean_distance, entropy_bits."""
+    fig, (ax_d, ax_e) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for tokens, rows in table.groupby("tokens"):
+        ax_d.plot(rows["layer"], rows["mean_distance"], marker=".", label=f"{tokens:,} tokens")
+        ax_e.plot(rows["layer"], rows["entropy_bits"], marker=".", label=f"{tokens:,} tokens")
+    for ax in (ax_d, ax_e):
+        for layer in table.loc[table["kind"] == "full_attention", "layer"].unique():
+            ax.axvspan(layer - 0.4, layer + 0.4, color=LAYER_COLORS["full_attention"], alpha=0.2)
+        ax.set_xlabel("decoder layer (orange: global)")
+    ax_d.set(ylabel="mean attention distance (tokens)", yscale="log", title="How far each layer looks")
+    ax_e.set(ylabel="attention entropy (bits)", title="How spread its attention is")
+    ax_d.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def span_tradeoff(table):
+    """Loss change against KV cache saved for each attention-span change. table: rows with change,
+    kv_saved_share (0..1, negative = more cache), loss_delta (nats/token), evaluated_on."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, (where, rows) in enumerate(table.groupby("evaluated_on", sort=False)):
+        ax.scatter(100 * rows["kv_saved_share"], rows["loss_delta"], color=f"C{i}", label=where)
+        for _, row in rows.iterrows():
+            ax.annotate(row["change"], (100 * row["kv_saved_share"], row["loss_delta"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set(xlabel="KV cache saved vs the real pattern (%; negative = more)", ylabel="loss change (nats/token)",
+           title="What a layer's span is worth")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def layer_module_heatmaps(table, columns: dict[str, str]):
+    """One heatmap per column of an update table (layer x module). columns: {column: title}."""
+    modules = list(dict.fromkeys(table["module"]))
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.6 * len(columns), 4.2))
+    for ax, (column, title) in zip(np.atleast_1d(axes), columns.items()):
+        grid = table.pivot(index="layer", columns="module", values=column)[modules]
+        image = ax.imshow(grid.values, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(modules)), modules, rotation=45, ha="right", fontsize=8)
+        ax.set(title=title, ylabel="decoder layer")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def singular_value_spectra(spectra: dict[str, "np.ndarray"]):
+    """Normalised singular values sigma_i / sigma_1 of a few updates, log scale."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for label, values in spectra.items():
+        values = np.asarray(values)
+        ax.plot(np.arange(1, len(values) + 1), values / values[0], marker=".", label=label)
+    ax.set(yscale="log", xlabel="singular value index", ylabel="sigma_i / sigma_1",
+           title="Spectra of the learned updates s·B·A")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def drift_by_layer(rows: list[dict], kinds: list[str]):
+    """Cosine drift and 1 - linear CKA per layer (layer 0 = embeddings)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    layers = [r["layer"] for r in rows]
+    ax.plot(layers, [r["cosine_drift"] for r in rows], marker=".", label="1 - cosine (same token)")
+    ax.plot(layers, [1 - r["linear_cka"] for r in rows], marker=".", label="1 - linear CKA")
+    for i, kind in enumerate(kinds, start=1):
+        if kind == "full_attention":
+            ax.axvspan(i - 0.4, i + 0.4, color=LAYER_COLORS[kind], alpha=0.2)
+    ax.set(xlabel="output of decoder layer (0 = embeddings; orange: global)", ylabel="drift",
+           title="Hidden-state drift, base vs fine-tuned, on test conversations")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_norms_by_layer(records: list[dict]):
+    """Per-layer gradient norm against step (heatmap, layers on y)."""
+    layers = sorted({layer for r in records for layer in r["norms"] if layer >= 0})
+    grid = np.array([[r["norms"].get(layer, np.nan) for r in records] for layer in layers])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower",
+                      extent=(records[0]["step"] - 0.5, records[-1]["step"] + 0.5, layers[0] - 0.5, layers[-1] + 0.5))
+    fig.colorbar(image, ax=ax, label="gradient L2 norm of the layer's adapter")
+    ax.set(xlabel="optimizer step", ylabel="decoder layer", title="Gradient flow during fine-tuning")
+    fig.tight_layout()
+    return fig
+
+
+def held_out_curves(rows: list[dict]):
+    """Response loss of each record set against step."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for name in [k for k in rows[0] if k != "step"]:
+        ax.plot([r["step"] for r in rows], [r[name] for r in rows], marker=".", label=name)
+    ax.set(xlabel="optimizer step", ylabel="response loss (nats/token)", title="Train vs held-out loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def capacity_curves(results: list, fitted: float, paper: float = 3.6):
+    """Memorized bits against dataset bits per model (left); capacity against parameters (right)."""
+    fig, (ax_m, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
+    by_label: dict[str, list] = {}
+    for r in results:
+        by_label.setdefault(r.label, []).append(r)
+    for label, runs in by_label.items():
+        runs = sorted(runs, key=lambda r: r.dataset_bits)
+        ax_m.plot([r.dataset_bits for r in runs], [r.memorized_bits for r in runs], marker="o", label=label)
+    top = max(r.dataset_bits for r in results)
+    ax_m.plot([0, top], [0, top], ":", color="gray", label="memorized everything")
+    ax_m.set(xlabel="bits in the dataset", ylabel="bits memorized", title="Memorization saturates")
+    ax_m.legend(fontsize=7)
+    capacity: dict[int, float] = {}
+    for r in results:
+        capacity[r.parameters] = max(capacity.get(r.parameters, 0.0), r.memorized_bits)
+    xs = np.array(sorted(capacity))
+    ax_c.scatter(xs, [capacity[x] for x in xs], color="black", zorder=3, label="measured capacity")
+    ax_c.plot(xs, fitted * xs, label=f"fit: {fitted:.2f} bits/parameter")
+    ax_c.plot(xs, paper * xs, "--", label=f"Morris et al. 2025: {paper} bits/parameter")
+    ax_c.set(xlabel="trainable parameters", ylabel="capacity (bits)", title="Capacity vs parameters")
+    ax_c.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

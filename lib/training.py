@@ -266,6 +266,47 @@ class SampleCallback(TrainerCallback):
                 handle.write(json.dumps({"step": state.global_step, "prompt": i, "text": text}) + "\n")
 
 
+class GradientNormCallback(TrainerCallback):
+    """Per-layer gradient norms of the trainable parameters at every `every`-th optimizer step,
+    appended to <run>/gradient-norms.jsonl: one line per step, {"step", "norms": {layer: L2 norm}}.
+
+    Read just before the optimizer step, so after gradient clipping (a uniform rescale: the shape
+    across layers is unchanged; the pre-clip total is the log's grad_norm). Parameters outside the
+    decoder layers count under -1. Off unless a chapter passes it to `train(extra_callbacks=...)`.
+    """
+
+    def __init__(self, run_dir: Path, every: int = 1):
+        self.path = Path(run_dir) / "gradient-norms.jsonl"
+        self.every = every
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        step = state.global_step + 1  # the step this update completes
+        if model is None or step % self.every:
+            return
+        from .lora import layer_index
+
+        squares: dict[int, float] = {}
+        for name, parameter in model.named_parameters():
+            if parameter.grad is not None:
+                layer = layer_index(name) if "layers." in name else -1
+                squares[layer] = squares.get(layer, 0.0) + float(parameter.grad.detach().float().pow(2).sum())
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, "norms": {k: v ** 0.5 for k, v in sorted(squares.items())}}) + "\n")
+
+
+def read_gradient_norms(run_dir: str | Path) -> list[dict]:
+    """The records GradientNormCallback wrote ({"step", "norms": {layer (int): norm}}), in order."""
+    path = Path(run_dir) / "gradient-norms.jsonl"
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from error
+        rows.append({"step": row["step"], "norms": {int(k): v for k, v in row["norms"].items()}})
+    return rows
+
+
 # ------------------------------------------------------------------ training
 
 def tokenized_dataset(tokenizer, records, max_seq_length: int):
