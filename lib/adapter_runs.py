@@ -25,7 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class AdapterRun:
-    """One short run. `track_every`: record the DoRA paper's Delta M / Delta D every N steps."""
+    """One short run. `track_every`: record the DoRA paper's Delta M / Delta D every N steps.
+
+    ReLoRA (`lib.relora`): relora_every > 0 merges the adapter into the base and restarts it every N
+    steps, pruning that share (relora_prune) of the optimizer state and re-warming the learning rate
+    over relora_warmup steps (0: the plain cosine; with relora_every 0 the schedule is constant after
+    warm-up). `total_update_modules`: measure the rank of W_end - W_0 of these projections (use a
+    float base, load_in_4bit False: NF4 noise is full rank). `eval_records`: response loss of that
+    many test-split records at the end.
+    """
 
     name: str
     rank: int
@@ -43,6 +51,12 @@ class AdapterRun:
     model_name: str = "gemma-3-270m"
     dataset_dir: str = "data/python-stdlib"
     target_modules: tuple[str, ...] = field(default=ALL_LINEAR_MODULES)
+    load_in_4bit: bool = True
+    relora_every: int = 0
+    relora_prune: float = 0.99
+    relora_warmup: int = 0
+    total_update_modules: tuple[str, ...] = ()
+    eval_records: int = 0
 
 
 def _callbacks(track_every: int, changes: list, step_seconds: list):
@@ -82,6 +96,7 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     from .precision import default_device, resolve_compute_dtype
     from .lora import TrinityConfig, update_norms
     from .model import load_causal_lm, load_tokenizer, resolve_model
+    from .relora import snapshot, total_update_ranks
     from .training import TrainingConfig, current_memory_gib, peak_memory_gib, read_log, train
 
     run_dir = Path(run_dir)
@@ -90,8 +105,8 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     torch.manual_seed(run.seed)
     source = resolve_model(run.model_name)
     tokenizer = load_tokenizer(source)
-    records = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, run.max_seq_length).records["train"]
-    model = load_causal_lm(source, dtype, load_in_4bit=True)
+    prepared = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, run.max_seq_length).records
+    model = load_causal_lm(source, dtype, load_in_4bit=run.load_in_4bit)
     memory_after_load = current_memory_gib(device)
     trinity = TrinityConfig(rank=run.rank, alpha=run.alpha, use_rslora=run.use_rslora, use_dora=run.use_dora,
                             target_modules=run.target_modules)
@@ -99,19 +114,39 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     peft_scaling = next(m.scaling["default"] for m in model.modules() if hasattr(m, "scaling")
                         and isinstance(getattr(m, "scaling"), dict) and "default" in m.scaling)
     changes, seconds = [], []
+    callbacks = _callbacks(run.track_every, changes, seconds)
+    relora = None
+    if run.relora_every:  # after the step timer: a merge's time is its own, not the step's
+        from .relora import ReLoRACallback, ReLoRASchedule
+
+        relora = ReLoRACallback(ReLoRASchedule(run.relora_every, run.relora_prune, run.relora_warmup), run.steps,
+                                run.learning_rate, run.warmup_steps, tracked=((0, "q_proj"), (0, "down_proj")))
+        callbacks.append(relora)
+    before = snapshot(model, run.total_update_modules) if run.total_update_modules else None
     config = TrainingConfig(max_steps=run.steps, batch_size=run.batch_size, max_seq_length=run.max_seq_length,
                             learning_rate=run.learning_rate, warmup_steps=run.warmup_steps,
-                            lr_scheduler_type="constant_with_warmup", save_steps=10 * run.steps, sample_every=0,
-                            seed=run.seed)
-    result = train(model, tokenizer, records, config, run_dir, device, dtype, resume=False,
-                   extra_callbacks=_callbacks(run.track_every, changes, seconds))
+                            lr_scheduler_type="constant" if relora else "constant_with_warmup",
+                            save_steps=10 * run.steps, sample_every=0, seed=run.seed)
+    result = train(model, tokenizer, prepared["train"], config, run_dir, device, dtype, resume=False,
+                   extra_callbacks=callbacks)
     peak, peak_kind = peak_memory_gib(device)
     summary = {"run": asdict(run), "device": device, "compute_dtype": str(dtype).removeprefix("torch."),
                "peft_scaling": peft_scaling,
                "trainable_parameters": result.stats["trainable_parameters"]["trainable"],
+               "train_seconds": result.stats["train_seconds_this_session"],
                "log": read_log(run_dir), "update_norms": update_norms(model), "magnitude_direction": changes,
                "memory_after_load_gib": round(memory_after_load, 3), "peak_memory_gib": round(peak, 3),
                "peak_memory_measure": peak_kind}
+    if relora:
+        summary |= {"merges": relora.merges, "learning_rates": relora.learning_rates}
+    if before is not None:
+        summary["total_update_ranks"] = total_update_ranks(model, before, run.rank)
+    if run.eval_records:
+        from .evaluation import response_loss
+
+        model.eval()
+        with torch.no_grad():
+            summary["test_loss"] = response_loss(model, tokenizer, prepared["test"][:run.eval_records])
     summary |= summarize(summary["log"], seconds)
     write_json(run_dir / "result.json", summary)
     return summary

@@ -200,12 +200,13 @@ def cached_tokens(kinds: list[str], window: int, tokens: int, spans: dict[int, i
 
 
 def source_blocks(tokenizer, texts: list[str], block_tokens: int, count: int) -> torch.Tensor:
-    """[count, block_tokens] token ids: `texts` tokenized (each starting with BOS) and cut into
-    whole blocks, in order. Raises ValueError when the texts hold fewer than `count` blocks."""
-    blocks = []
+    """[count, block_tokens] token ids: BOS, then the next block_tokens - 1 tokens of `texts`, in
+    order (every block starts as a document does: Gemma 3 puts much attention on its first token).
+    Raises ValueError when the texts hold fewer than `count` blocks."""
+    blocks, step = [], block_tokens - 1
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        blocks += [ids[i:i + block_tokens] for i in range(0, len(ids) - block_tokens + 1, block_tokens)]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        blocks += [[tokenizer.bos_token_id] + ids[i:i + step] for i in range(0, len(ids) - step + 1, step)]
         if len(blocks) >= count:
             return torch.tensor(blocks[:count])
     raise ValueError(f"the texts hold {len(blocks)} blocks of {block_tokens} tokens, {count} asked for")

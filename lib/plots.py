@@ -488,3 +488,40 @@ def capacity_curves(results: list, fitted: float, paper: float = 3.6):
     ax_c.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ chapter 10: beyond LoRA
+
+def loss_curves(logs: dict[str, list[dict]], smooth: int = 4, title: str = "Training loss"):
+    """Training loss against step, one line per run (moving average over `smooth` steps; the raw
+    steps faint behind)."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for i, (name, log) in enumerate(logs.items()):
+        losses = np.array([e["loss"] for e in log if "loss" in e])
+        steps = np.arange(1, len(losses) + 1)
+        window = min(smooth, len(losses))
+        ax.plot(steps, losses, color=f"C{i}", alpha=0.2, linewidth=0.8)
+        ax.plot(steps[window - 1:], np.convolve(losses, np.ones(window) / window, mode="valid"), color=f"C{i}",
+                linewidth=2, label=name)
+    ax.set(xlabel="optimizer step", ylabel="training loss (nats/token)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def blend_tradeoff(table):
+    """Code-task loss against SQL-task loss for every blend, one line per method (w annotated)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for i, (method, rows) in enumerate(table.groupby("method", sort=False)):
+        rows = rows.sort_values("w")
+        marker = "*" if len(rows) == 1 else "o"
+        ax.plot(rows["code loss"], rows["SQL loss"], marker=marker, markersize=10 if marker == "*" else 5,
+                color=f"C{i}", label=method)
+        for _, row in rows.iterrows():
+            ax.annotate(f"{row['w']:g}", (row["code loss"], row["SQL loss"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set(xlabel="code task: response loss (nats/token)", ylabel="SQL task: response loss (nats/token)",
+           title="Blends of the code and SQL adapters (w = weight of the code adapter)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

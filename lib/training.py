@@ -244,6 +244,51 @@ class StatusCallback(TrainerCallback):
         self.write(running=False, step=state.global_step, eta_seconds=0)
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (a notebook, papermill), False in a plain Python process."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class NotebookProgressCallback(TrainerCallback):
+    """Live progress in a notebook: one output line (step, loss, elapsed, time left) updated in place
+    at every logging step. An update replaces the displayed output (a display id), so papermill
+    stores the final line only, not one per step."""
+
+    def __init__(self, status: StatusCallback):
+        self.status, self.handle = status, None
+
+    def _html(self) -> str:
+        s = self.status.status
+        elapsed = time.monotonic() - self.status._t0
+        loss = "" if s["loss"] is None else f" · loss {s['loss']:.4f}"
+        left = "" if not s["eta_seconds"] else f" · {s['eta_seconds'] / 60:.1f} min left"
+        state = "done" if not s["running"] else "training"
+        return (f"<progress value='{s['step']}' max='{s['total_steps']}' style='width:14em'></progress> "
+                f"<code>{state}: step {s['step']}/{s['total_steps']}{loss} · {elapsed:.0f} s{left}</code>")
+
+    def _show(self) -> None:
+        from IPython.display import HTML, display
+
+        if self.handle is None:
+            self.handle = display(HTML(self._html()), display_id=True)
+        else:
+            self.handle.update(HTML(self._html()))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._show()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._show()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._show()
+
+
 class SampleCallback(TrainerCallback):
     """Greedy generations for a few fixed prompts every `every` steps, appended to samples.jsonl."""
 
@@ -466,7 +511,7 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
         # Denormal floats make CPU matmuls erratically slow in long runs; flush them to zero.
         torch.set_flush_denormal(True)
     status = StatusCallback(run_dir, device)
-    callbacks = [status, *extra_callbacks]
+    callbacks = [status, *([NotebookProgressCallback(status)] if in_notebook() else []), *extra_callbacks]
     if sample_prompts:
         callbacks.append(SampleCallback(run_dir, tokenizer, list(sample_prompts), config.sample_every,
                                         config.sample_max_new_tokens))

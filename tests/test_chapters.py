@@ -35,6 +35,14 @@ def test_every_chapter_executes_without_error(executed):
         assert notebook.metadata["papermill"]["parameters"]["run_name"] == "smoke"
 
 
+def test_training_progress_is_one_line_updated_in_place(executed):
+    notebook = nbformat.read(executed / "chapters" / "04_trinity_training.ipynb", as_version=4)
+    shown = [o["data"]["text/html"] for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if "<progress" in o.get("data", {}).get("text/html", "")]
+    steps = SMOKE_PARAMETERS["04_trinity_training"]["max_steps"]
+    assert len(shown) == 1 and f"done: step {steps}/{steps}" in shown[0], shown
+
+
 @pytest.fixture(scope="module")
 def html(executed):
     return build_book(executed)  # raises if Sphinx warns (-W)

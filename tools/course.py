@@ -35,6 +35,14 @@ SMOKE_PARAMETERS = {
     "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
                            "eval_n": 2, "max_new_tokens": 16, "eval_batch_size": 2, "vision_max_steps": 2,
                            "vision_eval_n": 1},
+    "09_inside_gemma3": {"context_lengths": [64, 128], "span_blocks": 1, "span_test_limit": 3, "short_window": 32,
+                         "drift_records": 2, "own_train_records": 4, "own_max_steps": 2, "own_batch_size": 2,
+                         "held_out_every": 1, "held_out_records": 2, "capacity_hidden_sizes": [8, 16],
+                         "capacity_dataset_multiples": [0.5, 1.0], "capacity_steps": 20, "capacity_lora_ranks": [2],
+                         "real_lora_ranks": [1], "real_lora_sequences": 2, "real_lora_steps": 2},
+    "10_beyond_lora": {"steps": 2, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
+                       "relora_warmup": 0, "rank1_merge_every": [], "eval_records": 2, "blend_weights": [0.5],
+                       "blend_methods": ["linear", "svd"], "blend_eval_records": 2},
 }
 
 
@@ -100,17 +108,27 @@ def execute_chapter(source: Path, output: Path, parameters: dict | None = None) 
     return time.monotonic() - started
 
 
-def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Execute every chapter in order into `executed_dir/chapters/`.
+def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None,
+                only: list[str] | None = None) -> dict[str, dict]:
+    """Execute every chapter in order (or those named in `only`) into `executed_dir/chapters/`.
 
     Returns {chapter: {"seconds", "peak_rss_gib"}} (the kernel and its child processes, polled),
-    also written to `executed_dir/timings.json` with the machine's CPU and compute dtype.
+    also written to `executed_dir/timings.json` with the machine's CPU and compute dtype; with
+    `only`, the other chapters' earlier entries there are kept. Raises ValueError for a name in
+    `only` that is not a chapter of _toc.yml.
     """
-    from lib.artifacts import write_json
+    from lib.artifacts import read_json, write_json
     from lib.precision import choose_compute_dtype, cpu_features, default_device
 
-    timings = {}
-    for source in chapters():
+    sources = chapters()
+    unknown = sorted(set(only or ()) - {s.stem for s in sources})
+    if unknown:
+        raise ValueError(f"not chapters of _toc.yml: {', '.join(unknown)}")
+    earlier = executed_dir / "timings.json"
+    timings = read_json(earlier)["chapters"] if only and earlier.exists() else {}
+    for source in sources:
+        if only and source.stem not in only:
+            continue
         extra = (parameters or {}).get("*", {}) | (parameters or {}).get(source.stem, {})
         with PeakMemory() as memory:
             seconds = execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
@@ -146,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["all", "execute", "build"])
     parser.add_argument("--executed-dir", type=Path, default=ROOT / "_build" / "executed")
+    parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="execute only these chapters (e.g. 09_inside_gemma3)")
     args = parser.parse_args(argv)
     if args.step in ("all", "execute"):
         started = time.monotonic()
-        timings = execute_all(args.executed_dir)
+        timings = execute_all(args.executed_dir, only=args.only)
         print(f"all chapters executed in {time.monotonic() - started:.0f} s: {timings}")
     if args.step in ("all", "build"):
         html = build_book(args.executed_dir, ROOT / "_build" / "html")
