@@ -66,8 +66,23 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_jsonl(path: str | Path, torn_tail_ok: bool = False, what: str = "line") -> list:
+    """One JSON value per non-empty line. A line that is not JSON raises ValueError naming
+    file:line ("not a JSON <what>"), except, with `torn_tail_ok`, the last line of a file that a
+    killed process was appending to, which is left out."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if torn_tail_ok and number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON {what}") from None
+    return rows
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from .artifacts import read_jsonl
 from .data import Record
 from .evaluation import response_loss
 
@@ -79,12 +80,6 @@ class HeldOutLossCallback(TrainerCallback):
 
 
 def read_held_out_loss(run_dir: str | Path) -> list[dict]:
-    """The rows HeldOutLossCallback wrote, in order; ValueError naming file:line for a bad line."""
-    path = Path(run_dir) / "held-out-loss.jsonl"
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from error
-    return rows
+    """The rows HeldOutLossCallback wrote, in order; a torn last line (a killed run) is left out, a
+    bad line elsewhere raises ValueError naming file:line."""
+    return read_jsonl(Path(run_dir) / "held-out-loss.jsonl", torn_tail_ok=True)

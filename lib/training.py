@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .artifacts import read_json, write_json
+from .artifacts import read_json, read_jsonl, write_json
 from .dora import use_fast_dora
 from .lora import TrinityConfig, trainable_parameters
 from .loss import causal_lm_parts
@@ -340,16 +340,10 @@ class GradientNormCallback(TrainerCallback):
 
 
 def read_gradient_norms(run_dir: str | Path) -> list[dict]:
-    """The records GradientNormCallback wrote ({"step", "norms": {layer (int): norm}}), in order."""
-    path = Path(run_dir) / "gradient-norms.jsonl"
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from error
-        rows.append({"step": row["step"], "norms": {int(k): v for k, v in row["norms"].items()}})
-    return rows
+    """The records GradientNormCallback wrote ({"step", "norms": {layer (int): norm}}), in order; a
+    torn last line (a killed run) is left out, a bad line elsewhere raises ValueError (file:line)."""
+    rows = read_jsonl(Path(run_dir) / "gradient-norms.jsonl", torn_tail_ok=True)
+    return [{"step": row["step"], "norms": {int(k): v for k, v in row["norms"].items()}} for row in rows]
 
 
 # ------------------------------------------------------------------ training
@@ -602,14 +596,6 @@ def read_log(run_dir: str | Path) -> list[dict]:
     path = run_paths(run_dir)["log"]
     if not path.exists():
         return []
-    by_step = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            if number == len(lines):  # the line being written when the run was killed: a resume redoes it
-                break
-            raise ValueError(f"{path}:{number}: not a JSON log entry") from None
-        by_step[entry["step"]] = entry
+    # A torn last line is the one being written when the run was killed: a resume redoes that step.
+    by_step = {entry["step"]: entry for entry in read_jsonl(path, torn_tail_ok=True, what="log entry")}
     return [by_step[step] for step in sorted(by_step)]
