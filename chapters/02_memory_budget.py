@@ -251,14 +251,14 @@ pd.DataFrame([{"size": r["shape"], "seq": r["max_seq_length"], "DoRA": r["dora"]
 
 # %% [markdown]
 # The grid's DoRA is peft's, the implementation unsloth uses. The course trains
-# with its own DoRA (`lib.dora.use_fast_dora`, the default of `load_for_training`): the same
+# with its own DoRA (`lib.fast_dora.use_fast_dora`, the default of `load_for_training`): the same
 # adapter, numerically equal to peft's, with the norm computed once per optimizer step. Its GPU
 # benchmark is a stored measurement (`data/measurements/dora-benchmark.json`, H100, provenance
 # inside; README "Fast DoRA"). The estimator's DoRA terms still follow peft's DoRA, so for the
 # course's default they err on the high side:
 
 # %%
-from lib.dora import compare_with_lora
+from lib.fast_dora import compare_with_lora
 
 dora_benchmark = json.loads(Path("data/measurements/dora-benchmark.json").read_text())
 dora_rows = dora_benchmark["rows"] + [r for run in dora_benchmark["other_runs"][:1] for r in run["rows"]]

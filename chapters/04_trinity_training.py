@@ -21,7 +21,7 @@
 # * **LoRA, rank 64, alpha 32** on all 7 projections of every layer (q, k, v, o, gate, up, down);
 # * **rsLoRA**: the update B·A is scaled by alpha/sqrt(r) instead of alpha/r;
 # * **DoRA**: each output channel's magnitude is learned separately from its direction. The
-#   course computes it with `lib.dora`'s fast DoRA: peft's adapter and files, its norm computed
+#   course computes it with `lib.fast_dora`: peft's adapter and files, its norm computed
 #   once per optimizer step instead of at every forward (README, "Fast DoRA": on an H100 the
 #   12B Trinity step went from 2.55x to 1.15x LoRA's time).
 #

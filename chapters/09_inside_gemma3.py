@@ -33,16 +33,16 @@ model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
 run_name = "default"                 # chapter 04's run: <output_dir>/<run_name>/ (its data and adapter)
 output_dir = "output"
 compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
-context_lengths = [512, 1024, 2048]  # real-text lengths for the KV-cache and attention measurements
-span_blocks = 4                      # real-text blocks of the longest length for the span experiments
+context_lengths = [512, 1024, 2048]  # real-text lengths for the KV cache and attention; the longest > the window (512)
+span_blocks = 2                      # real-text blocks of the longest length for the span experiments
 span_test_limit = None               # test records for the span experiments' response loss (None: all)
 short_window = 128                   # a window below the test records' lengths (they are all under the real one)
 drift_records = 16                   # test conversations for the hidden-state drift
 own_train_records = 24               # the chapter's own short run: this many training records ...
-own_max_steps = 30                   # ... for this many steps (several epochs: room to memorize)
+own_max_steps = 24                   # ... for this many steps (4 epochs: room to memorize)
 own_batch_size = 4
-held_out_every = 6                   # steps between train / validation / test loss measurements
-held_out_records = 24                # records per set for those measurements and the membership test
+held_out_every = 8                   # steps between train / validation / test loss measurements
+held_out_records = 16                # records per set for those measurements and the membership test
 max_seq_length = 384
 rank = 64                            # the own run's Trinity adapter (chapter 04's settings)
 alpha = 32
@@ -50,9 +50,9 @@ capacity_hidden_sizes = [16, 32, 48] # small random-init Gemma 3 models trained 
 capacity_dataset_multiples = [0.5, 1.0, 2.0]  # dataset bits as multiples of 3.6 bits x parameters
 capacity_steps = 1500
 capacity_lora_ranks = [2, 8, 32]     # LoRA adapters on the largest small model's frozen random weights
-real_lora_ranks = [1, 8]             # LoRA on the real 270M, memorizing random sequences
+real_lora_ranks = [4, 16]            # LoRA on the real 270M, memorizing random sequences
 real_lora_sequences = 16
-real_lora_steps = 40
+real_lora_steps = 30
 seed = 3407
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
@@ -133,22 +133,10 @@ architecture
 # sequence in bfloat16, against the same model with every layer global:
 
 # %%
-from lib.gemma3 import kv_cache_bytes, parameter_counts
+from lib.gemma3 import kv_cache_comparison
 
-GIB = 2 ** 30
-rows = []
-for name, s in GEMMA3_SHAPES.items():
-    weights = 2 * parameter_counts(s)["total"]
-    for tokens in (8_192, 32_768, 131_072):
-        if tokens > s.max_position_embeddings:
-            continue
-        pattern = kv_cache_bytes(s, tokens)
-        everywhere = kv_cache_bytes(s, tokens, layer_types=["full_attention"] * s.num_hidden_layers)
-        rows.append({"model": name, "tokens": tokens, "KiB/token pattern": pattern / tokens / 1024,
-                     "KiB/token all global": everywhere / tokens / 1024,
-                     "pattern_gib": pattern / GIB, "all_global_gib": everywhere / GIB,
-                     "saved": 1 - pattern / everywhere, "share_of_memory_all_global": everywhere / (weights + everywhere),
-                     "share_of_memory_pattern": pattern / (weights + pattern)})
+rows = [{"model": name} | kv_cache_comparison(s, tokens) for name, s in GEMMA3_SHAPES.items()
+        for tokens in (8_192, 32_768, 131_072) if tokens <= s.max_position_embeddings]
 kv = pd.DataFrame(rows)
 plots.kv_cache_by_context(kv);
 kv.round(3)
@@ -161,6 +149,7 @@ kv.round(3)
 
 # %%
 from lib.attention import cache_bytes, source_blocks
+from lib.gemma3 import kv_cache_bytes
 from lib.stdlib_dataset import stdlib_modules
 
 test_modules = {r.meta.get("module") for r in splits["test"]}
@@ -217,40 +206,32 @@ stats.groupby(["tokens", "kind"])[["mean_distance", "entropy_bits"]].mean().roun
 # lengths. Long real text then asks the question where the window binds.
 
 # %%
-from lib.attention import attention_span, block_loss, cached_tokens, spans_for
-from lib.evaluation import response_loss
+from lib.attention import span_cost, spans_for
 
 global_layers = [i for i, k in enumerate(kinds) if k == "full_attention"]
 local_layers = [i for i, k in enumerate(kinds) if k == "sliding_attention"]
 longest = max(context_lengths)
-blocks = source_blocks(tokenizer, long_texts, longest, span_blocks)
-test_records = splits["test"][:span_test_limit]
 window = config.sliding_window
+on_test = {"records": splits["test"][:span_test_limit], "tokenizer": tokenizer}
+on_code = {"blocks": source_blocks(tokenizer, long_texts, longest, span_blocks)}
+long_text = f"held-out code, {longest:,} tokens"
 
 
-def score(name, changes, evaluated_on):
-    with attention_span(base, changes):
-        if evaluated_on == "test split":
-            loss = response_loss(base, tokenizer, test_records, batch_size=1)["loss"]
-            tokens = max(len(tokenize_conversation(tokenizer, r.messages)["input_ids"]) for r in test_records)
-        else:
-            loss, tokens = block_loss(base, blocks, from_position=window), longest
-    return {"change": name, "evaluated_on": evaluated_on, "loss": loss,
-            "kv_saved_share": 1 - cached_tokens(kinds, window, tokens, changes) / cached_tokens(kinds, window, tokens)}
+def score(change, spans, evaluated_on):
+    scored_on = on_test if evaluated_on == "test split" else on_code
+    return {"change": change, "evaluated_on": evaluated_on} | span_cost(base, spans, window, **scored_on)
 
 
 span_rows = []
-for where in ("test split", f"held-out code, {longest:,} tokens"):
+for where in ("test split", long_text):
     span_rows.append(score("as built", {}, where))
     span_rows.append(score(f"all global -> window {window}", spans_for(kinds, global_layers, window=window), where))
 span_rows.append(score(f"all global -> window {short_window}",
                        spans_for(kinds, global_layers, window=short_window), "test split"))
-span_rows.append(score(f"all local -> window {short_window}",
-                       {i: short_window for i in local_layers}, "test split"))
-where = f"held-out code, {longest:,} tokens"
+span_rows.append(score(f"all local -> window {short_window}", {i: short_window for i in local_layers}, "test split"))
 for layer in global_layers:
-    span_rows.append(score(f"layer {layer} -> window {window}", spans_for(kinds, [layer], window=window), where))
-span_rows.append(score("all local -> global", spans_for(kinds, make_local_global=local_layers), where))
+    span_rows.append(score(f"layer {layer} -> window {window}", spans_for(kinds, [layer], window=window), long_text))
+span_rows.append(score("all local -> global", spans_for(kinds, make_local_global=local_layers), long_text))
 spans = pd.DataFrame(span_rows)
 spans["loss_delta"] = spans["loss"] - spans.groupby("evaluated_on")["loss"].transform("first")
 plots.span_tradeoff(spans);
@@ -401,6 +382,10 @@ for hidden in capacity_hidden_sizes:
         capacity_runs.append(train_to_memorize(spec.build(seed), sequences, VOCAB, capacity_steps,
                                                label=f"full model, hidden {hidden}", seed=seed))
 fitted = fit_bits_per_parameter(capacity_runs)
+unconverged = [f"{r.label} on {r.sequences} sequences" for r in capacity_runs if not r.converged]
+print(f"Plateau fit: {fitted:.2f} bits per parameter (the paper: 3.6). "
+      + (f"Not converged after {capacity_steps} steps, so lower bounds: {'; '.join(unconverged)}."
+         if unconverged else "Every run converged."))
 plots.capacity_curves(capacity_runs, fitted);
 pd.DataFrame([r.to_dict() for r in capacity_runs]).drop(columns="curve").round(2)
 
@@ -424,10 +409,10 @@ pd.DataFrame([r.to_dict() for r in lora_runs]).drop(columns="curve").round(2)
 
 # %% [markdown]
 # On the real 270M a capacity measurement is out of a CPU's reach: even a rank-1 adapter on the
-# seven projections has about 237K parameters, room for some 850K bits, which would take
-# ~100K random tokens trained for many epochs. What a CPU can show is the start of the curve:
-# bits memorized from a small random dataset (tokens drawn from 256 ordinary vocabulary entries)
-# as the steps go, per rank. These are lower bounds, not capacities.
+# seven projections has hundreds of thousands of parameters (counted below), room at the paper's
+# rate for far more random tokens than a CPU can train to convergence in minutes. What a CPU can
+# show is the start of the curve: bits memorized from a small random dataset (tokens drawn from
+# 256 ordinary vocabulary entries) as the steps go, per rank. These are lower bounds, not capacities.
 
 # %%
 from lib.model import load_causal_lm

@@ -34,20 +34,20 @@ model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
 run_name = "default"                 # chapter 04's and 08's run: <output_dir>/<run_name>/
 output_dir = "output"
 compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
-steps = 48                           # every training run
+steps = 32                           # every training run
 batch_size = 2
 max_seq_length = 256
 learning_rate = 2e-4
 lora_rank = 64                       # plain LoRA at the Trinity's rank
 relora_rank = 16
-relora_every = 12                    # steps between merges
+relora_every = 8                     # steps between merges
 relora_prune = 0.99                  # share of the optimizer state zeroed at a merge (the paper's)
 relora_warmup = 3                    # re-warm-up steps after a merge
 rank1_merge_every = [1, 4, 16]       # dynamic rank-1 merging: merge every k steps
 eval_records = 24                    # test records for each run's response loss
 blend_weights = [0.25, 0.5, 0.75]    # weight of the code adapter (the SQL adapter gets 1 - w)
 blend_methods = ["linear", "cat", "svd", "ties", "dare_ties", "magnitude_prune"]
-blend_eval_records = 16              # test records per task for each blend
+blend_eval_records = 8               # test records per task for each blend
 ghost_adapter = "ghost-ocr"          # chapter 08's OCR-trained text adapter, under <run_name>/
 seed = 3407
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
@@ -169,7 +169,19 @@ for name, result in float_results.items():
         for layer, angle in merge.get("smallest_angle_to_previous_deg", {}).items():
             angles.append({"run": name, "step": merge["step"], "layer": layer, "angle": angle})
 angles = pd.DataFrame(angles, columns=["run", "step", "layer", "angle"])
-angles.groupby(["run", "layer"])["angle"].describe()[["count", "mean", "min", "max"]].round(1)
+angles.groupby(["run", "layer"])["angle"].agg(["count", "mean", "min", "max"]).round(1)
+
+# %% [markdown]
+# And how the merged updates add up: the effective rank of the accumulated change of the same two
+# layers, W − W_0, after each merge, against where plain LoRA ends.
+
+# %%
+growth = {name: [(m["step"], sum(m["accumulated_effective_rank"].values()) / len(m["accumulated_effective_rank"]))
+                 for m in result.get("merges", []) if m.get("accumulated_effective_rank")]
+          for name, result in float_results.items() if result.get("merges")}
+final = {name: pd.DataFrame(result["total_update_ranks"]).query("layer == 0")["effective_rank"].mean()
+         for name, result in float_results.items() if not result.get("merges")}
+plots.accumulated_rank(growth, final);
 
 # %% [markdown]
 # ## 3. Blending two adapters
@@ -208,7 +220,7 @@ blends = [{"method": "code adapter", "w": 1.0, **scores("code")}, {"method": "SQ
 refused = {}
 for method in blend_methods:
     for w in blend_weights:
-        name = f"{method}-{w}"
+        name = f"{method}-w{round(100 * w)}"  # peft adapter names: no dots
         reason = blend(model, ["code", "sql"], [w, 1 - w], method, name)
         if reason:
             refused[method] = reason
@@ -217,10 +229,10 @@ for method in blend_methods:
         model.delete_adapter(name)
 both_ranks = model.peft_config["code"].r + model.peft_config["sql"].r  # the rank "cat" gives too
 for w in blend_weights:
-    kept = blend_effective(model, ["code", "sql"], [w, 1 - w], f"effective-{w}", rank=both_ranks)
-    blends.append({"method": "effective (SVD of W' - W)", "w": w, **scores(f"effective-{w}"),
-                   "energy kept": kept["energy_kept_median"]})
-    model.delete_adapter(f"effective-{w}")
+    name = f"effective-w{round(100 * w)}"
+    kept = blend_effective(model, ["code", "sql"], [w, 1 - w], name, rank=both_ranks)
+    blends.append({"method": "effective (SVD of W' - W)", "w": w, **scores(name), "energy kept": kept["energy_kept_median"]})
+    model.delete_adapter(name)
 blends = pd.DataFrame(blends)
 print("refused:", refused or "none")
 plots.blend_tradeoff(blends);
@@ -253,17 +265,24 @@ from lib.claims import ClaimsLedger, ledger_table
 
 ledger = ClaimsLedger("10_beyond_lora", run_dir)
 lora, relora = results[f"LoRA r={lora_rank}"], results[f"ReLoRA r={relora_rank}"]
+saved_gib = lora["peak_memory_gib"] - relora["peak_memory_gib"]
 ledger.record("C31", f"peak RSS ReLoRA r={relora_rank} {relora['peak_memory_gib']:.2f} GiB vs LoRA r={lora_rank} "
-              f"{lora['peak_memory_gib']:.2f} GiB ({lora['peak_memory_gib'] - relora['peak_memory_gib']:+.2f} GiB saved)",
-              "depends", "1. ReLoRA against LoRA",
+              f"{lora['peak_memory_gib']:.2f} GiB ({saved_gib:+.2f} GiB saved)",
+              "holds" if saved_gib >= 0.9 * 5.5e9 / 2 ** 30 else "does not hold" if saved_gib <= 0 else "depends",
+              "1. ReLoRA against LoRA",
               note="the paper's savings are against full-rank training of 250M-1.3B models on GPUs; against LoRA at "
-                   "equal steps the saving is only the smaller adapter's, which a LoRA of the same rank also has")
-speedup = lora["median_step_seconds"] / relora["median_step_seconds"] - 1
+                   "equal steps the saving can only be the smaller adapter's, which a LoRA of the same rank also has")
+same_rank = results[f"LoRA r={relora_rank}"]
+speedup = lora["median_step_seconds"] / relora["median_step_seconds"] - 1             # against the Trinity's rank
+speedup_same = same_rank["median_step_seconds"] / relora["median_step_seconds"] - 1   # against LoRA of its own rank
 ledger.record("C32", f"median step {relora['median_step_seconds']:.2f} s (ReLoRA r={relora_rank}) vs "
-              f"{lora['median_step_seconds']:.2f} s (LoRA r={lora_rank}): {100 * speedup:+.0f}%; merges add "
+              f"{lora['median_step_seconds']:.2f} s (LoRA r={lora_rank}): {100 * speedup:+.0f}%; vs "
+              f"{same_rank['median_step_seconds']:.2f} s (LoRA r={relora_rank}): {100 * speedup_same:+.0f}%; merges add "
               f"{sum(m['merge_seconds'] for m in relora['merges']):.1f} s over {steps} steps",
-              "holds" if 0.09 <= speedup <= 0.40 else "does not hold", "1. ReLoRA against LoRA",
-              note="against LoRA at a 4x higher rank on this CPU; the paper compares with full-rank training on GPUs")
+              "depends" if 0.09 <= speedup and speedup_same < 0.09 else
+              "holds" if 0.09 <= speedup_same <= 0.40 else "does not hold", "1. ReLoRA against LoRA",
+              note="the paper compares with full-rank training on GPUs; here any gain comes from the lower rank "
+                   "(LoRA of the same rank is as fast), not from merging")
 ledger_table(run_dir, only_measured=True).query("id in ('C31', 'C32')")
 
 # %% [markdown]
@@ -280,9 +299,24 @@ best_blend = blends[blends["method"] != "code adapter"].assign(
 display(overview[columns].round(3))
 effective = rank_table["effective rank of W_end - W_0"]
 rank1 = "; ".join(f"rank-1 merged every {k}: {effective[f'rank-1, merge every {k}']:.1f}" for k in rank1_merge_every)
+best = overview.sort_values("test loss").groupby("base").first()["run"]
 print(f"""Measured in {time.monotonic() - started:.0f} s ({env.device}, {env.compute_dtype}; rank analysis in float32):
+* lowest test loss: {best['NF4']} on the NF4 base, {best['float32']} on the float32 base;
 * ReLoRA r={relora_rank} vs LoRA r={relora_rank} (NF4): test loss {relora['test_loss']['loss']:.3f} vs {results[f'LoRA r={relora_rank}']['test_loss']['loss']:.3f}; LoRA r={lora_rank}: {lora['test_loss']['loss']:.3f};
   each NF4 merge kept its update up to a median re-quantization error of {relora['merges'][0]['requantization_error_median']:.2f} (of the update's norm);
 * total update rank (effective, q_proj/down_proj, float32 base): ReLoRA r={relora_rank} {effective[f'ReLoRA r={relora_rank}']:.1f}, LoRA r={relora_rank} {effective[f'LoRA r={relora_rank}']:.1f}, LoRA r=1 {effective['LoRA r=1']:.1f}{'; ' + rank1 if rank1 else ''};
 * blending: the lowest summed loss is {best_blend['method']} at w={best_blend['w']} (code {best_blend['code loss']:.3f}, SQL {best_blend['SQL loss']:.3f}; the adapters alone: code {blends.iloc[0]['code loss']:.3f}, SQL {blends.iloc[1]['SQL loss']:.3f}); refused: {', '.join(refused) or 'none'};
 * serving two adapters on one base: set_adapter takes {serving['set_adapter_ms'].max():.2f} ms, each adapter {serving['adapter MiB'].mean():.0f} MiB.""")
+
+# %% [markdown]
+# **What to use when.** For a fine-tune of this length, one fixed adapter (plain LoRA in these
+# runs, the Trinity elsewhere in the course) is the reference the table above measures the others
+# against. ReLoRA exists for long runs in which a
+# rank-r update is what limits learning: section 2 shows its merged updates really exceed rank r,
+# but on a 4-bit base each merge is mostly lost to the NF4 grid (the re-quantization error of
+# section 1), so it needs a float or bf16 base, and memory to hold one. Rank-1 merging is the same
+# mechanism taken to its limit: the more often it merges, the higher the rank of what it
+# accumulates. To serve several tasks, keep the adapters apart on one base and switch per request
+# (section 4); to fold them into one, blend the effective weight changes: peft's blends of A and B
+# lose what DoRA adapters learned in their magnitudes.
+

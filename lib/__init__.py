@@ -5,8 +5,9 @@ precision       the compute dtype per device: measured on a CPU, bf16 or fp32 on
 model           the embedded Gemma 3 270M, local folders, hub ids; NF4 loading
 gemma3          the Gemma 3 family's shapes and parameter counts
 quantization    NF4 / FP4 / int4 round trips, bits stored per parameter (chapter 01)
-lora            the Trinity adapter config: LoRA rank/alpha, rsLoRA, DoRA, target modules
-dora            DoRA's magnitude/direction analysis, and the fast DoRA the course trains with
+lora            the Trinity adapter config (rank/alpha, rsLoRA, DoRA, target modules), peft layer accessors
+dora            DoRA's magnitude/direction analysis (chapter 01)
+fast_dora       the DoRA forward the course trains with: the norm once per optimizer step
 adapter_runs    short comparison runs in fresh processes (chapter 01)
 memory          the memory estimator, GPU profiles, full fine-tuning accounting (chapter 02)
 oom_ladder      the OOM ladder and "will it fit?" (chapter 05)
@@ -31,6 +32,8 @@ adapter_spectra where a fine-tune went: update size and singular values per laye
 representations hidden-state drift: cosine and linear CKA per layer
 memorization    held-out loss over steps, loss-threshold membership inference
 capacity        bits per parameter on random sequences (Morris et al. 2025)
+relora          ReLoRA and dynamic rank-1 merging: merge, restart, prune, jagged cosine (chapter 10)
+blending        LoRA blends (peft's add_weighted_adapter, an effective-weight SVD blend), serving several
 claims          the claims ledger
 plots           every figure of the book
 artifacts       atomic writes, whole-folder replacement, caches built once under a lock

@@ -94,7 +94,8 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
 
     from .data import prepare_dataset, split_files
     from .precision import default_device, resolve_compute_dtype
-    from .lora import TrinityConfig, update_norms
+    from .dora import update_norms
+    from .lora import TrinityConfig
     from .model import load_causal_lm, load_tokenizer, resolve_model
     from .relora import snapshot, total_update_ranks
     from .training import TrainingConfig, current_memory_gib, peak_memory_gib, read_log, train

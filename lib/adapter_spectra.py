@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from .dora import adapted_weight, base_weight, lora_layers, magnitude_direction_change
-from .lora import ALL_LINEAR_MODULES
+from .dora import adapted_weight, magnitude_direction_change
+from .lora import ALL_LINEAR_MODULES, base_weight, lora_layers
 
 
 def update_singular_values(lora_layer, adapter: str = "default") -> torch.Tensor:

@@ -219,6 +219,8 @@ def block_loss(model, blocks: torch.Tensor, from_position: int, chunk_tokens: in
     when from_position is the window. The head runs `chunk_tokens` rows at a time."""
     from .loss import causal_lm_parts, chunked_cross_entropy
 
+    if from_position >= blocks.shape[1] - 1:
+        raise ValueError(f"from_position {from_position} leaves no scored token in blocks of {blocks.shape[1]} tokens")
     decoder, head, softcap = causal_lm_parts(model)
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -230,6 +232,32 @@ def block_loss(model, blocks: torch.Tensor, from_position: int, chunk_tokens: in
         total += chunked_cross_entropy(hidden, labels, head.weight, chunk_tokens, softcap, num_items=1).item()
         count += int((labels[:, 1:] != -100).sum())
     return total / count
+
+
+def span_cost(model, spans: dict[int, int | None], window: int, *, blocks: torch.Tensor | None = None,
+              records=None, tokenizer=None) -> dict:
+    """What running `model` with `spans` (attention_span's argument) costs and saves.
+
+    Scored on unpadded real-text `blocks` [n, T] (mean loss of the tokens past `window`, nats/token)
+    or on conversation `records` with their `tokenizer` (response loss, `lib.evaluation`); exactly
+    one of the two. `kv_saved_share` (0..1, negative when a change caches more) is the KV cache the
+    change saves at the evaluated length: T for blocks, the longest record for records.
+    Raises ValueError when neither or both are given.
+    """
+    from .data import tokenize_conversation
+    from .evaluation import response_loss
+
+    if (blocks is None) == (records is None):
+        raise ValueError("span_cost scores on blocks or on records: give exactly one")
+    with attention_span(model, spans):
+        if records is not None:
+            loss = response_loss(model, tokenizer, records, batch_size=1)["loss"]
+            tokens = max(len(tokenize_conversation(tokenizer, r.messages)["input_ids"]) for r in records)
+        else:
+            loss, tokens = block_loss(model, blocks, from_position=window), blocks.shape[1]
+    kinds = layer_kinds(model)
+    return {"loss": loss, "tokens": tokens,
+            "kv_saved_share": 1 - cached_tokens(kinds, window, tokens, spans) / cached_tokens(kinds, window, tokens)}
 
 
 @torch.no_grad()
@@ -246,4 +274,4 @@ def cache_bytes(model, input_ids: torch.Tensor) -> int:
 
 __all__ = ["FULL", "SLIDING", "AttentionStats", "attention_map", "attention_span", "attention_statistics",
            "block_loss", "cache_bytes", "cached_tokens", "decoder_layers", "eager_attention", "layer_kinds", "source_blocks",
-           "spans_for", "visible_keys"]
+           "span_cost", "spans_for", "visible_keys"]

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from .dora import adapted_weight, base_weight
-from .relora import lora_layers
+from .dora import adapted_weight
+from .lora import base_weight, lora_layers
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_ties", "magnitude_prune")
 
@@ -41,12 +41,18 @@ def load_adapters(base_model, adapters: dict[str, str]):
     return model
 
 
+def _check_name(name: str) -> None:
+    if not name or "." in name:
+        raise ValueError(f"adapter name {name!r}: peft stores adapters as modules, whose names cannot be empty or hold '.'")
+
+
 def blend(model, names: list[str], weights: list[float], method: str, blend_name: str,
           density: float = 0.5) -> str | None:
     """Add `blend_name` = the `method` blend of `names` with `weights` and make it active.
     Returns None on success, else peft's reason for refusing (the model is left unchanged)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    _check_name(blend_name)
     extra = {"density": density} if method in ("ties", "dare_ties", "magnitude_prune") else {}
     try:
         model.add_weighted_adapter(names, weights, blend_name, combination_type=method, **extra)
@@ -64,13 +70,14 @@ def blend_effective(model, names: list[str], weights: list[float], blend_name: s
     update is the best rank-`rank` approximation of sum_i w_i (W'_i - W), and make it active.
     Returns {"layers", "energy_kept_median"}: the share of the summed update's squared Frobenius
     norm the rank-`rank` truncation keeps, median over layers."""
+    _check_name(blend_name)
     from peft import LoraConfig
 
     first = model.peft_config[names[0]]
     model.add_adapter(blend_name, LoraConfig(r=rank, lora_alpha=rank, use_dora=False, lora_dropout=0.0,
                                              target_modules=first.target_modules, bias="none"))
     kept = []
-    for _, layer in lora_layers(model, blend_name):
+    for _, _, layer in lora_layers(model, adapter=blend_name):
         weight = base_weight(layer)
         total = sum(w * (adapted_weight(layer, name) - weight) for name, w in zip(names, weights))
         u, s, vh = torch.linalg.svd(total, full_matrices=False)

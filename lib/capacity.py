@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,11 @@ def train_to_memorize(model, sequences: torch.Tensor, alphabet_size: int, steps:
                       learning_rate: float = 3e-3, batch_size: int = 128, measure_every: int | None = None,
                       seed: int = 0) -> CapacityResult:
     """Train `model`'s trainable parameters on `sequences` (AdamW without weight decay: decay
-    would trade memorized bits for smaller weights; one-cycle cosine schedule) and measure what it
+    would trade memorized bits for smaller weights; 5% linear warm-up, then cosine to 0) and measure what it
     memorized at every `measure_every` steps (default: a quarter of the run) and at the end."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps,
-                                                   pct_start=0.05, anneal_strategy="cos")
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, round(0.05 * steps)), steps)
     every = measure_every or max(1, steps // 4)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)

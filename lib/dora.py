@@ -17,11 +17,9 @@ across layers and steps; LoRA a positive one.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .lora import layer_index
+from .lora import ALL_LINEAR_MODULES, base_weight, lora_delta, lora_layers
 
 
 def magnitude_and_direction(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,22 +29,12 @@ def magnitude_and_direction(weight: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return magnitude, weight / magnitude[:, None]
 
 
-def base_weight(lora_layer) -> torch.Tensor:
-    """The frozen base weight of a peft LoRA layer as float32 (out x in), dequantized if 4-bit."""
-    from peft.utils.integrations import dequantize_module_weight
-
-    return dequantize_module_weight(lora_layer.get_base_layer()).detach().float()
-
-
 def adapted_weight(lora_layer, adapter: str = "default") -> torch.Tensor:
     """The effective weight W' of a peft LoRA or DoRA layer, float32 (out x in).
 
     LoRA: W + s B A. DoRA: m / ||W + s B A||_row * (W + s B A), as peft merges it.
     """
-    weight = base_weight(lora_layer)
-    delta = (lora_layer.lora_B[adapter].weight.float() @ lora_layer.lora_A[adapter].weight.float()) \
-        * lora_layer.scaling[adapter]
-    combined = weight + delta
+    combined = base_weight(lora_layer) + lora_delta(lora_layer, adapter)
     if not lora_layer.use_dora.get(adapter, False):
         return combined
     magnitude = lora_layer.lora_magnitude_vector[adapter].weight.float()
@@ -62,18 +50,24 @@ def magnitude_direction_change(base: torch.Tensor, adapted: torch.Tensor) -> tup
     return float(delta_m), float(delta_d)
 
 
-def lora_layers(model, modules=("q_proj", "v_proj")):
-    """Yield (layer index, module type, peft LoRA layer) for the named projections."""
-    for name, module in model.named_modules():
-        kind = name.rsplit(".", 1)[-1]
-        if kind in modules and hasattr(module, "lora_A"):
-            yield layer_index(name), kind, module
-
-
 def adapted_weights(model, modules=("q_proj", "v_proj")) -> dict[tuple[int, str], torch.Tensor]:
     """{(layer, module): effective weight W'} of the named projections, float32 copies."""
     with torch.no_grad():
         return {(layer, kind): adapted_weight(module) for layer, kind, module in lora_layers(model, modules)}
+
+
+def update_norms(model, adapter: str = "default") -> list[dict]:
+    """||W' - W||_F / ||W||_F for every adapted projection: how far training moved each weight.
+
+    W' is the effective weight (`adapted_weight`: LoRA or DoRA). One row per layer and module.
+    """
+    rows = []
+    with torch.no_grad():
+        for layer, kind, module in lora_layers(model, ALL_LINEAR_MODULES, adapter):
+            weight = base_weight(module)
+            change = torch.linalg.norm(adapted_weight(module, adapter) - weight) / torch.linalg.norm(weight)
+            rows.append({"layer": layer, "module": kind, "relative_update": float(change)})
+    return rows
 
 
 def layer_changes(model, reference: dict[tuple[int, str], torch.Tensor]) -> list[dict]:
@@ -122,261 +116,3 @@ def correlation_by_step(rows: list[dict]) -> dict[int, float]:
         if len(group) > 2 and d.std() > 0 and m.std() > 0:
             result[step] = float(np.corrcoef(d, m)[0, 1])
     return result
-
-
-# ------------------------------------------------------------------ fast DoRA
-#
-# peft computes DoRA's per-channel norm ||W + s B A||_row at every forward (and again at every
-# gradient-checkpointing recompute) by materialising W and B A as out x in matrices, and B A
-# itself as B(A(I_in)), an in x in identity pushed through the adapter. Expanding the square
-# needs none of that:
-#
-#     ||W_i + s (BA)_i||^2 = ||W_i||^2 + 2 s B_i . (A W^T)_:,i + s^2 B_i (A A^T) B_i^T
-#
-# ||W_i||^2 is fixed (W is frozen) and cached once; A W^T (r x out) is the base layer applied to
-# the r rows of A (one small extra matmul); A A^T is r x r. The norm is a constant in backward
-# (DoRA section 4.3, as in peft), so it only changes when A or B do: once per optimizer step. It
-# lives in a buffer refreshed before the model's forward, so the layer's forward is plain tensor
-# code that torch.compile (unsloth compiles every decoder layer) traces without a graph break:
-# a LoRA forward and a per-channel scale, y = m / norm * (W x + s B A x).
-
-_optimizer_steps = 0  # counted by a global optimizer hook; part of every cached norm's key
-_step_hook = None
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-def _base_row_norms_squared(module) -> torch.Tensor:
-    """||W_i||^2 of the frozen base weight (out,), float32; recomputed only if W's storage changes."""
-    from peft.utils.integrations import dequantize_module_weight
-
-    weight = module.get_base_layer().weight
-    key = (weight.data_ptr(), weight._version, str(weight.device))
-    cached = getattr(module, "_dora_base_norms", None)
-    if cached is None or cached[0] != key:
-        dense = dequantize_module_weight(module.get_base_layer())
-        cached = (key, torch.linalg.vector_norm(dense, dim=1, dtype=torch.float32) ** 2)
-        module._dora_base_norms = cached
-    return cached[1]
-
-
-@torch.no_grad()
-def weight_norm_by_expansion(module, adapter: str = "default") -> torch.Tensor:
-    """||W + s B A||_row of a peft DoRA Linear layer, (out,) float32, with no out x in temporary.
-
-    W (out x in) is only touched through the base layer's own forward (A W^T, r x out) and the cached
-    ||W_i||^2. Liu et al. 2024 (arXiv:2402.09353), eq. 5.
-    """
-    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-    scaling = module.scaling[adapter]
-    base_layer = module.get_base_layer()
-    compute_dtype = getattr(base_layer, "compute_dtype", None) or base_layer.weight.dtype
-    a_w = base_layer(a.to(compute_dtype)).float()  # (r, out) = A W^T (+ bias)
-    if getattr(base_layer, "bias", None) is not None:
-        a_w = a_w - base_layer.bias.float()
-    a, b = a.float(), b.float()
-    # row i of B times (2 s (A W^T)^T + s^2 B A A^T), summed: both terms in one pass over (out, r)
-    terms = torch.addmm(a_w.T, b, a @ a.T, beta=2 * scaling, alpha=scaling**2)
-    squared = _base_row_norms_squared(module) + (b * terms).sum(dim=1)
-    return squared.clamp_min(0).sqrt()
-
-
-def _norm_key(module, adapter: str) -> tuple:
-    """What the norm depends on: A and B (versions, storage), s, and the optimizer steps taken."""
-    a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-    return (_optimizer_steps, a._version, b._version, a.data_ptr(), b.data_ptr(), module.scaling[adapter])
-
-
-@torch.compiler.disable
-def dora_weight_norm(module, adapter: str = "default") -> torch.Tensor:
-    """The layer's DoRA norm buffer (out,) float32, recomputed first if A, B or W changed.
-
-    Changed means: their version counters or storage, or the count of optimizer steps taken by
-    any torch optimizer (8-bit optimizers write through a pointer). So gradient-checkpointing
-    recomputes and gradient-accumulation micro-batches reuse one norm per optimizer step.
-    """
-    key = _norm_key(module, adapter)
-    dora_layer = module.lora_magnitude_vector[adapter]
-    if getattr(dora_layer, "_norm_key", None) != key:
-        dora_layer.weight_norm.copy_(weight_norm_by_expansion(module, adapter))
-        dora_layer._norm_key = key
-    return dora_layer.weight_norm
-
-
-class ScaleChannels(torch.autograd.Function):
-    """y = scale * z per output channel, z (..., out), scale (out,) float32; y in z's dtype.
-
-    Saves y rather than z (z = y / scale in backward): the next op of a decoder layer (an
-    activation, a product, a norm) saves y anyway, so DoRA's scale adds no saved activation
-    (measured: +0.35 instead of +0.59 GiB over LoRA for the 12B at 4096 tokens). Needs scale != 0:
-    m starts at ||W||_row > 0 and the norm is > 0 for any W with no zero row.
-    """
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        y = (scale * z).to(z.dtype)
-        ctx.save_for_backward(y, scale)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor):
-        y, scale = ctx.saved_tensors
-        grad_z = (grad_y * scale).to(grad_y.dtype)
-        grad_scale = (grad_y.float() * y.float()).reshape(-1, y.shape[-1]).sum(dim=0) / scale
-        return grad_z, grad_scale
-
-
-@functools.cache
-def _fast_variant_class():
-    from peft.tuners.lora.variants import DoraLinearVariant
-
-    class FastDoraLinearVariant(DoraLinearVariant):
-        """peft's DoRA for Linear layers with the norm from `dora_weight_norm`: same parameters, so
-        the same state dict, merging and adapter files; only `forward` differs. The adapter's
-        matmuls run in the base output's dtype, as unsloth's LoRA forward does."""
-
-        @staticmethod
-        def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
-            if not torch.compiler.is_compiling():  # compiled: refreshed by the model's pre-hook
-                dora_weight_norm(module, active_adapter)
-            dora_layer = module.lora_magnitude_vector[active_adapter]
-            scale = dora_layer.weight / dora_layer.weight_norm  # (out,), gets m's gradient
-            lora_a, lora_b = module.lora_A[active_adapter].weight, module.lora_B[active_adapter].weight
-            dropout = module.lora_dropout[active_adapter]
-            base_layer = module.get_base_layer()
-            dtype = result.dtype
-            if isinstance(dropout, torch.nn.Identity) or not module.training:
-                base_result = result  # W x + bias, already computed
-            else:  # peft applies the dropped-out x to both terms of DoRA
-                x = dropout(x)
-                base_result = base_layer(x.to(dtype))
-            if base_layer.bias is not None:
-                base_result = base_result - base_layer.bias
-            lora = (x.to(dtype) @ lora_a.to(dtype).T) @ lora_b.to(dtype).T * module.scaling[active_adapter]
-            dora = ScaleChannels.apply(base_result + lora, scale)
-            if base_result is result:
-                return dora
-            return result - base_result + dora  # the bias (and, under dropout, W x - W dropout(x))
-
-    return FastDoraLinearVariant
-
-
-def fast_dora_layers(model):
-    """(module, adapter) of every Linear layer of `model` running the fast DoRA forward."""
-    fast = _fast_variant_class()
-    return [(module, adapter) for module in model.modules()
-            for adapter, variant in getattr(module, "lora_variant", {}).items() if isinstance(variant, fast)]
-
-
-class NormRefresh:
-    """The model's forward pre-hook: brings every fast DoRA layer's norm up to date.
-
-    After an optimizer step all of them are stale, and recomputing them one by one is a few
-    dozen small kernel launches per layer, each with its Python overhead (0.18-0.26 s per step for
-    the 12B on an H100, measured by tools/dora_benchmark.py). On a CUDA GPU the full refresh is
-    captured once as a CUDA graph and replayed (0.05 s; recaptured if any tensor moves);
-    elsewhere, or if capture fails, layers are refreshed one by one.
-    """
-
-    def __init__(self, layers, cuda_graph: bool = True):
-        self.layers = layers  # (module, adapter) pairs
-        self.cuda_graph = cuda_graph
-        self.graph, self.graph_pointers = None, None
-
-    def _refresh_all(self) -> None:
-        for module, adapter in self.layers:
-            module.lora_magnitude_vector[adapter].weight_norm.copy_(weight_norm_by_expansion(module, adapter))
-
-    def _pointers(self) -> tuple:
-        return tuple(key[3:] + (module.get_base_layer().weight.data_ptr(),
-                                module.lora_magnitude_vector[adapter].weight_norm.data_ptr())
-                     for module, adapter in self.layers for key in [_norm_key(module, adapter)])
-
-    def _capture(self) -> None:
-        for module, _ in self.layers:
-            _base_row_norms_squared(module)  # cached outside the graph
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up, as torch.cuda.graph asks
-            self._refresh_all()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._refresh_all()
-        self.graph, self.graph_pointers = graph, self._pointers()
-
-    def _replay(self) -> bool:
-        """Refresh all norms through the CUDA graph; False where that is not possible."""
-        if not (self.cuda_graph and self.layers and self.layers[0][0].lora_A[self.layers[0][1]].weight.is_cuda):
-            return False
-        try:
-            if self.graph is None or self.graph_pointers != self._pointers():
-                self._capture()
-            self.graph.replay()
-            return True
-        except RuntimeError as error:  # e.g. an op that cannot be captured: eager from now on
-            import warnings
-
-            warnings.warn(f"fast DoRA: CUDA graph capture failed ({error}); refreshing norms eagerly")
-            self.cuda_graph, self.graph = False, None
-            return False
-
-    @torch.compiler.disable
-    def __call__(self, *hook_args) -> None:
-        keys = [_norm_key(module, adapter) for module, adapter in self.layers]
-        stale = [i for i, ((module, adapter), key) in enumerate(zip(self.layers, keys))
-                 if getattr(module.lora_magnitude_vector[adapter], "_norm_key", None) != key]
-        if len(stale) == len(self.layers) and self._replay():
-            for (module, adapter), key in zip(self.layers, keys):
-                module.lora_magnitude_vector[adapter]._norm_key = key
-            return
-        for i in stale:
-            dora_weight_norm(*self.layers[i])
-
-
-def use_fast_dora(model, cuda_graph: bool = True) -> int:
-    """Switch every peft DoRA Linear layer of `model` to the fast forward; returns how many.
-
-    Parameters, state dict and adapter files are unchanged (a plain peft install loads what this
-    model saves; the norm is a non-persistent buffer). Embedding and convolution DoRA layers keep
-    peft's code. Requires peft >= 0.18 (LoRA variants). cuda_graph: refresh the norms through
-    a CUDA graph on a GPU (`NormRefresh`).
-    """
-    global _step_hook
-    from peft.tuners.lora.variants import DoraLinearVariant
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    fast = _fast_variant_class()
-    switched = []
-    for module in model.modules():
-        for adapter, variant in getattr(module, "lora_variant", {}).items():
-            if type(variant) is DoraLinearVariant:
-                module.lora_variant[adapter] = fast()
-                magnitude = module.lora_magnitude_vector[adapter].weight
-                module.lora_magnitude_vector[adapter].register_buffer(
-                    "weight_norm", torch.zeros(magnitude.shape, dtype=torch.float32, device=magnitude.device),
-                    persistent=False)
-                switched.append((module, adapter))
-    if switched:
-        model.register_forward_pre_hook(NormRefresh(switched, cuda_graph))
-        if _step_hook is None:
-            _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
-    return len(switched)
-
-
-def compare_with_lora(rows: list[dict]) -> list[dict]:
-    """Benchmark rows (tools/dora_benchmark.py) with step time and peak memory relative to LoRA.
-
-    Adds `time_vs_lora` (step seconds / LoRA's) and `gib_over_lora` (peak allocated - LoRA's) to
-    each row that has a LoRA row of the same size and backend; None otherwise.
-    """
-    lora = {(r["size"], r["backend"]): r for r in rows if r["variant"] == "LoRA" and "step_seconds" in r}
-    compared = []
-    for r in rows:
-        base = lora.get((r["size"], r["backend"])) if "step_seconds" in r else None
-        compared.append(r | {"time_vs_lora": r["step_seconds"] / base["step_seconds"] if base else None,
-                             "gib_over_lora": r["peak_allocated_gib"] - base["peak_allocated_gib"] if base else None})
-    return compared

@@ -64,6 +64,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+TRAINING_STACK = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "unsloth", "unsloth_zoo")
+
+
+def package_versions(packages=TRAINING_STACK) -> dict[str, str]:
+    """{package: installed version} for those of `packages` that are installed: a measurement's provenance."""
+    return {package: version for package in packages if (version := _version(package))}
+
+
 def nf4_roundtrip_error() -> float:
     """Quantize a random 64x64 matrix to NF4 with bitsandbytes and back: relative Frobenius error.
 

@@ -147,6 +147,23 @@ def kv_cache_bytes(shape: Gemma3Shape | str, tokens: int, bytes_per_value: int =
     return per_token * kept
 
 
+def kv_cache_comparison(shape: Gemma3Shape | str, tokens: int, bytes_per_value: int = 2) -> dict[str, float]:
+    """The 5:1 pattern's KV cache against the same model with every layer global, one sequence.
+
+    Returns KiB per token and GiB for both, `saved` (0..1) and each one's share of memory: KV cache
+    over (weights + KV cache), weights in the same bytes_per_value (the quantity the Gemma 3
+    technical report's figure 5 plots, at 32K tokens).
+    """
+    shape = shape_of(shape)
+    weights = bytes_per_value * parameter_counts(shape)["total"]
+    pattern = kv_cache_bytes(shape, tokens, bytes_per_value)
+    everywhere = kv_cache_bytes(shape, tokens, bytes_per_value, ["full_attention"] * shape.num_hidden_layers)
+    return {"tokens": tokens, "KiB/token pattern": pattern / tokens / 1024, "KiB/token all global": everywhere / tokens / 1024,
+            "pattern_gib": pattern / 2 ** 30, "all_global_gib": everywhere / 2 ** 30, "saved": 1 - pattern / everywhere,
+            "share_of_memory_all_global": everywhere / (weights + everywhere),
+            "share_of_memory_pattern": pattern / (weights + pattern)}
+
+
 def parameter_counts(shape: Gemma3Shape | str) -> dict[str, int]:
     """Parameters of the language model by group: each projection type, embedding, norms, total.
 

@@ -60,6 +60,29 @@ def layer_index(module_name: str) -> int:
     return int(module_name.split("layers.")[1].split(".")[0])
 
 
+def lora_layers(model, modules=None, adapter: str = "default") -> list[tuple[int, str, object]]:
+    """(decoder layer index, module type, peft LoRA layer) of every layer that carries `adapter`,
+    in model order; only the module types named in `modules` when given (e.g. ("q_proj", "v_proj"))."""
+    found = []
+    for name, module in model.named_modules():
+        kind = name.rsplit(".", 1)[-1]
+        if hasattr(module, "lora_A") and adapter in module.lora_A and (modules is None or kind in modules):
+            found.append((layer_index(name), kind, module))
+    return found
+
+
+def base_weight(lora_layer):
+    """The frozen base weight of a peft LoRA layer as float32 (out x in), dequantized if 4-bit."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    return dequantize_module_weight(lora_layer.get_base_layer()).detach().float()
+
+
+def lora_delta(lora_layer, adapter: str = "default"):
+    """The LoRA update s B A of a peft layer, float32 (out x in): B (out x r), A (r x in), s the scaling."""
+    return lora_layer.scaling[adapter] * (lora_layer.lora_B[adapter].weight.float() @ lora_layer.lora_A[adapter].weight.float())
+
+
 def trainable_parameters(peft_model) -> dict[str, int]:
     """{'trainable', 'total', 'percent'} as peft counts them (4-bit weights at their full count)."""
     trainable, total = peft_model.get_nb_trainable_parameters()
@@ -86,26 +109,6 @@ def lora_output_by_hand(lora_layer, x, adapter: str = "default"):
 
     W is dequantized when 4-bit; everything in float32. Compare with the layer's own forward.
     """
-    from .dora import base_weight
-
     weight = base_weight(lora_layer)
     a, b = lora_layer.lora_A[adapter].weight.float(), lora_layer.lora_B[adapter].weight.float()
     return x @ weight.T + lora_layer.scaling[adapter] * (x @ a.T) @ b.T
-
-
-def update_norms(model, adapter: str = "default") -> list[dict]:
-    """||W' - W||_F / ||W||_F for every adapted layer: how far training moved each weight.
-
-    W' is the effective weight (`lib.dora.adapted_weight`: LoRA or DoRA). One row per layer.
-    """
-    import torch
-
-    from .dora import adapted_weight, base_weight, lora_layers
-
-    rows = []
-    with torch.no_grad():
-        for layer, kind, module in lora_layers(model, ALL_LINEAR_MODULES):
-            weight = base_weight(module)
-            change = torch.linalg.norm(adapted_weight(module, adapter) - weight) / torch.linalg.norm(weight)
-            rows.append({"layer": layer, "module": kind, "relative_update": float(change)})
-    return rows

@@ -509,6 +509,23 @@ def loss_curves(logs: dict[str, list[dict]], smooth: int = 4, title: str = "Trai
     return fig
 
 
+def accumulated_rank(series: dict[str, list[tuple[int, float]]], references: dict[str, float]):
+    """Effective rank of the accumulated update against step, one line per merging run ({name:
+    [(step, rank)]}), and each plain LoRA run's final effective rank as a dashed line."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for i, (name, points) in enumerate(series.items()):
+        if points:
+            steps, ranks = zip(*points)
+            ax.plot(steps, ranks, marker="o", markersize=3, color=f"C{i}", label=name)
+    for j, (name, rank) in enumerate(references.items()):
+        ax.axhline(rank, linestyle="--", color=f"C{len(series) + j}", linewidth=1, label=f"{name} (final)")
+    ax.set(xlabel="optimizer step (at each merge)", ylabel="effective rank of W - W_0",
+           title="How the merged updates add up (layer 0, mean of q_proj and down_proj)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def blend_tradeoff(table):
     """Code-task loss against SQL-task loss for every blend, one line per method (w annotated)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))

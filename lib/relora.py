@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
-from .dora import base_weight
-from .lora import layer_index
+from .lora import base_weight, lora_delta, lora_layers
 
 
 @dataclass(frozen=True)
@@ -63,16 +62,6 @@ def jagged_cosine(step: int, total_steps: int, schedule: ReLoRASchedule, warmup_
     return cosine
 
 
-def lora_layers(model, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
-    """(name, peft LoRA layer) of every adapted linear layer."""
-    return [(name, m) for name, m in model.named_modules() if hasattr(m, "lora_A") and adapter in m.lora_A]
-
-
-def delta_weight(layer, adapter: str = "default") -> torch.Tensor:
-    """s B A of a LoRA layer, float32 (out x in)."""
-    return layer.scaling[adapter] * layer.lora_B[adapter].weight.float() @ layer.lora_A[adapter].weight.float()
-
-
 @torch.no_grad()
 def merge_and_restart(model, adapter: str = "default") -> dict:
     """Merge every LoRA layer's update into its base weight (re-quantizing a 4-bit base) and
@@ -80,10 +69,10 @@ def merge_and_restart(model, adapter: str = "default") -> dict:
     "requantization_error_max"} (0 for a float base). Raises ValueError for DoRA layers: their
     magnitude vector is not an additive update."""
     errors = []
-    for name, layer in lora_layers(model, adapter):
+    for index, kind, layer in lora_layers(model, adapter=adapter):
         if layer.use_dora.get(adapter, False):
-            raise ValueError(f"{name}: ReLoRA merges LoRA updates; this layer uses DoRA")
-        delta = delta_weight(layer, adapter)
+            raise ValueError(f"layer {index} {kind}: ReLoRA merges LoRA updates; this layer uses DoRA")
+        delta = lora_delta(layer, adapter)
         exact = base_weight(layer) + delta
         layer.merge(adapter_names=[adapter])
         layer.merged_adapters = [a for a in layer.merged_adapters if a != adapter]  # active again, as new
@@ -140,14 +129,23 @@ class ReLoRACallback(TrainerCallback):
     callback sets the learning rate of every step).
 
     Records, in `self.merges`, one row per merge: step, the re-quantization errors, optimizer
-    entries zeroed, the merge's seconds, and for the `tracked` layers ((layer index, module) pairs) the smallest
-    principal angle between this update's column space (B) and the previous one's.
+    entries zeroed, the merge's seconds, and for the `tracked` layers ((layer index, module) pairs)
+    the smallest principal angle between this update's column space (B) and the previous one's, and
+    the effective rank of the accumulated update W_merged - W_start (on a 4-bit base it also holds
+    the re-quantization noise, full rank: track on a float base).
     """
 
     def __init__(self, schedule: ReLoRASchedule, total_steps: int, learning_rate: float, warmup_steps: int,
                  tracked: tuple[tuple[int, str], ...] = ()):
         self.schedule, self.total, self.lr, self.warmup = schedule, total_steps, learning_rate, warmup_steps
         self.tracked, self.previous, self.merges, self.learning_rates = tracked, {}, [], []
+        self.start = {}
+
+    def _weights(self, model) -> dict:
+        return {key: w for key, w in snapshot(model, sorted({m for _, m in self.tracked})).items() if key in self.tracked}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.start = self._weights(model) if self.tracked else {}
 
     def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
         lr = self.lr * jagged_cosine(state.global_step, self.total, self.schedule, self.warmup)
@@ -157,8 +155,8 @@ class ReLoRACallback(TrainerCallback):
 
     def _directions(self, model) -> dict:
         found = {}
-        for name, layer in lora_layers(model):
-            key = (layer_index(name), name.rsplit(".", 1)[-1])
+        for index, kind, layer in lora_layers(model):
+            key = (index, kind)
             if key in self.tracked:
                 found[key] = layer.lora_B["default"].weight.detach().float().clone()
         return found
@@ -178,6 +176,11 @@ class ReLoRACallback(TrainerCallback):
         row["merge_seconds"] = time.perf_counter() - started
         if angles:
             row["smallest_angle_to_previous_deg"] = angles
+        if self.start:
+            from .adapter_spectra import effective_rank
+
+            row["accumulated_effective_rank"] = {f"{l}.{m}": effective_rank(torch.linalg.svdvals(w - self.start[(l, m)]))
+                                                 for (l, m), w in self._weights(model).items()}
         self.merges.append(row)
 
 
@@ -185,8 +188,7 @@ class ReLoRACallback(TrainerCallback):
 def snapshot(model, modules=("q_proj", "down_proj")) -> dict[tuple[int, str], torch.Tensor]:
     """{(layer, module): the current effective weight W + s B A, float32 copy}: take it before
     training to measure the total update later."""
-    return {(layer_index(name), name.rsplit(".", 1)[-1]): base_weight(layer) + delta_weight(layer)
-            for name, layer in lora_layers(model) if name.rsplit(".", 1)[-1] in modules}
+    return {(index, kind): base_weight(layer) + lora_delta(layer) for index, kind, layer in lora_layers(model, modules)}
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from .artifacts import read_json, read_jsonl, write_json
-from .dora import use_fast_dora
+from .fast_dora import use_fast_dora
 from .lora import TrinityConfig, trainable_parameters
 from .loss import causal_lm_parts
 from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer
@@ -146,7 +146,7 @@ def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str,
     each layer in backward) or "offloaded" (unsloth's: the saved layer inputs go to CPU RAM; peft
     has no such mode and uses standard); True means the backend's default ("offloaded" under
     unsloth, "standard" under peft). dora_implementation (when trinity.use_dora): "fast"
-    (`lib.dora.use_fast_dora`: same parameters and adapter files, the norm computed once per
+    (`lib.fast_dora.use_fast_dora`: same parameters and adapter files, the norm computed once per
     optimizer step) or "peft" (peft's own, which unsloth also uses). Raises ValueError for an
     unknown backend, mode or DoRA implementation.
     """
@@ -517,6 +517,9 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
         trainer.model_accepts_loss_kwargs = True  # the loss divides by num_items_in_batch: no second division
     trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
+    if checkpoint is None:  # a fresh start: an earlier run's log lines in this folder would mix with this one's
+        for stale in (paths["log"], paths["samples"]):
+            stale.unlink(missing_ok=True)
     spec = run_spec(model, dataset, config)
     if checkpoint is not None:
         check_resume(run_dir, spec)

@@ -163,9 +163,9 @@ def load_vision_model(name: str, settings: VisionPreset, backend: str, compute_d
 
     backend "unsloth" (CUDA only: unsloth's CPU fallback raises NotImplementedError for vision
     models) uses FastVisionModel; "peft" uses transformers + bitsandbytes + peft. DoRA layers get
-    `lib.dora`'s fast DoRA, as in the text path. Raises ValueError for an unknown backend.
+    `lib.fast_dora`, as in the text path. Raises ValueError for an unknown backend.
     """
-    from .dora import use_fast_dora
+    from .fast_dora import use_fast_dora
 
     path = resolve_vision_model(name)
     trinity = settings.trinity()

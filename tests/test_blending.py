@@ -57,6 +57,10 @@ def test_a_refused_combination_returns_peft_s_reason(tmp_path):
     assert reason is not None and "mixed" not in model.peft_config
     with pytest.raises(ValueError, match="unknown method"):
         blend(model, ["a", "b"], [0.5, 0.5], "average", "mixed")
+    with pytest.raises(ValueError, match="cannot be empty or hold '.'"):
+        blend(model, ["a", "a"], [0.5, 0.5], "linear", "linear-0.5")
+    with pytest.raises(ValueError, match="cannot be empty or hold '.'"):
+        blend_effective(model, ["a", "b"], [0.5, 0.5], "effective-0.5", rank=4)
 
 
 def test_dora_magnitudes_are_lost_by_peft_and_kept_by_the_effective_blend(tmp_path, ids):

@@ -78,6 +78,12 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
                 assert "Offline there are no vision weights" in text and "What pixels cannot carry" in text
                 assert "ATTACH is refused in the sandbox" in text and "OCR + text model" in text
                 assert "lines recovered (of what pixels show)" in text
+            if source.stem == "09_inside_gemma3":  # the stack from the config, the verdicts, the summary
+                text = page.inner_text("main")
+                assert "RoPE base global" in text and "C25" in text and "bits per parameter" in text
+            if source.stem == "10_beyond_lora":  # the rank of the total update, blends, the ReLoRA claims
+                text = page.inner_text("main")
+                assert "effective rank of W_end - W_0" in text and "C32" in text and "set_adapter takes" in text
         browser.close()
     assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "02_memory_budget.ipynb") >= 3
@@ -86,3 +92,5 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
     assert image_outputs(executed / "chapters" / "06_evaluate.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "07_export.ipynb") >= 1
     assert image_outputs(executed / "chapters" / "08_ghost_architect.ipynb") >= 5
+    assert image_outputs(executed / "chapters" / "09_inside_gemma3.ipynb") >= 11
+    assert image_outputs(executed / "chapters" / "10_beyond_lora.ipynb") >= 4

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from lib.dora import (adapted_weight, adapted_weights, base_weight, correlation_by_step, dora_output_by_hand,
-                      layer_changes, magnitude_and_direction, magnitude_direction_change)
-from lib.lora import TrinityConfig, lora_output_by_hand, update_norms
+from lib.dora import (adapted_weight, adapted_weights, correlation_by_step, dora_output_by_hand, layer_changes,
+                      magnitude_and_direction, magnitude_direction_change, update_norms)
+from lib.lora import TrinityConfig, base_weight, lora_output_by_hand
 
 
 def peft_model(tiny_source, use_dora: bool, load_in_4bit: bool = False):

@@ -36,3 +36,11 @@ def test_command_line_check():
     result = subprocess.run([sys.executable, "-m", "lib.environment"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "backend:" in result.stdout and "PASS" in result.stdout
+
+
+def test_package_versions_name_what_is_installed_and_skip_what_is_not():
+    import torch
+
+    from lib.environment import package_versions
+
+    assert package_versions(("torch", "no-such-package-here")) == {"torch": torch.__version__}

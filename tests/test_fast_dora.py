@@ -1,4 +1,4 @@
-"""lib.dora's fast DoRA against peft's DoRA as the oracle: outputs, gradients of A, B and m,
+"""lib.fast_dora against peft's DoRA as the oracle: outputs, gradients of A, B and m,
 the norm's cache, adapter files. Tolerances are relative to the reference's norm:
 ||fast - peft|| / ||peft||, 1e-5 in float32 and 1e-2 in bfloat16 (one layer)."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-import lib.dora
-from lib.dora import dora_weight_norm, use_fast_dora
+import lib.fast_dora
+from lib.fast_dora import dora_weight_norm, use_fast_dora
 from lib.lora import TrinityConfig
 from lib.model import load_causal_lm, resolve_model
 
@@ -168,8 +168,8 @@ def test_norm_is_computed_once_per_optimizer_step(tiny_source, monkeypatch):
     """Gradient checkpointing recomputes every layer and accumulation runs two micro-batches: still
     one norm per layer per step; after the step the norm is new and equals peft's."""
     computed = []
-    original = lib.dora._base_row_norms_squared
-    monkeypatch.setattr(lib.dora, "_base_row_norms_squared", lambda module: computed.append(module) or original(module))
+    original = lib.fast_dora._base_row_norms_squared
+    monkeypatch.setattr(lib.fast_dora, "_base_row_norms_squared", lambda module: computed.append(module) or original(module))
     model = load_causal_lm(tiny_source, torch.float32, load_in_4bit=False)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference, fast = dora_pair(model)
@@ -241,7 +241,7 @@ def test_decoder_layers_compile_without_graph_breaks(tiny_source):
 
 
 def test_compare_with_lora_pairs_rows_of_the_same_size_and_backend():
-    from lib.dora import compare_with_lora
+    from lib.fast_dora import compare_with_lora
 
     rows = [{"size": "4B", "backend": "unsloth", "variant": "LoRA", "step_seconds": 0.5, "peak_allocated_gib": 4.0},
             {"size": "4B", "backend": "unsloth", "variant": "DoRA (fast)", "step_seconds": 0.6, "peak_allocated_gib": 4.25},

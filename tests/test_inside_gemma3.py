@@ -151,3 +151,31 @@ def test_gradient_norms_and_held_out_loss_are_recorded_per_step(tiny_source, tmp
     assert set(norms[0]["norms"]) == {0, 1} and all(v > 0 for v in norms[0]["norms"].values())
     held = read_held_out_loss(tmp_path)
     assert [r["step"] for r in held] == [0, 2, 4] and held[-1]["train"] < held[0]["train"]
+
+
+def test_span_cost_scores_blocks_past_the_window_and_counts_the_cache_it_saves():
+    model = tiny()  # layer 5 global, window 4
+    blocks = torch.randint(0, 100, (2, 12))
+    as_built = A.span_cost(model, {}, 4, blocks=blocks)
+    assert as_built["kv_saved_share"] == 0 and as_built["tokens"] == 12
+    windowed = A.span_cost(model, {5: 4}, 4, blocks=blocks)
+    assert windowed["loss"] != pytest.approx(as_built["loss"], abs=1e-6)
+    # all six layers keep 3 tokens after windowing; before, the global one kept all 12
+    assert windowed["kv_saved_share"] == pytest.approx(1 - (6 * 3) / (5 * 3 + 12))
+    assert A.span_cost(model, {5: 12}, 4, blocks=blocks)["loss"] == pytest.approx(as_built["loss"], abs=1e-5)
+    opened = A.span_cost(model, A.spans_for(A.layer_kinds(model), make_local_global=[0]), 4, blocks=blocks)
+    assert opened["kv_saved_share"] < 0
+    with pytest.raises(ValueError, match="exactly one"):
+        A.span_cost(model, {}, 4)
+    with pytest.raises(ValueError, match="no scored token"):
+        A.block_loss(model, blocks, from_position=11)
+
+
+def test_the_pattern_saves_most_of_the_cache_at_long_context():
+    from lib.gemma3 import kv_cache_comparison
+
+    short, long = kv_cache_comparison("270M", 256), kv_cache_comparison("270M", 32_768)
+    assert short["saved"] == 0  # under the window every layer keeps every token
+    assert long["saved"] == pytest.approx(1 - (15 * 511 + 3 * 32_768) / (18 * 32_768))
+    assert long["share_of_memory_pattern"] < long["share_of_memory_all_global"]
+    assert long["KiB/token all global"] == pytest.approx(18 * 2 * 1 * 256 * 2 / 1024)

@@ -91,5 +91,7 @@ def test_merged_rank_1_updates_add_up_past_rank_1(tiny_source, tmp_path):
           extra_callbacks=[callback])
     assert [m["step"] for m in callback.merges] == [2, 4, 6]
     assert "smallest_angle_to_previous_deg" in callback.merges[1]
+    growth = [m["accumulated_effective_rank"]["0.q_proj"] for m in callback.merges]
+    assert growth[0] == pytest.approx(1, abs=1e-3) and growth[-1] > 1.2  # one rank-1 merge, then more directions
     ranks = total_update_ranks(model, before, rank=1)
     assert all(r["rank_above_1pct"] >= 2 for r in ranks), ranks

@@ -185,6 +185,15 @@ def test_resuming_with_other_settings_or_data_is_refused(tiny_source, tmp_path):
     assert train(model, tokenizer, code_records(10), longer, tmp_path, "cpu", COMPUTE_DTYPE).stats["steps"] == 6
 
 
+def test_a_fresh_start_in_a_used_folder_logs_only_its_own_steps(tiny_source, tmp_path):
+    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=4), "peft", COMPUTE_DTYPE, 128)
+    longer = TrainingConfig(max_steps=4, batch_size=2, save_steps=100, warmup_steps=0, max_seq_length=128, sample_every=0)
+    train(model, tokenizer, code_records(8), longer, tmp_path, "cpu", COMPUTE_DTYPE, resume=False)
+    shorter = TrainingConfig(**{**longer.__dict__, "max_steps": 2})
+    train(model, tokenizer, code_records(8), shorter, tmp_path, "cpu", COMPUTE_DTYPE, resume=False)
+    assert [entry["step"] for entry in read_log(tmp_path)] == [1, 2]  # not steps 3-4 of the first run
+
+
 def test_seconds_per_example_interpolates_the_measured_step_times():
     from lib.training import seconds_per_example
 

@@ -67,7 +67,7 @@ def test_collator_puts_the_image_in_and_trains_on_the_answer_only(ghost, tiny):
 
 @pytest.mark.parametrize("name", ["T4", "24GB"])
 def test_a_training_step_moves_lora_on_both_towers(ghost, tiny, tmp_path, name):
-    from lib.dora import fast_dora_layers
+    from lib.fast_dora import fast_dora_layers
     from lib.training import TrainingConfig, train_dataset
 
     folder, examples = ghost

@@ -8,7 +8,7 @@ import unsloth  # noqa: F401  (first, as in the chapters)
 import torch
 
 from helpers import COMPUTE_DTYPE, code_records
-from lib.dora import fast_dora_layers
+from lib.fast_dora import fast_dora_layers
 from lib.lora import TrinityConfig, trainable_parameters
 from lib.model import ModelSource
 from lib.training import TrainingConfig, load_for_training, train

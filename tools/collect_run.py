@@ -15,7 +15,6 @@ Raises FileNotFoundError naming the first missing input.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata as md
 import platform
 import re
 import subprocess
@@ -28,16 +27,6 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "unsl
             "rapidocr", "onnxruntime", "llama_cpp_python", "sqlglot", "papermill", "jupyter-book")
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for package in PACKAGES:
-        try:
-            found[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return found
-
-
 def _read(path: Path):
     from lib.artifacts import read_json
 
@@ -48,6 +37,7 @@ def _read(path: Path):
 
 def collect(run: Path, executed: Path, log: Path | None, note: str) -> dict:
     from lib.claims import read_records
+    from lib.environment import package_versions
 
     timings = _read(executed / "timings.json")
     whole = None
@@ -59,7 +49,7 @@ def collect(run: Path, executed: Path, log: Path | None, note: str) -> dict:
     ghost = _read(run / "metrics" / "ghost-architect.json")
     return {
         "provenance": {"date": date.today().isoformat(), "commit": commit, "python": platform.python_version(),
-                       "cpu": timings["cpu"], "compute_dtype": timings["compute_dtype"], "versions": versions(),
+                       "cpu": timings["cpu"], "compute_dtype": timings["compute_dtype"], "versions": package_versions(PACKAGES),
                        "command": "make course (python -m tools.course all), default parameters", "note": note},
         "whole_command": whole,
         "chapters": timings["chapters"],

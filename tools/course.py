@@ -35,13 +35,13 @@ SMOKE_PARAMETERS = {
     "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
                            "eval_n": 2, "max_new_tokens": 16, "eval_batch_size": 2, "vision_max_steps": 2,
                            "vision_eval_n": 1},
-    "09_inside_gemma3": {"context_lengths": [64, 128], "span_blocks": 1, "span_test_limit": 3, "short_window": 32,
+    "09_inside_gemma3": {"context_lengths": [128, 640], "span_blocks": 1, "span_test_limit": 3, "short_window": 32,
                          "drift_records": 2, "own_train_records": 4, "own_max_steps": 2, "own_batch_size": 2,
                          "held_out_every": 1, "held_out_records": 2, "capacity_hidden_sizes": [8, 16],
                          "capacity_dataset_multiples": [0.5, 1.0], "capacity_steps": 20, "capacity_lora_ranks": [2],
                          "real_lora_ranks": [1], "real_lora_sequences": 2, "real_lora_steps": 2},
-    "10_beyond_lora": {"steps": 2, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
-                       "relora_warmup": 0, "rank1_merge_every": [], "eval_records": 2, "blend_weights": [0.5],
+    "10_beyond_lora": {"steps": 3, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
+                       "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
                        "blend_methods": ["linear", "svd"], "blend_eval_records": 2},
 }
 

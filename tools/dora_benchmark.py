@@ -42,7 +42,7 @@ def gpu_parity(model, tokens: int = 64) -> dict:
     import torch
     from peft.tuners.lora.variants import DoraLinearVariant
 
-    import lib.dora
+    import lib.fast_dora
     from peft.utils.integrations import dequantize_module_weight
 
     worst = {"output": 0.0, "lora_A": 0.0, "lora_B": 0.0, "lora_magnitude_vector": 0.0}
@@ -53,7 +53,7 @@ def gpu_parity(model, tokens: int = 64) -> dict:
     with torch.no_grad():
         for m in layers:
             m.lora_B["default"].weight.normal_(0, 0.02, generator=generator)
-    lib.dora.NormRefresh([(m, "default") for m in layers], cuda_graph=True)()
+    lib.fast_dora.NormRefresh([(m, "default") for m in layers], cuda_graph=True)()
     norm_error = 0.0
     with torch.no_grad():
         for m, b in zip(layers, saved):
@@ -92,12 +92,12 @@ def norm_refresh_seconds(model, cuda_graph: bool, repeats: int = 3) -> float:
     """Seconds to recompute every fast DoRA norm once (what each optimizer step costs them), median."""
     import torch
 
-    import lib.dora
+    import lib.fast_dora
 
-    refresh = lib.dora.NormRefresh(lib.dora.fast_dora_layers(model), cuda_graph)
+    refresh = lib.fast_dora.NormRefresh(lib.fast_dora.fast_dora_layers(model), cuda_graph)
     times = []
     for _ in range(repeats + 1):  # the first one captures the graph
-        lib.dora._optimizer_steps += 1  # as after an optimizer step: every cached norm is stale
+        lib.fast_dora._optimizer_steps += 1  # as after an optimizer step: every cached norm is stale
         torch.cuda.synchronize()
         started = time.perf_counter()
         refresh()
@@ -182,7 +182,7 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
 
 def table(rows: list[dict]) -> str:
     """Markdown: one line per row, time and memory also relative to LoRA of the same shape/backend."""
-    from lib.dora import compare_with_lora
+    from lib.fast_dora import compare_with_lora
 
     lines = ["| shape | seq | backend | variant | s/step | x LoRA time | optimizer s | norms s | peak allocated GiB "
              "| - LoRA GiB |", "|---|---|---|---|---|---|---|---|---|---|"]

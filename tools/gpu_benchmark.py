@@ -43,7 +43,18 @@ def random_init_model(model_dir: Path, target: Path) -> Path:
 
 
 def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_length: int, run_dir: Path) -> dict:
-    """Train `steps` steps with one backend in this process; returns the training stats."""
+    """Train `steps` steps with one backend in this process; returns the training stats, with the
+    seconds of each phase before training (printed as they end: a killed run still shows them)."""
+    import time
+
+    phases, started = {}, time.perf_counter()
+
+    def phase(name):
+        nonlocal started
+        phases[name] = round(time.perf_counter() - started, 1)
+        print(f"PHASE {name} {phases[name]} s", flush=True)
+        started = time.perf_counter()
+
     if backend == "unsloth":
         import unsloth  # noqa: F401  (must be imported before transformers to patch it)
     import torch
@@ -54,15 +65,29 @@ def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_
     from lib.model import ModelSource, load_tokenizer
     from lib.training import TrainingConfig, load_for_training, read_log, train
 
+    phase("import")
     source = ModelSource("gemma-3-270m (random init)", str(model_dir), "local")
     tokenizer = load_tokenizer(source)
     records = prepare_dataset(split_files(ROOT / "data" / "python-stdlib"), tokenizer, max_seq_length).records
+    phase("dataset")
     model, tokenizer = load_for_training(source, TrinityConfig(), backend, torch.bfloat16, max_seq_length)
+    phase("load_for_training")
     config = TrainingConfig(max_steps=steps, batch_size=batch_size, max_seq_length=max_seq_length,
                             save_steps=10 * steps, sample_every=0, optim="adamw_8bit", warmup_steps=2)
     result = train(model, tokenizer, records["train"], config, run_dir, "cuda", torch.bfloat16, resume=False)
     first_step = read_log(run_dir)[0]["train_runtime"]
-    return result.stats | {"first_step_seconds": round(first_step, 1)} | steady_state(read_log(run_dir), warmup_steps=5)
+    return (result.stats | {"first_step_seconds": round(first_step, 1), "phase_seconds": phases}
+            | steady_state(read_log(run_dir), warmup_steps=5) | {"compilation": compilation_report()})
+
+
+def compilation_report() -> dict:
+    """Where torch.compile spent this process's time: seconds per dynamo-timed phase (summed over
+    every graph), and the counts of frames, graphs, recompiles and graph breaks."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    seconds = {name: round(sum(values), 2) for name, values in compilation_time_metrics.items()}
+    counts = {group: dict(counters[group]) for group in ("frames", "stats", "recompiles", "graph_break") if counters[group]}
+    return {"seconds": dict(sorted(seconds.items(), key=lambda kv: -kv[1])[:12]), "counts": counts}
 
 
 def steady_state(log: list[dict], warmup_steps: int) -> dict:
@@ -104,15 +129,16 @@ def main(argv=None) -> int:
             rows.append({"backend": backend, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "?"})
             continue
         stats = json.loads(lines[-1][6:])
+        print(f"{backend} compilation: {json.dumps(stats.get('compilation'))}", flush=True)
         rows.append({"backend": backend, "steps": stats["steps"],
                      "first_step_seconds": stats["first_step_seconds"],
                      "steady_seconds_per_step": stats["steady_seconds_per_step"],
                      "steady_tokens_per_second": stats["steady_tokens_per_second"],
                      "peak_reserved_gib": stats["peak_memory_gib"]})
-    import importlib.metadata as md
+    sys.path.insert(0, str(ROOT))
+    from lib.environment import package_versions
 
-    versions = {p: md.version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "unsloth")
-                if _installed(p)}
+    versions = package_versions()
     provenance = {"date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(0),
                   "python": platform.python_version(), "versions": versions,
                   "setup": f"Gemma 3 270M shapes (random init), Trinity r=64 alpha=32 rsLoRA DoRA, NF4, batch "
@@ -125,16 +151,6 @@ def main(argv=None) -> int:
               f"| {r.get('steady_tokens_per_second')} | {r.get('peak_reserved_gib')} |"
               if "error" not in r else f"| {r['backend']} | error: {r['error']} |")
     return 0
-
-
-def _installed(package: str) -> bool:
-    import importlib.metadata as md
-
-    try:
-        md.version(package)
-        return True
-    except md.PackageNotFoundError:
-        return False
 
 
 if __name__ == "__main__":

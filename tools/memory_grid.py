@@ -193,16 +193,11 @@ def cuda_context_gib() -> float | None:
 
 
 def provenance(command: str) -> dict:
-    import importlib.metadata as md
-
     import torch
 
-    versions = {}
-    for package in ("torch", "transformers", "peft", "bitsandbytes", "unsloth", "unsloth_zoo"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
+    from lib.environment import package_versions
+
+    versions = package_versions()
     gpu = {}
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)

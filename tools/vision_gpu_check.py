@@ -28,7 +28,7 @@ def progress(what: str, since: float) -> None:
 def check(preset_name: str, data: Path, tiny: Path, steps: int, work: Path) -> dict:
     import torch
 
-    from lib.dora import fast_dora_layers
+    from lib.fast_dora import fast_dora_layers
     from lib.ghost_dataset import INSTRUCTION, load_examples
     from lib.training import TrainingConfig, train_dataset
     from lib.vision import (Conversations, adapted_towers, collator_for, generate_ddl, load_vision_for_inference,
