@@ -60,14 +60,15 @@ def layer_index(module_name: str) -> int:
     return int(module_name.split("layers.")[1].split(".")[0])
 
 
-def lora_layers(model, modules=None, adapter: str = "default") -> list[tuple[int, str, object]]:
+def lora_layers(model, modules=None, adapter: str = "default") -> list[tuple[int | None, str, object]]:
     """(decoder layer index, module type, peft LoRA layer) of every layer that carries `adapter`,
-    in model order; only the module types named in `modules` when given (e.g. ("q_proj", "v_proj"))."""
+    in model order; only the module types named in `modules` when given (e.g. ("q_proj", "v_proj")).
+    The index is None for an adapted module outside the layer stack (a multimodal projector)."""
     found = []
     for name, module in model.named_modules():
         kind = name.rsplit(".", 1)[-1]
         if hasattr(module, "lora_A") and adapter in module.lora_A and (modules is None or kind in modules):
-            found.append((layer_index(name), kind, module))
+            found.append((layer_index(name) if "layers." in name else None, kind, module))
     return found
 
 
