@@ -43,10 +43,11 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
-    os.chdir("/content/course")
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 
@@ -81,8 +82,9 @@ pd.DataFrame(report.table())
 # **Precision on a T4.** Gemma 3 was trained in bfloat16, and some of its activations exceed
 # float16's largest value (65,504): in float16 they become `inf`, and the loss becomes NaN. A T4
 # (like a V100 or an RTX 20xx) has no bfloat16. Unsloth's fix keeps the overflowing computations
-# in float32 while matrix products stay in float16; the peft backend here takes the simple route
-# and computes in float32 on such GPUs, which costs memory but never overflows.
+# in float32 while matrix products stay in float16, and it turns the trainer's float16 autocast
+# off for Gemma 3 itself; the peft backend here takes the simple route and computes in float32
+# on such GPUs, which never overflows (chapter 02 measures what it costs in memory).
 #
 # **Precision on a CPU.** Whether bfloat16 is fast on a CPU depends on the CPU. Those with native
 # bfloat16 instructions (AVX512-BF16, AMX-BF16: recent Xeons and EPYCs) multiply bfloat16 through
@@ -93,6 +95,20 @@ pd.DataFrame(report.table())
 # 270M's MLP shape) in both dtypes, once per machine, and every computation of the course
 # (training with either backend, evaluation, generation, the export merge, the Ghost Architect)
 # runs in the faster one. The `compute_dtype` parameter forces one.
+#
+# The policy on GPUs, as `lib.precision.gpu_precision` decides it:
+
+# %%
+from lib.precision import gpu_precision
+
+pd.DataFrame([{"GPU": gpu, "backend": name, "asks the loader for": str(plan.load_dtype).removeprefix("torch."),
+               "activations": plan.activations, "trainer autocast": "bf16" if plan.trainer_bf16 else "none",
+               "why": plan.reason}
+              for gpu, bf16 in (("bfloat16 (A100, L4, H100)", True), ("no bfloat16 (T4, V100)", False))
+              for name in ("unsloth", "peft") for plan in [gpu_precision(name, bf16)]])
+
+# %% [markdown]
+# And on this machine:
 
 # %%
 chosen, why = (report.backend, report.backend_reason) if backend == "auto" else (backend, "set by parameter")

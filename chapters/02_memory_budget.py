@@ -54,10 +54,11 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
-    os.chdir("/content/course")
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 
@@ -288,13 +289,39 @@ for gpu in gpus:
         found = recommend(size, profile, rank=rank, max_seq_length=max_seq_length)
         text = "does not fit" if found is None else f"{found[0]} ({found[2].total:.1f} GiB)"
         column[size] = text + (" · measured" if (gpu, size) in measured_cells else "")
-    fit_table[f"{gpu} ({profile.memory_gib:.1f} GiB{'' if profile.bf16 else ', fp16'})"] = column
+    fit_table[f"{gpu} ({profile.memory_gib:.1f} GiB{'' if profile.bf16 else ', no bf16'})"] = column
 pd.DataFrame(fit_table)
 
 # %% [markdown]
 # GPU memory comes from what PyTorch reports on each card (sources in `lib.memory.GPU_PROFILES`;
-# the A10G is assumed equal to the L4, not measured). A T4 has no bf16: training runs in fp16,
-# which takes the same memory.
+# the A10G is assumed equal to the L4, not measured).
+#
+# **A T4 has no bfloat16**, and float16 overflows Gemma 3, so what a step holds depends on the
+# backend (`lib.precision.gpu_precision`): unsloth loads Gemma 3 in 16 bits with float32 for the
+# parts that overflow and turns float16 autocast off; the peft backend computes in float32. The
+# estimator takes the activations' dtype (float32 doubles the activation terms; the logits and
+# DoRA's norm are fp32 in every case) and the table above uses the backend's. Both paths were
+# measured on the H200 (unsloth's by asking it for float16, which sends Gemma 3 down the same
+# branch as a GPU without bfloat16), next to the bf16 grid's point for the same setup:
+
+# %%
+dtype_runs = memory.measured_rows(memory.load_measurements(memory.DTYPE_MEASUREMENTS))
+bf16_peaks = {r["setup"].describe(): r["peak_allocated_gib"] for r in rows}
+dtype_table = pd.DataFrame([c | {"bf16 measured_gib": bf16_peaks.get(r["setup"].describe().rsplit(" ", 1)[0])}
+                            for c, r in zip(memory.comparison(dtype_runs), dtype_runs)])
+dtype_table["vs bf16"] = dtype_table["measured_gib"] / dtype_table["bf16 measured_gib"] - 1
+for backend, group in dtype_table.groupby("backend"):
+    print(f"{backend}: measured {group['vs bf16'].min():+.1%} to {group['vs bf16'].max():+.1%} against bf16; "
+          f"estimate {group['error'].min():+.1%} to {group['error'].max():+.1%}")
+dtype_table[["setup", "bf16 measured_gib", "measured_gib", "vs bf16", "estimated_gib", "error"]].style.format(
+    {"bf16 measured_gib": "{:.2f}", "measured_gib": "{:.2f}", "vs bf16": "{:+.1%}", "estimated_gib": "{:.2f}",
+     "error": "{:+.1%}"}).hide(axis="index")
+
+# %% [markdown]
+# In float32 the peft step grows by about one percent only: peft's k-bit preparation already
+# keeps the embedding output, and with it the residual stream, in fp32, and the full-vocabulary
+# logits are fp32 whatever the compute dtype. Unsloth's no-bf16 path measured *below* its bf16
+# runs, and the estimator, which gives it bf16's coefficients, errs on the high side there.
 
 # %% [markdown]
 # ## 5. Against full fine-tuning

@@ -41,10 +41,11 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
-    os.chdir("/content/course")
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 

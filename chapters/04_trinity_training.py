@@ -59,10 +59,11 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
-    os.chdir("/content/course")
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 
@@ -135,13 +136,13 @@ assert decoded == example.reference + "<end_of_turn>\n"
 # cell is interrupted, rerunning it continues from the last checkpoint.
 
 # %%
-from lib.training import TrainingConfig, train
+from lib.training import TrainingConfig, default_optimizer, train
 
 config = TrainingConfig(
     max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
     learning_rate=learning_rate, warmup_steps=warmup_steps, max_seq_length=max_seq_length, seed=seed,
     save_steps=save_steps, sample_every=sample_every, sample_max_new_tokens=sample_max_new_tokens,
-    optim="adamw_8bit" if env.device == "cuda" else "adamw_torch")  # the recipe's 8-bit AdamW on a GPU
+    optim=default_optimizer(env.device))  # the recipe's 8-bit AdamW on a GPU
 sample_prompts = [record.prompt_messages for record in splits["val"][:2]]
 result = train(model, tokenizer, splits["train"], config, run_dir, env.device, env.compute_dtype,
                sample_prompts=sample_prompts, resume=resume)

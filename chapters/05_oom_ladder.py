@@ -51,10 +51,11 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
-    os.chdir("/content/course")
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 
@@ -142,47 +143,21 @@ print("\n".join(record["earlier_run"]["log"]))
 # (A CPU run stands in for the GPU path here; section 2 is the GPU.)
 
 # %%
-import gc
-import weakref
-
-import torch
 from lib.model import resolve_model
 from transformers import AutoConfig
 
 source = resolve_model(model_name)
-models_seen = []
-
-
-def simulated_gpu(module, args, output):
-    """Forward hook: remember each attempt's model; raise OOM when the rung would not fit the budget."""
-    if type(module).__name__.endswith("ForCausalLM"):
-        models_seen.append(weakref.ref(module))
-        if memory.estimate(current[0]).peak_allocated > demo_budget_gib:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated {demo_budget_gib} GiB GPU)")
-
-
-current = [None]
 probe = oom_ladder.probe_attempt(str(source.path_or_id), steps=demo_steps)
-
-
-def attempt(setup):
-    current[0] = setup
-    return probe(setup)
-
-
-hook = torch.nn.modules.module.register_module_forward_hook(simulated_gpu)
-try:
-    demo_setup = memory.TrainingSetup(memory.shape_of(AutoConfig.from_pretrained(source.path_or_id)),
-                                      backend="peft", rank=rank, max_seq_length=demo_seq_length, batch_size=4)
-    demo = oom_ladder.run_ladder(demo_setup, budget_gib=100.0, attempt=attempt, start="top")
-finally:
-    hook.remove()
-gc.collect()
-alive = sum(ref() is not None for ref in models_seen)
+demo_setup = memory.TrainingSetup(memory.shape_of(AutoConfig.from_pretrained(source.path_or_id)),
+                                  backend="peft", rank=rank, max_seq_length=demo_seq_length, batch_size=4)
+with oom_ladder.SimulatedGPU(probe, fits=lambda setup: memory.estimate(setup).peak_allocated <= demo_budget_gib,
+                             label=f"{demo_budget_gib} GiB") as gpu:
+    demo = oom_ladder.run_ladder(demo_setup, budget_gib=100.0, attempt=gpu.attempt, start="top")
+alive = gpu.models_alive()
 pd.DataFrame(demo.rows())[["rung", "settings", "predicted_peak_gib", "outcome", "error"]]
 
 # %%
-print(f"{len(models_seen)} model forward passes seen over {len(demo.attempts)} attempts; "
+print(f"{len(gpu.models_seen)} model forward passes seen over {len(demo.attempts)} attempts; "
       f"models still alive after the ladder: {alive}")
 assert demo.chosen is not None and alive == 0, "a failed attempt's model was not freed"
 

@@ -52,14 +52,18 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7", "llama-cpp-python==0.3.36"], check=True)
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
+    # llama.cpp for GGUF: the Python binding, and the converter its sdist vendors (unpacked into the cache).
+    sdist = Path.cwd() / "sdist"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python==0.3.36"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                    "llama-cpp-python==0.3.36", "-d", "/content/sdist"], check=True)
-    subprocess.run([sys.executable, "-m", "lib.export", "unpack", "/content/sdist/llama_cpp_python-0.3.36.tar.gz"],
-                   cwd="/content/course", check=True)
-    os.chdir("/content/course")
+                    "llama-cpp-python==0.3.36", "-d", str(sdist)], check=True)
+    subprocess.run([sys.executable, "-m", "lib.export", "unpack", str(sdist / "llama_cpp_python-0.3.36.tar.gz")],
+                   cwd=course, check=True)
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 
@@ -123,11 +127,8 @@ del in_memory, reloaded
 # Chapter 06's numbers for the adapter on its NF4 base are the yardstick.
 
 # %%
-import time
-from transformers import AutoModelForCausalLM
 from lib.artifacts import read_json
-from lib.evaluation import evaluate_model
-from lib.export import merge_adapter
+from lib.export import evaluate_merged, merge_adapter
 
 results, examples = {}, {}
 evaluation_06 = run_dir / "metrics" / "evaluation.json"
@@ -136,14 +137,8 @@ if evaluation_06.exists():
 
 
 def measure_merged(label: str, folder: Path) -> None:
-    started = time.perf_counter()
-    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=env.compute_dtype)
-    load_seconds = time.perf_counter() - started
-    assert not any("lora" in name for name, _ in merged.named_modules())  # a plain transformers model
-    results[label], examples[label] = evaluate_model(merged, tokenizer, test, generate_n, max_new_tokens,
-                                                     eval_batch_size)
-    results[label] |= {"load_seconds": load_seconds,
-                       "file_mib": sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20}
+    results[label], examples[label] = evaluate_merged(folder, tokenizer, test, generate_n, max_new_tokens,
+                                                      eval_batch_size, env.compute_dtype)
 
 
 merged_dir = merge_adapter(source, adapter_out, export_dir / "merged")
@@ -174,6 +169,7 @@ if compare_original_merge:
 # reading its header and tensor index before anything loads it.
 
 # %%
+import time
 from lib.export import check_gguf, convert_to_gguf, quantize_gguf
 
 gguf_dir = export_dir / "gguf"

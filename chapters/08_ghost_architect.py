@@ -70,12 +70,13 @@ import os, subprocess, sys
 from pathlib import Path
 
 if "google.colab" in sys.modules and not Path("lib").is_dir():
-    subprocess.run(["git", "clone", "--depth", "1", course_repo, "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "/content/course/requirements.txt",
-                    "unsloth==2026.10.7", "unsloth_zoo==2026.10.7"], check=True)  # .8/.9 pin a missing certifi
+    course = Path.cwd() / "course"  # /content/course on Colab
+    if not course.is_dir():
+        subprocess.run(["git", "clone", "--depth", "1", course_repo, str(course)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(course / "requirements.txt")], check=True)
     # Headless Chromium for the screenshots: Ubuntu's apt package is a snap stub, so playwright's own build.
     subprocess.run([sys.executable, "-m", "playwright", "install", "--with-deps", "chromium"], check=True)
-    os.chdir("/content/course")
+    os.chdir(course)
 os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "lib").is_dir()))
 sys.path.insert(0, os.getcwd())
 
@@ -269,7 +270,7 @@ print(f"{sum(tokens['assistant_masks'])} of {len(tokens['input_ids'])} tokens ca
 
 # %%
 from lib.ghost_architect import evaluate_text_model, read_screens_timed, train_text_architect
-from lib.training import TrainingConfig, read_log
+from lib.training import TrainingConfig, default_optimizer, read_log
 
 test = test_examples[:eval_n]
 test_texts, ocr_seconds = read_screens_timed(test, data_dir)
@@ -278,7 +279,7 @@ print(f"OCR + layout of {len(test)} test screenshots: {sum(ocr_seconds) / len(te
 trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
 config = TrainingConfig(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                         max_seq_length=max_seq_length, seed=seed, save_steps=max(1, max_steps // 2),
-                        optim="adamw_8bit" if env.device == "cuda" else "adamw_torch")
+                        optim=default_optimizer(env.device))
 reports, trainings = {}, {}
 for source in ("dom", "ocr"):
     model, tokenizer, trainings[source] = train_text_architect(
@@ -424,7 +425,7 @@ vision_config = TrainingConfig(max_steps=vision_steps, batch_size=settings.batch
                                gradient_accumulation_steps=settings.gradient_accumulation_steps,
                                learning_rate=settings.learning_rate, max_seq_length=settings.max_seq_length,
                                seed=seed, save_steps=max(1, vision_steps // 2), warmup_steps=min(5, vision_steps),
-                               optim="adamw_8bit" if env.device == "cuda" else "adamw_torch")
+                               optim=default_optimizer(env.device))
 vision_run = run_dir / "ghost-vision"
 vision_result = train_dataset(vision, processor, train_conversations, collator, vision_config, vision_run,
                               env.device, env.compute_dtype)

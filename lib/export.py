@@ -402,9 +402,7 @@ def gguf_generate(llm, tokenizer, prompts: list[list[dict]], max_new_tokens: int
 def evaluate_gguf(path: str | Path, tokenizer, records, generate_n: int, max_new_tokens: int,
                   n_ctx: int = 1024) -> tuple[dict, list[dict]]:
     """Loss/perplexity on `records`, code metrics on the first `generate_n`, size and speed."""
-    from .evaluation import code_metrics
-
-    from .evaluation import generation_subset
+    from .evaluation import code_metrics, generation_subset
 
     llm, load_seconds = load_gguf(path, n_ctx=n_ctx, logits_all=True)
     try:
@@ -415,6 +413,25 @@ def evaluate_gguf(path: str | Path, tokenizer, records, generate_n: int, max_new
         llm.close()
     code, rows = code_metrics(generations, subset)
     return metrics | code | speed | {"load_seconds": load_seconds, "file_mib": Path(path).stat().st_size / 2**20}, rows
+
+
+def evaluate_merged(folder: str | Path, tokenizer, records, generate_n: int, max_new_tokens: int,
+                    batch_size: int, dtype) -> tuple[dict, list[dict]]:
+    """`evaluate_gguf`'s measurements for a merged safetensors folder, loaded with transformers alone
+    in `dtype`: lib.evaluation.evaluate_model's metrics plus load_seconds and file_mib (the
+    safetensors files). Raises ValueError if the folder still holds LoRA modules (not merged)."""
+    from transformers import AutoModelForCausalLM
+
+    from .evaluation import evaluate_model
+
+    started = time.perf_counter()
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    load_seconds = time.perf_counter() - started
+    if any("lora" in name for name, _ in merged.named_modules()):
+        raise ValueError(f"{folder}: the model still has LoRA modules; merge_adapter writes a plain model")
+    metrics, rows = evaluate_model(merged, tokenizer, records, generate_n, max_new_tokens, batch_size)
+    size = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
+    return metrics | {"load_seconds": load_seconds, "file_mib": size}, rows
 
 
 def mcnemar_exact_p(only_reference: int, only_other: int) -> float:

@@ -27,6 +27,10 @@ training step, split into the terms alive at that moment:
   cross-entropy; Cut Cross-Entropy, Wijmans et al. 2024, arXiv:2411.09009) keeps a fixed workspace.
   The bytes per unit of each of these are coefficients fitted to the GPU measurements in
   data/measurements/gpu-memory-grid.json (`fit_coefficients`, held-out check in chapter 02).
+- compute dtype: the grid was measured in bfloat16. float16 takes the same bytes; in float32 the
+  terms that hold activations (`ACTIVATION_TERMS`) take twice as many, while the logits (already
+  upcast to fp32 for the loss) and DoRA's norm (materialised in fp32) do not change. That rule is
+  checked against float32 and float16 runs in data/measurements/gpu-memory-dtype.json.
 
 The peak happens at one of two moments, and the estimate takes the larger:
 "loss" (end of the forward pass: checkpoints + logits; gradients do not exist yet) or
@@ -50,7 +54,12 @@ OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
 CHECKPOINTING = ("off", "standard", "offloaded")
 LOSSES = ("full", "chunked")
 BACKENDS = ("unsloth", "peft")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+# Modelled terms made of activations, whose bytes follow the compute dtype (2 bytes in bf16/fp16).
+ACTIVATION_TERMS = ("checkpoints", "layer_recompute", "no_checkpointing_peft", "no_checkpointing_unsloth",
+                    "dora_tokens", "dequantized_weight")
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "data" / "measurements" / "gpu-memory-grid.json"
+DTYPE_MEASUREMENTS = MEASUREMENTS.with_name("gpu-memory-dtype.json")  # the compute-dtype check
 
 # Bytes per unit of each modelled feature (see `features`), fitted by `fit_coefficients` to
 # data/measurements/gpu-memory-grid.json (H200, 2026-11-22; 93 points). test_memory refits and
@@ -69,7 +78,9 @@ CUDA_CONTEXT_GIB = 0.6043
 @dataclass(frozen=True)
 class TrainingSetup:
     """Everything that decides training memory. `None` settings take the backend's defaults:
-    unsloth -> offloaded checkpointing + chunked loss; peft -> standard checkpointing + full logits."""
+    unsloth -> offloaded checkpointing + chunked loss; peft -> standard checkpointing + full logits.
+    compute_dtype: the dtype activations are held in (`lib.precision.gpu_precision` gives it per GPU
+    and backend; "bfloat16", "float16" or "float32")."""
 
     model: str | Gemma3Shape = "12B"
     backend: str = "unsloth"
@@ -83,10 +94,12 @@ class TrainingSetup:
     max_seq_length: int = 4096
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
+    compute_dtype: str = "bfloat16"
 
     def __post_init__(self):
         for name, value, allowed in (("backend", self.backend, BACKENDS), ("precision", self.precision, PRECISIONS),
-                                     ("optimizer", self.optimizer, OPTIMIZERS)):
+                                     ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}: use one of {allowed}")
         if self.gradient_checkpointing is None:
@@ -119,7 +132,8 @@ class TrainingSetup:
             m.replace("_proj", "") for m in self.target_modules)
         return (f"{self.shape.name} {self.precision} r={self.rank} {'DoRA' if self.use_dora else 'LoRA'} "
                 f"[{targets}] seq={self.max_seq_length} batch={self.batch_size}x{self.gradient_accumulation_steps} "
-                f"{self.optimizer} ckpt={self.gradient_checkpointing} loss={self.loss} ({self.backend})")
+                f"{self.optimizer} ckpt={self.gradient_checkpointing} loss={self.loss} ({self.backend})"
+                + ("" if self.compute_dtype == "bfloat16" else f" {self.compute_dtype}"))
 
 
     def short(self) -> str:
@@ -262,7 +276,9 @@ def features(setup: TrainingSetup) -> dict[str, dict[str, float]]:
     backward = {"layer_recompute": tokens * s.intermediate_size * (setup.gradient_checkpointing != "off"),
                 "dora_tokens": tokens * targeted_out if setup.use_dora else 0.0,
                 "dora_norm": largest if setup.use_dora else 0.0, "dequantized_weight": largest_any}
-    return {"loss": checkpoints | logits, "backward": checkpoints | backward}
+    scale = 2.0 if setup.compute_dtype == "float32" else 1.0  # the coefficients are bytes in bf16
+    return {phase: {k: v * scale if k in ACTIVATION_TERMS else v for k, v in units.items()}
+            for phase, units in (("loss", checkpoints | logits), ("backward", checkpoints | backward))}
 
 
 def _modelled(units: dict[str, float], coefficients: dict[str, float]) -> tuple[float, float]:
@@ -303,7 +319,8 @@ def setup_of(row: dict) -> TrainingSetup:
     checkpointing = None if row["checkpointing"] == "default" else row["checkpointing"]
     return TrainingSetup(model=row["size"], backend=row["backend"], precision=row["precision"], rank=row["rank"],
                          target_modules=tuple(row["targets"]), use_dora=row["dora"], optimizer=row["optimizer"],
-                         gradient_checkpointing=checkpointing, max_seq_length=row["seq"], batch_size=row["batch"])
+                         gradient_checkpointing=checkpointing, max_seq_length=row["seq"], batch_size=row["batch"],
+                         compute_dtype=row.get("compute_dtype", "bfloat16"))
 
 
 def measured_rows(measurements: dict | None = None) -> list[dict]:

@@ -20,6 +20,7 @@ import argparse
 import gc
 import sys
 import traceback
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -204,6 +205,54 @@ def probe_attempt(model_path: str, steps: int = 3) -> Callable[[TrainingSetup], 
     return attempt
 
 
+class SimulatedGPU:
+    """A GPU that runs out of memory on cue, for showing the ladder where there is no GPU.
+
+    While the context is open, a forward hook on every module raises `torch.OutOfMemoryError` from
+    inside the model's forward pass (so its traceback holds the model and activations, as a real
+    one does) whenever `fits(setup)` is False for the setup being attempted. Each attempted model
+    is remembered by a weak reference, so the caller can check that recovery freed it.
+
+        probe = probe_attempt(path, steps=2)
+        with SimulatedGPU(probe, fits=lambda s: estimate(s).peak_allocated <= 1.5, label="1.5 GiB") as gpu:
+            result = run_ladder(setup, 100.0, gpu.attempt, start="top")
+        assert gpu.models_alive() == 0
+    """
+
+    def __init__(self, attempt: Callable[[TrainingSetup], float | None], fits: Callable[[TrainingSetup], bool],
+                 label: str = "simulated"):
+        self._attempt, self.fits, self.label = attempt, fits, label
+        self.current: TrainingSetup | None = None
+        self.models_seen: list[weakref.ref] = []
+
+    def attempt(self, setup: TrainingSetup) -> float | None:
+        """The `attempt` to give `run_ladder`: the wrapped attempt, under this GPU's budget."""
+        self.current = setup
+        return self._attempt(setup)
+
+    def _hook(self, module, args, output) -> None:
+        if type(module).__name__.endswith("ForCausalLM"):
+            self.models_seen.append(weakref.ref(module))
+            if not self.fits(self.current):
+                import torch
+
+                raise torch.OutOfMemoryError(f"CUDA out of memory ({self.label} GPU, simulated)")
+
+    def models_alive(self) -> int:
+        """How many of the attempted models are still in memory (after a garbage collection)."""
+        gc.collect()
+        return sum(ref() is not None for ref in self.models_seen)
+
+    def __enter__(self) -> "SimulatedGPU":
+        import torch
+
+        self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
 def make_optimizer(name: str, params):
     """torch AdamW ("adamw_torch") or bitsandbytes' AdamW8bit / PagedAdamW8bit, lr 1e-4."""
     import torch
@@ -217,15 +266,25 @@ def make_optimizer(name: str, params):
 
 # ------------------------------------------------------------------ will it fit?
 
+def setup_for(model: str, gpu: GPUProfile, **settings) -> TrainingSetup:
+    """The TrainingSetup of `settings` on `gpu`: activations in the dtype the backend runs in
+    there (`lib.precision.gpu_precision`), unless `compute_dtype` is given."""
+    from .precision import gpu_precision
+
+    if "compute_dtype" not in settings:
+        settings["compute_dtype"] = gpu_precision(settings.get("backend", "unsloth"), gpu.bf16).activations
+    return TrainingSetup(model=model, **settings)
+
+
 def recommend(model: str, gpu: str | GPUProfile, **settings) -> tuple[str, TrainingSetup, MemoryEstimate] | None:
     """(rung, setup, estimate) of the first ladder rung predicted to fit `gpu`, or None if none does.
 
     settings: any TrainingSetup field (backend, rank, use_dora, max_seq_length, batch_size, ...);
-    the default is the Trinity at 4096 tokens under unsloth. On a GPU without bf16 (T4) training
-    runs in fp16, which takes the same memory.
+    the default is the Trinity at 4096 tokens under unsloth. The activations' dtype follows the
+    GPU and backend (`lib.precision.gpu_precision`: float32 for peft on a T4) unless given.
     """
     gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
-    for name, setup in ladder(TrainingSetup(model=model, **settings)):
+    for name, setup in ladder(setup_for(model, gpu, **settings)):
         predicted = estimate(setup)
         if predicted.total <= gpu.memory_gib:
             return name, setup, predicted
@@ -236,7 +295,7 @@ def ladder_rows(model: str, gpu: str | GPUProfile, **settings) -> list[dict]:
     """Every rung with its estimate and whether it fits `gpu`: the "will it fit?" table."""
     gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
     rows = []
-    for name, setup in ladder(TrainingSetup(model=model, **settings)):
+    for name, setup in ladder(setup_for(model, gpu, **settings)):
         predicted = estimate(setup)
         rows.append({"rung": name, "setup": setup.describe(), "settings": setup.short(), **predicted.as_row(),
                      "fits": predicted.total <= gpu.memory_gib})

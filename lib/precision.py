@@ -6,6 +6,9 @@ short runs of chapter 01, the Ghost Architect and the vision path:
 * **CUDA GPU with bfloat16** (Ampere and newer): bfloat16, the dtype Gemma 3 was trained in.
 * **CUDA GPU without bfloat16** (T4, V100): float32. Gemma 3's activations exceed float16's
   largest value (65,504) and become inf/NaN (unsloth.ai/blog/gemma3, "Gemma 3 Training Fixes").
+  What each backend then really runs in is `gpu_precision`: peft computes in float32; unsloth,
+  asked for float32 or float16, loads Gemma 3 in 16 bits with its float32 fixes and turns the
+  trainer's float16 autocast off itself. No backend trains Gemma 3 under float16 autocast.
 * **CPU**: whichever of bfloat16 and float32 this CPU multiplies faster, *measured* once per
   machine (`cpu_matmul_speeds`). CPUs with native bfloat16 (AVX512-BF16, AMX-BF16) run it through
   oneDNN several times faster than float32; CPUs without it (most laptops, AVX2 only) fall back
@@ -188,6 +191,44 @@ def choose_compute_dtype(device: str, requested: str = "auto", gpu_bf16: bool | 
     if device != "cpu":
         raise ValueError(f"device={device!r}: use 'cuda' or 'cpu'")
     return choose_cpu_dtype(cpu_speeds or cpu_matmul_speeds())
+
+
+@dataclass(frozen=True)
+class GpuPrecision:
+    """What one backend runs Gemma 3 in on a CUDA GPU: the dtype the course asks the loader for,
+    the dtype activations are held in (what `lib.memory` estimates with), the trainer's mixed
+    precision flags (TrainingArguments bf16 / fp16), and why."""
+
+    load_dtype: torch.dtype
+    activations: str
+    trainer_bf16: bool
+    trainer_fp16: bool
+    reason: str
+
+
+def gpu_precision(backend: str, bf16_supported: bool) -> GpuPrecision:
+    """The precision policy on a CUDA GPU, for `backend` ("unsloth" or "peft") on a GPU that does
+    or does not support bfloat16 (`torch.cuda.is_bf16_supported()`; False on a T4 or V100).
+
+    Sources: unsloth.ai/blog/gemma3 (float16 overflows Gemma 3; unsloth's fix: float16 matrix
+    products, float32 for what overflows); unsloth 2026.10's loader (Gemma 3 is on
+    unsloth_zoo.model_lists.FORCE_FLOAT32: without bfloat16 it sets UNSLOTH_FORCE_FLOAT32) and its
+    trainer patch ("Switching to float32 training since model cannot work with float16": fp16 and
+    bf16 forced off), so unsloth's notebooks' `fp16 = not is_bfloat16_supported()` ends the same.
+    Memory of that path: data/measurements/gpu-memory-dtype.json. Raises ValueError for another backend.
+    """
+    if backend not in ("unsloth", "peft"):
+        raise ValueError(f"backend={backend!r}: use 'unsloth' or 'peft'")
+    if bf16_supported:
+        return GpuPrecision(torch.bfloat16, "bfloat16", True, False,
+                            "the GPU supports bfloat16, the dtype Gemma 3 was trained in: bf16 autocast")
+    if backend == "unsloth":
+        return GpuPrecision(torch.float32, "float16", False, False,
+                            "no bfloat16: unsloth loads Gemma 3 in 16 bits with float32 for what overflows "
+                            "(UNSLOTH_FORCE_FLOAT32) and switches float16 autocast off itself")
+    return GpuPrecision(torch.float32, "float32", False, False,
+                        "no bfloat16: float16 overflows Gemma 3's activations (> 65,504) without unsloth's fixes, "
+                        "so peft computes in float32 (no autocast)")
 
 
 def default_device() -> str:

@@ -59,6 +59,14 @@ class TrainingConfig:
     loss_chunk_tokens: int = 256
 
 
+def default_optimizer(device: str) -> str:
+    """The course's optimizer (a TrainingConfig `optim` value) for `device` ("cuda" or "cpu"):
+    bitsandbytes' 8-bit AdamW on a GPU, the QLoRA recipe's (its two states take 2 bytes per
+    trainable parameter instead of 8; chapter 01 measures this); torch's AdamW on a CPU, where
+    the chapters' runs are small and bitsandbytes' optimizers are built for CUDA."""
+    return "adamw_8bit" if device == "cuda" else "adamw_torch"
+
+
 def run_paths(run_dir: str | Path) -> dict[str, Path]:
     """The files and folders of one run (see the module docstring)."""
     run_dir = Path(run_dir)
@@ -376,6 +384,8 @@ def training_arguments(config: TrainingConfig, run_dir: Path, device: str, compu
         lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay, optim=config.optim,
         logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=3,
         seed=config.seed, data_seed=config.seed,
+        # lib.precision.gpu_precision: bf16 autocast where the GPU has bfloat16; never float16
+        # autocast (it overflows Gemma 3; unsloth switches it off for Gemma 3 itself).
         bf16=gpu and compute_dtype == torch.bfloat16, fp16=False,
         gradient_checkpointing=False,  # already set up by the loader (peft or unsloth)
         report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from helpers import code_records
-from lib.export import (GGUFError, LLAMA_CPP_PYTHON, check_gguf, convert_to_gguf, export_adapter, gguf_response_loss,
+from lib.export import (GGUFError, LLAMA_CPP_PYTHON, check_gguf, convert_to_gguf, evaluate_merged, export_adapter,
+                        gguf_response_loss,
                         load_gguf, mcnemar_exact_p, merge_adapter, modelfile_template, quantization_gate, quantize_gguf,
                         unpack_llama_cpp, write_modelfile)
 from lib.lora import TrinityConfig
@@ -141,6 +142,21 @@ def test_nf4_merge_equals_the_adapter_on_the_nf4_base_it_was_trained_on(trained_
     assert torch.allclose(got, want, atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="base must be 'nf4' or 'original'"):
         merge_adapter(tiny_source, adapter, tmp_path / "x", base="int8")
+
+
+def test_evaluate_merged_scores_the_folder_and_refuses_an_unmerged_adapter(trained_adapter, merged_and_gguf, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from lib.evaluation import response_loss
+
+    records = code_records(3)
+    metrics, rows = evaluate_merged(merged_and_gguf[0], tokenizer, records, 2, 8, 2, torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(merged_and_gguf[0], dtype=torch.float32)
+    assert metrics["loss"] == pytest.approx(response_loss(merged, tokenizer, records)["loss"], rel=1e-5)
+    assert len(rows) == 2 and metrics["load_seconds"] > 0
+    assert metrics["file_mib"] * 2**20 == sum(f.stat().st_size for f in merged_and_gguf[0].glob("*.safetensors"))
+    with pytest.raises(ValueError, match="still has LoRA modules"):  # transformers loads an adapter folder with its base
+        evaluate_merged(trained_adapter[1], tokenizer, records, 1, 8, 2, torch.float32)
 
 
 def test_gguf_tokenizes_and_scores_like_transformers(merged_and_gguf, tokenizer):

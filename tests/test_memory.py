@@ -117,3 +117,34 @@ def test_full_finetuning_accounting_equals_the_tensors_counted_on_the_gpu():
         assert row["peak_allocated_gib"] > terms["total"] / 2**30  # activations and logits come on top
     with pytest.raises(KeyError):
         memory.full_finetune_bytes("1B", "fp8")
+
+
+def test_the_compute_dtype_rule_against_gpu_runs_without_bf16():
+    """peft in float32 and unsloth's no-bf16 path (data/measurements/gpu-memory-dtype.json): the
+    estimate with the activations' dtype stays within 5% for float32 and errs high (never more
+    than 5% low) for unsloth's 16-bit path, which measured below its bf16 runs."""
+    rows = memory.measured_rows(memory.load_measurements(memory.DTYPE_MEASUREMENTS))
+    assert {r["setup"].compute_dtype for r in rows} == {"float32", "float16"} and len(rows) >= 10
+    for row in memory.comparison(rows):
+        if "float32" in row["setup"]:
+            assert abs(row["error"]) <= 0.05, row
+        else:
+            assert -0.05 <= row["error"] <= 0.20, row
+
+
+def test_float32_activations_cost_twice_the_bytes_and_a_t4_setup_picks_them_by_backend():
+    from lib.oom_ladder import setup_for
+
+    bf16 = TrainingSetup("4B", backend="peft", max_seq_length=2048)
+    fp32 = TrainingSetup("4B", backend="peft", max_seq_length=2048, compute_dtype="float32")
+    units_bf16, units_fp32 = memory.features(bf16)["backward"], memory.features(fp32)["backward"]
+    assert units_fp32["layer_recompute"] == 2 * units_bf16["layer_recompute"]
+    assert units_fp32["dora_norm"] == units_bf16["dora_norm"]  # materialised in fp32 either way
+    assert estimate(fp32).activations > estimate(bf16).activations
+    t4 = memory.gpu_profile("T4")
+    assert setup_for("4B", t4, backend="peft").compute_dtype == "float32"
+    assert setup_for("4B", t4, backend="unsloth").compute_dtype == "float16"
+    assert setup_for("4B", memory.gpu_profile("L4"), backend="peft").compute_dtype == "bfloat16"
+    assert setup_for("4B", t4, backend="peft", compute_dtype="bfloat16").compute_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="compute_dtype='fp8'"):
+        TrainingSetup("4B", compute_dtype="fp8")

@@ -1,10 +1,8 @@
 """lib.oom_ladder: rung order, prediction-driven start, recovery from an OOM raised inside a real
 training step (the failed attempt's model is freed), and the "will it fit?" command line."""
 
-import gc
 import subprocess
 import sys
-import weakref
 
 import pytest
 import torch
@@ -74,31 +72,14 @@ def test_recovery_frees_the_failed_training_step(tiny_source):
     after the ladder's recovery nothing of the failed attempts survives."""
     from transformers import AutoConfig
 
-    seen = []
-    budget = {"gib": None}
-
-    def simulated_gpu(module, args, output):
-        if type(module).__name__.endswith("ForCausalLM"):
-            seen.append(weakref.ref(module))
-            if budget["current"].use_dora:  # a small GPU: only the LoRA rung fits
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
     probe = oom_ladder.probe_attempt(tiny_source.path_or_id, steps=1)
-
-    def attempt(setup):
-        budget["current"] = setup
-        return probe(setup)
-
     shape = memory.shape_of(AutoConfig.from_pretrained(tiny_source.path_or_id))
-    hook = torch.nn.modules.module.register_module_forward_hook(simulated_gpu)
-    try:
-        result = oom_ladder.run_ladder(TrainingSetup(shape, backend="peft", rank=8, max_seq_length=32), 100, attempt,
-                                       start="top", log=lambda _: None)
-    finally:
-        hook.remove()
-    gc.collect()
+    # a small GPU: only the rungs without DoRA fit
+    with oom_ladder.SimulatedGPU(probe, fits=lambda setup: not setup.use_dora) as gpu:
+        result = oom_ladder.run_ladder(TrainingSetup(shape, backend="peft", rank=8, max_seq_length=32), 100,
+                                       gpu.attempt, start="top", log=lambda _: None)
     assert [a.outcome for a in result.attempts] == ["oom", "ok"]
-    assert len(seen) >= 2 and all(ref() is None for ref in seen)
+    assert len(gpu.models_seen) >= 2 and gpu.models_alive() == 0
 
 
 def test_will_it_fit_command_line():

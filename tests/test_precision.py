@@ -69,3 +69,36 @@ def test_a_cpu_without_native_bfloat16_gets_float32():
     assert result.returncode == 0, result.stderr
     dtype, ratio = result.stdout.split()
     assert dtype == "torch.float32" and float(ratio) < 0.2, result.stdout
+
+
+def test_a_t4_gets_float32_under_peft_and_unsloths_16_bit_path_never_float16_autocast():
+    from lib.precision import gpu_precision
+
+    t4_peft, t4_unsloth = gpu_precision("peft", bf16_supported=False), gpu_precision("unsloth", bf16_supported=False)
+    assert (t4_peft.load_dtype, t4_peft.activations) == (torch.float32, "float32")
+    assert (t4_unsloth.load_dtype, t4_unsloth.activations) == (torch.float32, "float16")
+    assert not any(p.trainer_fp16 or p.trainer_bf16 for p in (t4_peft, t4_unsloth))
+    for backend in ("peft", "unsloth"):
+        h100 = gpu_precision(backend, bf16_supported=True)
+        assert (h100.load_dtype, h100.activations, h100.trainer_bf16, h100.trainer_fp16) == (
+            torch.bfloat16, "bfloat16", True, False)
+    with pytest.raises(ValueError, match="backend='vllm'"):
+        gpu_precision("vllm", bf16_supported=False)
+    # and the training arguments follow it: bf16 autocast only where the GPU has bfloat16
+    from lib.training import TrainingConfig, training_arguments
+
+    t4_args = training_arguments(TrainingConfig(), ROOT / "output" / "t4-test", "cpu", torch.float32)
+    assert not t4_args.fp16
+
+
+def test_installed_unsloth_still_takes_gemma3_off_float16():
+    """The T4 policy leans on two things in unsloth's source: Gemma 3 is on FORCE_FLOAT32, and its
+    trainer patch switches float16 autocast off for such models. Read, not imported (no GPU here)."""
+    import importlib.util
+    from pathlib import Path
+
+    zoo = Path(importlib.util.find_spec("unsloth_zoo").origin).parent / "model_lists.py"
+    forced = zoo.read_text().split("FORCE_FLOAT32 = [", 1)[1].split("]", 1)[0]
+    assert '"gemma3,"' in forced, f"{zoo}: Gemma 3 is no longer forced off float16"
+    trainer_patch = Path(importlib.util.find_spec("unsloth").origin).parent / "models" / "rl.py"
+    assert "Switching to float32 training since model cannot work with float16" in trainer_patch.read_text()

@@ -3,6 +3,7 @@
     python -m tools.course all            # execute with default parameters, build _build/html
     python -m tools.course execute        # only execute (into _build/executed)
     python -m tools.course build          # only build from already executed notebooks
+    python -m tools.course notebooks      # the chapters as .ipynb, for the branch Colab opens
 
 The book never re-executes (execute_notebooks: off): what it shows is what papermill ran.
 """
@@ -160,9 +161,29 @@ def build_book(executed_dir: Path, html_dir: Path | None = None) -> Path:
     return html
 
 
+def write_notebooks(folder: Path) -> list[Path]:
+    """Write every chapter of _toc.yml as an unexecuted notebook, `folder/chapters/<stem>.ipynb`:
+    what the book's Colab buttons open (they link to the `repository.branch` of _config.yml, whose
+    tree is this folder). Returns the notebooks written."""
+    import jupytext
+
+    written = []
+    for source in chapters():
+        notebook = folder / "chapters" / f"{source.stem}.ipynb"
+        notebook.parent.mkdir(parents=True, exist_ok=True)
+        jupytext.write(jupytext.read(source), notebook)
+        written.append(notebook)
+    return written
+
+
+def repository_url(root: Path = ROOT) -> str:
+    """The course repository's URL, from _config.yml's `repository.url` (the one place it is written)."""
+    return yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=["all", "execute", "build"])
+    parser.add_argument("step", choices=["all", "execute", "build", "notebooks"])
     parser.add_argument("--executed-dir", type=Path, default=ROOT / "_build" / "executed")
     parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="execute only these chapters (e.g. 09_inside_gemma3)")
     args = parser.parse_args(argv)
@@ -173,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("all", "build"):
         html = build_book(args.executed_dir, ROOT / "_build" / "html")
         print(f"book: {html / 'index.html'}")
+    if args.step == "notebooks":
+        folder = ROOT / "_build" / "notebooks"
+        print(f"{len(write_notebooks(folder))} notebooks in {folder}: push this folder to the "
+              f"'{yaml.safe_load((ROOT / '_config.yml').read_text())['repository']['branch']}' branch")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Measure peak GPU memory of QLoRA/Trinity training over a grid of settings (chapter 02's data).
 
     python -m tools.memory_grid TOKENIZER_DIR --out data/measurements/gpu-memory-grid.json --workers 3
+    python -m tools.memory_grid TOKENIZER_DIR --out data/measurements/gpu-memory-dtype.json --tags dtype
 
 One training "setup" (size, backend, precision, rank, DoRA, target modules, optimizer, gradient
 checkpointing) runs in its own process, on a random-init model of the real Gemma 3 text shapes
@@ -38,10 +39,21 @@ ATTENTION = ALL[:4]
 
 
 def setup(size, backend, rank=64, dora=True, targets=ALL, optimizer="adamw_8bit", checkpointing="default",
-          precision="nf4-dq", seqs=(1024, 2048, 4096), batches=(1,), tag="grid") -> dict:
+          precision="nf4-dq", seqs=(1024, 2048, 4096), batches=(1,), tag="grid", compute_dtype="bfloat16") -> dict:
     return {"size": size, "backend": backend, "rank": rank, "dora": dora, "targets": list(targets),
             "optimizer": optimizer, "checkpointing": checkpointing, "precision": precision,
-            "seqs": list(seqs), "batches": list(batches), "tag": tag}
+            "seqs": list(seqs), "batches": list(batches), "tag": tag, "compute_dtype": compute_dtype}
+
+
+def dtype_grid() -> list[dict]:
+    """The compute-dtype check (tag "dtype", data/measurements/gpu-memory-dtype.json): what a GPU
+    without bfloat16 runs. peft there computes in float32; unsloth, asked for float16, loads Gemma 3
+    in bfloat16 with its float32 fixes (UNSLOTH_FORCE_FLOAT32), the path it takes on a T4."""
+    return [setup("4B", "unsloth", 64, True, tag="dtype", compute_dtype="float16"),
+            setup("1B", "unsloth", 64, True, tag="dtype", compute_dtype="float16"),
+            setup("4B", "peft", 64, True, seqs=(1024, 2048), tag="dtype", compute_dtype="float32"),
+            setup("4B", "peft", 64, False, seqs=(1024, 2048), tag="dtype", compute_dtype="float32"),
+            setup("1B", "peft", 64, True, seqs=(1024, 2048), tag="dtype", compute_dtype="float32")]
 
 
 def grid() -> list[dict]:
@@ -72,7 +84,7 @@ SETUP_FIELDS = ("size", "backend", "rank", "dora", "targets", "optimizer", "chec
 
 
 def setup_key(s: dict) -> str:
-    return json.dumps([s[k] for k in SETUP_FIELDS])
+    return json.dumps([s[k] for k in SETUP_FIELDS] + [s.get("compute_dtype", "bfloat16")])
 
 
 # ------------------------------------------------------------------ models
@@ -133,8 +145,9 @@ def measure_setup(s: dict, model_dir: Path) -> list[dict]:
     trinity = TrinityConfig(rank=s["rank"], use_dora=s["dora"], target_modules=tuple(s["targets"]))
     checkpointing = True if s["checkpointing"] == "default" else s["checkpointing"]
     started = time.time()
+    dtype = getattr(torch, s.get("compute_dtype", "bfloat16"))
     model, _ = load_for_training(ModelSource(s["size"], str(model_dir), "local"), trinity, s["backend"],
-                                 torch.bfloat16, max(s["seqs"]), checkpointing, s["precision"] != "bf16")
+                                 dtype, max(s["seqs"]), checkpointing, s["precision"] != "bf16")
     load_seconds = time.time() - started
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -142,6 +155,7 @@ def measure_setup(s: dict, model_dir: Path) -> list[dict]:
     static = {"weights_gib": (stored_bytes(model) - adapter) / gib, "adapter_gib": adapter / gib,
               "trainable_parameters": sum(p.numel() for p in trainable),
               "adapter_dtypes": sorted({str(p.dtype) for p in trainable}),
+              "embedding_dtype": str(model.get_input_embeddings().weight.dtype),
               "allocated_after_load_gib": torch.cuda.memory_allocated() / gib if cuda else None,
               "load_seconds": round(load_seconds, 1)}
     optimizer = make_optimizer(s["optimizer"], trainable)
@@ -229,7 +243,8 @@ def main(argv=None) -> int:
         measure_setup(s, args.work / "models" / s["size"])
         return 0
     started = time.time()
-    setups = [s for s in grid() if (not args.sizes or s["size"] in args.sizes)
+    every = grid() + (dtype_grid() if args.tags and "dtype" in args.tags else [])  # a file of its own
+    setups = [s for s in every if (not args.sizes or s["size"] in args.sizes)
               and (not args.tags or s["tag"] in args.tags)]
     results = args.work / "rows.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
