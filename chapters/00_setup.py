@@ -22,19 +22,8 @@
 # `python -m lib.environment` prints this table and exits non-zero when a required check fails.
 
 # %% tags=["parameters"]
-model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
-dataset_dir = "data/python-stdlib"   # train/val/test .jsonl or .json
-run_name = "default"                 # artifacts: <output_dir>/<run_name>/
-output_dir = "output"
-max_steps = 100
-max_seq_length = 384
-rank = 64
-alpha = 32
-use_rslora = True
-use_dora = True
 backend = "auto"                     # "auto", "unsloth" or "peft"
 compute_dtype = "auto"               # "auto" (measured on a CPU), "bfloat16" or "float32"
-seed = 3407
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
 # %% tags=["hide-input"]

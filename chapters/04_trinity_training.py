@@ -31,7 +31,6 @@
 
 # %% tags=["parameters"]
 model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
-dataset_dir = "data/python-stdlib"   # train/val/test .jsonl or .json
 run_name = "default"                 # artifacts: <output_dir>/<run_name>/
 output_dir = "output"
 max_steps = 100
