@@ -235,18 +235,15 @@ pd.DataFrame([{"answer": name, **{k: v for k, v in score_schema(sql, truth).to_d
 
 # %%
 import torch
-from lib.data import tokenize_conversation
+from lib.data import conversation_lengths, tokenize_conversation
 from lib.ghost_dataset import text_records
 from lib.lora import TrinityConfig
 from lib.model import load_tokenizer, resolve_model
 
 source_model = resolve_model(model_name)
 tokenizer = load_tokenizer(source_model)
-lengths = {f"{split} ({source})": [len(tokenize_conversation(tokenizer, r.messages)["input_ids"])
-                                   for r in text_records(examples, split, data_dir, source)]
-           for source in ("dom", "ocr") for split in ("train", "test")}
-too_long = sum(n > max_seq_length for values in lengths.values() for n in values)
-assert not too_long, f"{too_long} conversations exceed max_seq_length={max_seq_length}: raise it"
+lengths = conversation_lengths(tokenizer, {f"{split} ({source})": text_records(examples, split, data_dir, source)
+                                           for source in ("dom", "ocr") for split in ("train", "test")}, max_seq_length)
 plots.token_length_histogram(lengths, max_seq_length);
 
 # %% [markdown]

@@ -1,7 +1,10 @@
 """The claims ledger: each quantitative claim of the source documents beside what the course measured.
 
-The claims live in data/claims/source-claims.json (stable ids C01..C30). A chapter records what
-it measured with `ClaimsLedger(chapter).record(...)`; the records go to
+The claims live in data/claims/source-claims.json (stable ids C01..C32). Where a claim states
+numbers, its `checks` hold them (value, unit, rule, tolerance) and `check` computes the verdict
+from what was measured, so no threshold is written in a chapter. A chapter records what it
+measured with `ClaimsLedger(chapter).measure(...)` (verdict from the checks) or `.record(...)`
+(a verdict argued in the note, for claims without a number to check); the records go to
 <output>/claims/<chapter>.json (rewritten whole, atomically, at every record, and started afresh
 when the chapter runs again). `ledger_table` joins the claims with every chapter's records, in
 chapter order, so a later chapter's table holds everything measured before it.
@@ -47,6 +50,34 @@ def verdict_within(measured: float, claimed: float, rel_tol: float) -> str:
     return "holds" if abs(measured - claimed) <= rel_tol * abs(claimed) else "does not hold"
 
 
+def passes(measured: float, check: dict) -> bool:
+    """Whether `measured` (in the check's unit) satisfies one stated check (see the claims file's
+    `checks` note: rule "within", "at_least" or "at_most"). Raises ValueError for another rule."""
+    value = check["value"]
+    tolerance = check.get("tolerance", 0.0) + check.get("relative_tolerance", 0.0) * abs(value)
+    rules = {"within": lambda: abs(measured - value) <= tolerance, "at_least": lambda: measured >= value - tolerance,
+             "at_most": lambda: measured <= value + tolerance}
+    if check["rule"] not in rules:
+        raise ValueError(f"check {check.get('name')!r}: rule {check['rule']!r}, use one of {sorted(rules)}")
+    return rules[check["rule"]]()
+
+
+def check(claim_id: str, claims: dict[str, dict] | None = None, **measured: float) -> str:
+    """The verdict on a claim from its stated checks: "holds" when every check passes for the
+    measured value of the same name (`check("C10", dora_extra_gib=1.2)`), else "does not hold".
+
+    Raises KeyError for an unknown claim or one that states no checks, ValueError when the measured
+    names are not exactly the claim's check names.
+    """
+    claims = claims or source_claims()
+    if claim_id not in claims or not claims[claim_id].get("checks"):
+        raise KeyError(f"{claim_id}: no stated checks in {SOURCE_CLAIMS}")
+    stated = {c["name"]: c for c in claims[claim_id]["checks"]}
+    if set(measured) != set(stated):
+        raise ValueError(f"{claim_id}: measured {sorted(measured)}, the claim's checks are {sorted(stated)}")
+    return "holds" if all(passes(float(measured[name]), c) for name, c in stated.items()) else "does not hold"
+
+
 @dataclass(frozen=True)
 class Measurement:
     claim_id: str
@@ -79,6 +110,14 @@ class ClaimsLedger:
         entry = Measurement(claim_id, measured, verdict, self.chapter, section, where or hardware(), note)
         self.records = [r for r in self.records if not (r.claim_id == claim_id and r.section == section)] + [entry]
         write_json(self.path, [asdict(r) for r in self.records])
+
+    def measure(self, claim_id: str, measured: str, section: str, values: dict[str, float], note: str = "",
+                where: str | None = None) -> str:
+        """Record a measurement whose verdict `check` computes from the claim's stated checks;
+        returns the verdict. Raises as `check` does."""
+        verdict = check(claim_id, self.claims, **values)
+        self.record(claim_id, measured, verdict, section, note, where)
+        return verdict
 
 
 def read_records(output_dir: str | Path = "output") -> list[Measurement]:

@@ -307,6 +307,22 @@ def deduplicate(splits: dict[str, list[Record]]) -> tuple[dict[str, list[Record]
     return kept, removed
 
 
+def conversation_lengths(tokenizer, sets: dict[str, list[Record]], max_seq_length: int) -> dict[str, list[int]]:
+    """{set name: token count of each record's conversation} under the chat template, checked
+    against `max_seq_length`. For data that must fit whole (no record may be cut or dropped).
+
+    Raises ValueError naming how many records are longer, and the longest (set, index, tokens).
+    """
+    lengths = {name: [len(tokenize_conversation(tokenizer, r.messages)["input_ids"]) for r in records]
+               for name, records in sets.items()}
+    over = [(n, name, i) for name, values in lengths.items() for i, n in enumerate(values) if n > max_seq_length]
+    if over:
+        tokens, name, index = max(over)
+        raise ValueError(f"{len(over)} conversations exceed max_seq_length={max_seq_length}; the longest is "
+                         f"{name} record {index} with {tokens} tokens: raise max_seq_length")
+    return lengths
+
+
 def tokenize_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int]]:
     """Token ids of a conversation under the tokenizer's chat template, and its loss mask.
 

@@ -39,3 +39,32 @@ def test_ledger_joins_chapters_in_order_and_a_rerun_replaces_a_chapters_records(
 def test_verdict_within():
     assert verdict_within(0.74, 0.75, 0.05) == "holds"
     assert verdict_within(7.0, 11.2, 0.15) == "does not hold"
+
+
+def test_stated_checks_decide_the_verdict():
+    from lib.claims import check, source_claims
+
+    claims = source_claims()
+    assert check("C10", dora_extra_gib=1.2) == "holds"          # 1.40 GiB +- 25%
+    assert check("C10", dora_extra_gib=2.65) == "does not hold"
+    assert check("C01", full_finetune_gib=90) == "holds"         # at least 44.7 GiB
+    assert check("C01", full_finetune_gib=40) == "does not hold"
+    assert check("C14", saving_percent=36) == "holds" and check("C14", saving_percent=30) == "does not hold"
+    assert check("C03", trainable_millions=110, share_percent=4.5) == "holds"
+    assert check("C03", trainable_millions=110, share_percent=2.0) == "does not hold"  # every check must pass
+    with pytest.raises(ValueError, match="C03: measured"):
+        check("C03", trainable_millions=110)
+    with pytest.raises(KeyError, match="C17: no stated checks"):
+        check("C17", loss=0.8)
+    for claim in claims.values():  # every stated check is well formed
+        for stated in claim.get("checks", []):
+            assert stated["rule"] in ("within", "at_least", "at_most") and stated["unit"] and stated["source_value"]
+            assert isinstance(stated["value"], (int, float)), (claim["id"], stated["name"])
+
+
+def test_measure_records_the_computed_verdict(tmp_path):
+    from lib.claims import ClaimsLedger, read_records
+
+    ledger = ClaimsLedger("02_memory_budget", tmp_path)
+    assert ledger.measure("C15", "8-bit AdamW: 74% less", "states", {"saving_percent": 74.0}) == "holds"
+    assert [(r.claim_id, r.verdict) for r in read_records(tmp_path)] == [("C15", "holds")]

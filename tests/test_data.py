@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from lib.data import (DataValidationError, Record, deduplicate, load_prepared, load_records, prepare_dataset,
-                      save_prepared, split_files, to_messages, tokenize_conversation, validate_files)
+from lib.data import (DataValidationError, Record, conversation_lengths, deduplicate, load_prepared, load_records,
+                      prepare_dataset, save_prepared, split_files, to_messages, tokenize_conversation, validate_files)
 
 
 def write(path, lines):
@@ -221,3 +221,12 @@ def test_a_lone_surrogate_is_an_issue_with_file_line_field(tmp_path):
         validate_files({"train": path})
     [issue] = err.value.issues
     assert (issue.line, issue.field) == (2, "instruction") and "not valid Unicode" in issue.reason
+
+
+def test_conversation_lengths_refuse_a_set_that_does_not_fit(tokenizer):
+    short = Record([{"role": "user", "content": "add"}, {"role": "assistant", "content": "a + b"}], "f", 1)
+    long = Record([{"role": "user", "content": "add " * 50}, {"role": "assistant", "content": "a + b"}], "f", 2)
+    lengths = conversation_lengths(tokenizer, {"train": [short], "test": [short, long]}, 256)
+    assert lengths["test"][0] == lengths["train"][0] < lengths["test"][1] <= 256
+    with pytest.raises(ValueError, match=r"1 conversations exceed max_seq_length=40; the longest is test record 1"):
+        conversation_lengths(tokenizer, {"train": [short], "test": [short, long]}, 40)

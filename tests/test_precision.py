@@ -40,7 +40,10 @@ def test_gpu_rules_and_forced_dtypes():
         choose_compute_dtype("mps")
 
 
-def test_measured_once_per_machine_and_emulation(tmp_path):
+def test_measured_once_per_machine_and_emulation(tmp_path, monkeypatch):
+    import lib.precision
+
+    monkeypatch.setattr(lib.precision, "contended_and_close", lambda ratio, share: False)  # a quiet machine
     first = cpu_matmul_speeds(tmp_path)
     again = cpu_matmul_speeds(tmp_path)
     assert not first.cached and again.cached and again.gflops == first.gflops
@@ -102,3 +105,16 @@ def test_installed_unsloth_still_takes_gemma3_off_float16():
     assert '"gemma3,"' in forced, f"{zoo}: Gemma 3 is no longer forced off float16"
     trainer_patch = Path(importlib.util.find_spec("unsloth").origin).parent / "models" / "rl.py"
     assert "Switching to float32 training since model cannot work with float16" in trainer_patch.read_text()
+
+
+def test_a_close_measurement_under_contention_is_not_kept(tmp_path, monkeypatch):
+    import lib.precision
+    from lib.precision import contended_and_close
+
+    assert contended_and_close(0.9, cpu_share=0.6) and not contended_and_close(0.9, cpu_share=0.95)
+    assert not contended_and_close(0.01, cpu_share=0.5)  # emulated bfloat16: 100x survives contention
+    monkeypatch.setattr(lib.precision, "measure_cpu_matmul", lambda: {"float32": 40.0, "bfloat16": 38.0})
+    monkeypatch.setattr(lib.precision, "contended_and_close", lambda ratio, share: True)
+    assert not cpu_matmul_speeds(tmp_path).cached and not cpu_matmul_speeds(tmp_path).cached
+    monkeypatch.setattr(lib.precision, "contended_and_close", lambda ratio, share: False)
+    assert not cpu_matmul_speeds(tmp_path).cached and cpu_matmul_speeds(tmp_path).cached
