@@ -43,3 +43,12 @@ def code_records(n: int) -> list[Record]:
     return [Record([{"role": "user", "content": f"Write add_{i}(x) returning x plus {i}."},
                     {"role": "assistant", "content": f"def add_{i}(x):\n    return x + {i}"}], "mem", i + 1,
                    {"function": f"add_{i}"}) for i in range(n)]
+
+
+def parameters_cell(source: Path):
+    """(the parameters cell's source, the code cells after it) of a py:percent chapter."""
+    import jupytext
+
+    cells = jupytext.read(source).cells
+    index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    return cells[index].source, [c.source for c in cells[index + 1:] if c.cell_type == "code"]

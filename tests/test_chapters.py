@@ -4,7 +4,7 @@ warnings as errors, and a real browser shows each chapter's figures."""
 import nbformat
 import pytest
 
-from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_chapter, repository_url
+from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_chapter, repository
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -67,9 +67,9 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
             assert heading.split(".")[0].strip() == str(int(source.stem[:2])), heading
             assert "Traceback" not in page.inner_text("main")
             # The launch button opens this chapter's notebook in Colab, from _config.yml's repository.
-            colab = f"https://colab.research.google.com/github/{repository_url().removeprefix('https://github.com/')}"
+            colab = f"https://colab.research.google.com/github/{repository()['url'].removeprefix('https://github.com/')}"
             links = page.eval_on_selector_all("a[href*='colab.research.google.com']", "as => as.map(a => a.href)")
-            assert f"{colab}/blob/notebooks/chapters/{source.stem}.ipynb" in links, f"{source.stem}: {links}"
+            assert f"{colab}/blob/{repository()['branch']}/chapters/{source.stem}.ipynb" in links, f"{source.stem}: {links}"
             if source.stem == "01_concepts":  # the claims ledger is rendered with measured verdicts
                 ledger = page.locator("main table").last.inner_text()
                 assert "C05" in ledger and "holds" in ledger and "not measured yet" in ledger

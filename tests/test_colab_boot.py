@@ -8,7 +8,8 @@ import nbformat
 import papermill
 import yaml
 
-from tools.course import ROOT, chapters, repository_url
+from helpers import parameters_cell
+from tools.course import ROOT, chapters, repository
 
 # On Colab `google.colab` is imported before the first cell runs; this stand-in is imported the
 # same way (sitecustomize), and is all the setup cell asks of Colab.
@@ -18,9 +19,8 @@ COLAB_STAND_IN = {"google/colab/__init__.py": '"""Stands in for Colab\'s module.
 
 def parameters_of(source) -> dict:
     """The values of a chapter's parameters cell (literals only, as papermill requires)."""
-    cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
     namespace: dict = {}
-    exec(cell.source, namespace)
+    exec(parameters_cell(source)[0], namespace)
     return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
@@ -30,7 +30,7 @@ def git_head(folder) -> str:
 
 
 def test_every_chapter_clones_the_repository_named_in_config():
-    url = repository_url()
+    url = repository()["url"]
     assert url.startswith("https://github.com/"), f"_config.yml repository.url: {url}"
     for source in chapters():
         assert parameters_of(source)["course_repo"].removesuffix(".git") == url, source.name

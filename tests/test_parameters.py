@@ -5,23 +5,22 @@ cannot act, and a smoke parameter a chapter lacks would be ignored silently by p
 
 import ast
 
-import jupytext
 import pytest
 
+from helpers import parameters_cell
 from tools.course import SMOKE_PARAMETERS, chapters
 
 
 def split(source):
     """(parameter names in order, the code of every later code cell) of a chapter."""
-    cells = jupytext.read(source).cells
-    index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-    tree = ast.parse(cells[index].source)
+    cell, later_cells = parameters_cell(source)
+    tree = ast.parse(cell)
     for node in tree.body:  # papermill replaces the cell by literal assignments: nothing else may be in it
         assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.Tuple, ast.Dict,
                                                                           ast.UnaryOp)), \
             f"{source.name}: line {node.lineno} of the parameters cell is not a literal assignment"
     names = [target.id for node in tree.body for target in node.targets]
-    later = "\n".join(c.source for c in cells[index + 1:] if c.cell_type == "code")
+    later = "\n".join(later_cells)
     return names, ast.parse("\n".join(l for l in later.splitlines() if not l.lstrip().startswith(("%", "!"))))
 
 

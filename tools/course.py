@@ -176,9 +176,9 @@ def write_notebooks(folder: Path) -> list[Path]:
     return written
 
 
-def repository_url(root: Path = ROOT) -> str:
-    """The course repository's URL, from _config.yml's `repository.url` (the one place it is written)."""
-    return yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+def repository(root: Path = ROOT) -> dict:
+    """_config.yml's `repository` (url, branch): the one place the course's repository is written."""
+    return yaml.safe_load((root / "_config.yml").read_text())["repository"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "notebooks":
         folder = ROOT / "_build" / "notebooks"
         print(f"{len(write_notebooks(folder))} notebooks in {folder}: push this folder to the "
-              f"'{yaml.safe_load((ROOT / '_config.yml').read_text())['repository']['branch']}' branch")
+              f"'{repository()['branch']}' branch")
     return 0
 
 
