@@ -305,9 +305,11 @@ pd.DataFrame(fit_table)
 # branch as a GPU without bfloat16), next to the bf16 grid's point for the same setup:
 
 # %%
+from dataclasses import replace
+
 dtype_runs = memory.measured_rows(memory.load_measurements(memory.DTYPE_MEASUREMENTS))
 bf16_peaks = {r["setup"].describe(): r["peak_allocated_gib"] for r in rows}
-dtype_table = pd.DataFrame([c | {"bf16 measured_gib": bf16_peaks.get(r["setup"].describe().rsplit(" ", 1)[0])}
+dtype_table = pd.DataFrame([c | {"bf16 measured_gib": bf16_peaks.get(replace(r["setup"], compute_dtype="bfloat16").describe())}
                             for c, r in zip(memory.comparison(dtype_runs), dtype_runs)])
 dtype_table["vs bf16"] = dtype_table["measured_gib"] / dtype_table["bf16 measured_gib"] - 1
 for backend, group in dtype_table.groupby("backend"):

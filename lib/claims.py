@@ -45,11 +45,6 @@ def hardware() -> str:
     return f"CPU: {model}, {os.cpu_count()} cores"
 
 
-def verdict_within(measured: float, claimed: float, rel_tol: float) -> str:
-    """"holds" when |measured - claimed| <= rel_tol * |claimed|, else "does not hold"."""
-    return "holds" if abs(measured - claimed) <= rel_tol * abs(claimed) else "does not hold"
-
-
 def passes(measured: float, check: dict) -> bool:
     """Whether `measured` (in the check's unit) satisfies one stated check (see the claims file's
     `checks` note: rule "within", "at_least" or "at_most"). Raises ValueError for another rule."""

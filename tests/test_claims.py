@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lib.claims import ClaimsLedger, ledger_table, source_claims, verdict_within
+from lib.claims import ClaimsLedger, ledger_table, passes, source_claims
 
 
 def test_source_claims_have_stable_ids():
@@ -36,9 +36,9 @@ def test_ledger_joins_chapters_in_order_and_a_rerun_replaces_a_chapters_records(
     assert json.loads((tmp_path / "claims" / "04_trinity_training.json").read_text())[0]["verdict"] == "does not hold"
 
 
-def test_verdict_within():
-    assert verdict_within(0.74, 0.75, 0.05) == "holds"
-    assert verdict_within(7.0, 11.2, 0.15) == "does not hold"
+def test_within_a_relative_tolerance():
+    assert passes(0.74, {"value": 0.75, "rule": "within", "relative_tolerance": 0.05})
+    assert not passes(7.0, {"value": 11.2, "rule": "within", "relative_tolerance": 0.15})
 
 
 def test_stated_checks_decide_the_verdict():
