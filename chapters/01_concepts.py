@@ -68,7 +68,7 @@ quiet_library_logs()
 import pandas as pd
 import torch
 from lib.artifacts import read_json
-from lib.claims import ClaimsLedger, hardware, ledger_table
+from lib.claims import ClaimsLedger, check, hardware, ledger_table
 from lib.model import load_causal_lm, load_tokenizer, resolve_model
 
 torch.manual_seed(seed)
@@ -244,12 +244,11 @@ ledger.measure("C03", f"12B, r=64, 7 modules: {row_12b['trainable (M)']:.1f} M t
                f"{row_12b['share of model (%)']:.2f}% of the model", "LoRA and rank",
                {"trainable_millions": row_12b["trainable (M)"], "share_percent": row_12b["share of model (%)"]})
 shares = {size: 100 * linear_parameter_share(size) for size in GEMMA3_SHAPES}
-near_70 = [size for size, share in shares.items() if abs(share - 70) <= 5]
-ledger.record("C04", "share of parameters in the 7 target modules: "
-              + ", ".join(f"{size} {share:.0f}%" for size, share in shares.items()),
-              "holds" if len(near_70) == len(shares) else "depends", "LoRA and rank",
-              note=f"within 5 points of 70% for: {', '.join(near_70) or 'no size'}; the embedding's share "
-                   "shrinks as the model grows")
+off = [size for size, share in shares.items() if check("C04", share_percent=share) != "holds"]
+ledger.measure("C04", "share of parameters in the 7 target modules: "
+               + ", ".join(f"{size} {share:.0f}%" for size, share in shares.items()), "LoRA and rank",
+               {"share_percent": shares["12B"]}, note="the embedding's share shrinks as the model grows",
+               caveat=f"not for {', '.join(off)}" if off else None)
 square = adapter_parameters({"q_proj": (4096, 4096)}, 1, 64, target_modules=("q_proj",))
 ledger.measure("C05", f"4096x4096 at r=64: {square:,} parameters, {1 - square / 4096**2:.1%} fewer",
                "LoRA and rank", {"parameters": square})
@@ -262,26 +261,15 @@ ledger.measure("C05", f"4096x4096 at r=64: {square:,} parameters, {1 - square / 
 # with a random B, against the formula written out by hand (`lib.lora.lora_output_by_hand`).
 
 # %%
-from lib.lora import lora_output_by_hand
+from lib.lora import formula_check, lora_output_by_hand
 
 prompt = tokenizer("def fibonacci(n):", return_tensors="pt")
 q_proj = lora_model.base_model.model.model.layers[0].self_attn.q_proj
-captured = {}
-hook = q_proj.register_forward_hook(lambda module, args, output: captured.update(x=args[0], y=output))
-with torch.no_grad():
-    adapted_logits = lora_model(**prompt).logits
-    with lora_model.disable_adapter():
-        base_logits = lora_model(**prompt).logits
-    torch.nn.init.normal_(q_proj.lora_B["default"].weight, std=0.02)  # as if trained
-    lora_model(**prompt)
-hook.remove()
-with torch.no_grad():
-    by_hand = lora_output_by_hand(q_proj, captured["x"])
+lora_check = formula_check(lora_model, q_proj, prompt, lora_output_by_hand)
 pd.DataFrame([
-    {"check": "B = 0: adapted logits vs base logits, max |difference|",
-     "value": float((adapted_logits - base_logits).abs().max())},
+    {"check": "B = 0: adapted logits vs base logits, max |difference|", "value": lora_check["zero_init_max_abs"]},
     {"check": "random B: peft's q_proj output vs W x + s·B·A x, max relative difference",
-     "value": float((captured["y"] - by_hand).abs().max() / by_hand.abs().max())},
+     "value": lora_check["formula_max_relative"]},
 ])
 
 # %% [markdown]
@@ -352,17 +340,15 @@ print("runs that diverged:", ", ".join(sweep_table.query("diverged").apply(
 # %%
 scalings = {r["run"]["rank"]: r["peft_scaling"] for r in sweep if r["run"]["use_rslora"]}
 expected = {r: alpha / r**0.5 for r in scalings}
-ledger.record("C06", "peft's scaling with use_rslora: " + ", ".join(f"r={r}: {s:g}" for r, s in scalings.items())
-              + f" (alpha={alpha})", "holds" if all(abs(scalings[r] - expected[r]) < 1e-9 for r in scalings)
-              else "does not hold", "rsLoRA")
+ledger.measure("C06", "peft's scaling with use_rslora: " + ", ".join(f"r={r}: {s:g}" for r, s in scalings.items())
+               + f" (alpha={alpha})", "rsLoRA", {"max_scaling_error": max(abs(scalings[r] - expected[r]) for r in scalings)})
 lora_64 = sweep_table.query("rank == 64 and scaling == 'alpha/r'")
 if len(lora_64):
     diverged_64 = bool(lora_64["diverged"].iloc[0])
-    ledger.record("C07", f"r=64 with alpha/r over {sweep_steps} steps: loss {lora_64['loss, first quarter'].iloc[0]:.2f}"
-                  f" -> {lora_64['loss, last quarter'].iloc[0]:.2f}, "
-                  f"{'diverged' if diverged_64 else 'no divergence'}",
-                  "holds" if diverged_64 else "does not hold", "rsLoRA",
-                  note="under alpha/r a higher rank gets a smaller factor: it learns slower, it does not blow up")
+    ledger.measure("C07", f"r=64 with alpha/r over {sweep_steps} steps: loss {lora_64['loss, first quarter'].iloc[0]:.2f}"
+                   f" -> {lora_64['loss, last quarter'].iloc[0]:.2f}, "
+                   f"{'diverged' if diverged_64 else 'no divergence'}", "rsLoRA", {"r64_alpha_r_diverged": float(diverged_64)},
+                   note="under alpha/r a higher rank gets a smaller factor: it learns slower, it does not blow up")
 pairs = sweep_table.pivot(index="rank", columns="scaling", values="loss drop")
 if 64 in pairs.index:
     ratio = pairs.loc[64, "alpha/sqrt(r)"] / pairs.loc[64, "alpha/r"]
@@ -389,18 +375,11 @@ print(f"layer 0 q_proj: W {tuple(direction.shape)}, m {tuple(magnitude.shape)} "
       f"{torch.linalg.norm(direction, dim=1).min():.6f}..{torch.linalg.norm(direction, dim=1).max():.6f}")
 dora_model = get_peft_model(base_model, TrinityConfig(rank=64, alpha=alpha, use_dora=True).to_peft())
 q_proj = dora_model.base_model.model.model.layers[0].self_attn.q_proj
-hook = q_proj.register_forward_hook(lambda module, args, output: captured.update(x=args[0], y=output))
-with torch.no_grad():
-    dora_logits = dora_model(**prompt).logits
-    torch.nn.init.normal_(q_proj.lora_B["default"].weight, std=0.02)
-    dora_model(**prompt)
-    by_hand = dora_output_by_hand(q_proj, captured["x"])
-hook.remove()
+dora_check = formula_check(dora_model, q_proj, prompt, dora_output_by_hand)
 pd.DataFrame([
-    {"check": "B = 0: DoRA logits vs base logits, max |difference|",
-     "value": float((dora_logits - base_logits).abs().max())},
+    {"check": "B = 0: DoRA logits vs base logits, max |difference|", "value": dora_check["zero_init_max_abs"]},
     {"check": "random B: peft's DoRA q_proj output vs m/||W+sBA|| (Wx + sBAx), max relative difference",
-     "value": float((captured["y"] - by_hand).abs().max() / by_hand.abs().max())},
+     "value": dora_check["formula_max_relative"]},
 ])
 
 # %% [markdown]
@@ -470,12 +449,12 @@ ledger.record("C10", f"270M, r={dora_rank}, seq {max_seq_length}, CPU: DoRA {mem
 anchor = read_json("data/measurements/gpu-anchor-h200.json")
 runs_12b = {r["dora"]: r for r in anchor["runs"] if r["shape"] == "12B" and r["backend"] == "unsloth"}
 extra = runs_12b[True]["peak_allocated_gib"] - runs_12b[False]["peak_allocated_gib"]
-ledger.record("C10", f"12B, r=64, seq 4096, unsloth: DoRA {extra:+.2f} GiB peak allocated "
-              f"({extra / runs_12b[False]['peak_allocated_gib']:+.0%}), "
-              f"{runs_12b[True]['seconds_per_step'] / runs_12b[False]['seconds_per_step']:.1f}x step time",
-              "does not hold" if extra > 1.5 * 1.15 else "holds", "DoRA (stored GPU measurement)",
-              where=f"{anchor['provenance']['hardware']}, {anchor['provenance']['date']}, "
-                    "data/measurements/gpu-anchor-h200.json")
+ledger.measure("C10", f"12B, r=64, seq 4096, unsloth: DoRA {extra:+.2f} GiB peak allocated "
+               f"({extra / runs_12b[False]['peak_allocated_gib']:+.0%}), "
+               f"{runs_12b[True]['seconds_per_step'] / runs_12b[False]['seconds_per_step']:.1f}x step time",
+               "DoRA (stored GPU measurement)", {"dora_extra_gib": extra},
+               where=f"{anchor['provenance']['hardware']}, {anchor['provenance']['date']}, "
+                     "data/measurements/gpu-anchor-h200.json")
 
 # %% [markdown]
 # ## 5. Optimizer states: 32-bit vs 8-bit AdamW
@@ -487,6 +466,7 @@ ledger.record("C10", f"12B, r=64, seq 4096, unsloth: DoRA {extra:+.2f} GiB peak 
 
 # %%
 import bitsandbytes as bnb
+from lib.memory import optimizer_state_bytes
 
 adapter_params = [p for p in dora_model.parameters() if p.requires_grad]
 for p in adapter_params:
@@ -495,8 +475,7 @@ state_bytes = {}
 for name, optimizer_class in (("AdamW (32-bit)", torch.optim.AdamW), ("AdamW8bit", bnb.optim.AdamW8bit)):
     optimizer = optimizer_class(adapter_params, lr=1e-6)
     optimizer.step()
-    state_bytes[name] = sum(t.numel() * t.element_size() for state in optimizer.state.values()
-                            for t in state.values() if torch.is_tensor(t))
+    state_bytes[name] = optimizer_state_bytes(optimizer)
     del optimizer
 n_adapter = sum(p.numel() for p in adapter_params)
 states = pd.DataFrame({"state MiB": {k: v / 2**20 for k, v in state_bytes.items()},

@@ -159,16 +159,16 @@ from lib.claims import ClaimsLedger, ledger_table
 
 ledger = ClaimsLedger("06_evaluate", run_dir)
 best_prompted, tuned_clean = results[prompted]["clean_rate"], results["fine-tuned"]["clean_rate"]
-ratio = tuned_clean / best_prompted if best_prompted else None
+# With no clean prompted answer the ratio has no finite value: any clean fine-tuned answer is "infinitely" better.
+ratio = tuned_clean / best_prompted if best_prompted else (float("inf") if tuned_clean else 0.0)
 ppl_ratio = results[prompted]["perplexity"] / results["fine-tuned"]["perplexity"]
-ledger.record("C28", f"clean answers: fine-tuned {tuned_clean:.0f}% vs base with {prompt_shots} worked examples "
-              f"{best_prompted:.0f}% ({'x' + format(ratio, '.1f') if ratio else 'the prompted model had none'}); "
-              f"test perplexity {results[prompted]['perplexity']:.2f} vs {results['fine-tuned']['perplexity']:.2f} "
-              f"({ppl_ratio:.1f}x lower fine-tuned); n={results['fine-tuned']['generated']}",
-              "holds" if (ratio is None and tuned_clean > 0) or (ratio or 0) >= 10 else "does not hold",
-              "Fine-tuning or prompting?",
-              note="for this task (Gemma 3 270M base writing standard-library functions); 'better' read as the share "
-                   "of clean answers; with no clean prompted answer the ratio has no finite value")
+ledger.measure("C28", f"clean answers: fine-tuned {tuned_clean:.0f}% vs base with {prompt_shots} worked examples "
+               f"{best_prompted:.0f}% ({'the prompted model had none' if not best_prompted else f'x{ratio:.1f}'}); "
+               f"test perplexity {results[prompted]['perplexity']:.2f} vs {results['fine-tuned']['perplexity']:.2f} "
+               f"({ppl_ratio:.1f}x lower fine-tuned); n={results['fine-tuned']['generated']}",
+               "Fine-tuning or prompting?", {"clean_ratio": ratio},
+               note="for this task (Gemma 3 270M base writing standard-library functions); 'better' read as the share "
+                    "of clean answers; with no clean prompted answer the ratio has no finite value")
 ledger_table(run_dir, only_measured=True).query("id == 'C28'")
 
 # %% [markdown]

@@ -235,8 +235,7 @@ export_comparison(table);
 # to `metrics/export-gates.json`.
 
 # %%
-from lib.evaluation import write_gates
-from lib.export import quantization_gate
+from lib.evaluation import quantization_gate, write_gates
 
 gates = [quantization_gate(results["merged bf16"], results[f"GGUF {kind}"], kind, examples["merged bf16"],
                            examples[f"GGUF {kind}"], max_relative_change) for kind in ["f16", *quantizations]]
@@ -297,13 +296,16 @@ finally:
 from lib.claims import ClaimsLedger, ledger_table
 
 ledger = ClaimsLedger("07_export", run_dir)
-for gate in gates[1:]:  # the quantized ones
-    ledger.record("C24", gate.detail, "holds" if gate.passed else "does not hold", f"quantization gate, {gate.name}")
+for kind, gate in zip(quantizations, gates[1:]):  # the quantized ones
+    change = 100 * (results[f"GGUF {kind}"]["perplexity"] / results["merged bf16"]["perplexity"] - 1)
+    ledger.measure("C24", f"{gate.detail} (gate {gate.verdict})", f"quantization gate, {gate.name}",
+                   {"perplexity_change_percent": change}, note="the verdict reads perplexity; the gate also requires "
+                   "the clean-answer rate")
 if "q4_k_m" in quantizations:
     seconds = results["GGUF q4_k_m"]["seconds_per_response"]
-    ledger.record("C19", f"{seconds:.2f} s per response (q4_k_m in llama.cpp, Ollama's engine; up to "
-                  f"{max_new_tokens} new tokens; {model_name})", "holds" if seconds < 5 else "does not hold",
-                  "Every GGUF, run", note="llama-cpp-python, not Ollama itself; a 270M model")
+    ledger.measure("C19", f"{seconds:.2f} s per response (q4_k_m in llama.cpp, Ollama's engine; up to "
+                   f"{max_new_tokens} new tokens; {model_name})", "Every GGUF, run", {"seconds_per_response": seconds},
+                   note="llama-cpp-python, not Ollama itself; a 270M model")
 ledger_table(run_dir, only_measured=True)
 
 # %% [markdown]

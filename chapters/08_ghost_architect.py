@@ -345,11 +345,11 @@ from lib.claims import ClaimsLedger, ledger_table
 
 best = scores["OCR-trained, from pixels"]
 ledger = ClaimsLedger("08_ghost_architect", run_dir)
-ledger.record("C20", f"{best['parses']:.0%} of {len(test)} test screenshots parse (sqlglot), "
-              f"{best['executes']:.0%} execute in SQLite; base model {scores['base, from pixels']['parses']:.0%}",
-              "holds" if best["parses"] > 0.9 else "does not hold", "Trained on DOM text, trained on OCR text",
-              note=f"OCR + text Ghost Architect ({model_name}, {max_steps} steps on OCR'd screens), end to end from "
-                   "the screenshots; not the source's 4B vision model")
+ledger.measure("C20", f"{best['parses']:.0%} of {len(test)} test screenshots parse (sqlglot), "
+               f"{best['executes']:.0%} execute in SQLite; base model {scores['base, from pixels']['parses']:.0%}",
+               "Trained on DOM text, trained on OCR text", {"parses_percent": 100 * best["parses"]},
+               note=f"OCR + text Ghost Architect ({model_name}, {max_steps} steps on OCR'd screens), end to end from "
+                    "the screenshots; not the source's 4B vision model")
 write_json(run_dir / "metrics" / "ghost-architect.json",
            {"scores": scores, "seconds": seconds, "ocr_seconds": ocr_seconds,
             "reading": reading_table.reset_index().to_dict("records"),

@@ -2,7 +2,7 @@
 
 environment     validate_environment: versions, GPU, backend choice (chapter 00)
 precision       the compute dtype per device: measured on a CPU, bf16 or fp32 on a GPU
-model           the embedded Gemma 3 270M, local folders, hub ids; NF4 loading
+model           the embedded Gemma 3 270M, local folders, hub ids; NF4 loading; tokenizer repairs
 gemma3          the Gemma 3 family's shapes and parameter counts
 quantization    NF4 / FP4 / int4 round trips, bits stored per parameter (chapter 01)
 lora            the Trinity adapter config (rank/alpha, rsLoRA, DoRA, target modules), peft layer accessors
@@ -15,7 +15,7 @@ stdlib_dataset  the default dataset, built from Python's standard library
 data            reading, validating, deduplicating and tokenizing conversations (chapter 03)
 loss            response-only loss by chunks, without the full logits
 training        SFT with response-only loss, status file, checkpoints and resume (chapter 04)
-evaluation      base vs fine-tuned: loss, code metrics, degeneration, names, doctests, gates (chapter 06)
+evaluation      base vs fine-tuned: loss, code metrics, degeneration, names, doctests, gates (chapters 06, 07)
 code_sandbox    running model-written Python (doctests) in a limited subprocess
 export          adapter, merged model, GGUF, Ollama Modelfile (chapter 07)
 schemas         generated relational schemas (chapter 08)

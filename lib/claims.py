@@ -47,13 +47,16 @@ def hardware() -> str:
 
 def passes(measured: float, check: dict) -> bool:
     """Whether `measured` (in the check's unit) satisfies one stated check (see the claims file's
-    `checks` note: rule "within", "at_least" or "at_most"). Raises ValueError for another rule."""
+    `checks` note: rule "within", "at_least", "at_most" or "between"). Raises ValueError for another
+    rule."""
+    if check["rule"] == "between":
+        return check["low"] <= measured <= check["high"]
     value = check["value"]
     tolerance = check.get("tolerance", 0.0) + check.get("relative_tolerance", 0.0) * abs(value)
     rules = {"within": lambda: abs(measured - value) <= tolerance, "at_least": lambda: measured >= value - tolerance,
              "at_most": lambda: measured <= value + tolerance}
     if check["rule"] not in rules:
-        raise ValueError(f"check {check.get('name')!r}: rule {check['rule']!r}, use one of {sorted(rules)}")
+        raise ValueError(f"check {check.get('name')!r}: rule {check['rule']!r}, use one of {sorted(rules) + ['between']}")
     return rules[check["rule"]]()
 
 
@@ -107,10 +110,14 @@ class ClaimsLedger:
         write_json(self.path, [asdict(r) for r in self.records])
 
     def measure(self, claim_id: str, measured: str, section: str, values: dict[str, float], note: str = "",
-                where: str | None = None) -> str:
+                where: str | None = None, caveat: str | None = None) -> str:
         """Record a measurement whose verdict `check` computes from the claim's stated checks;
-        returns the verdict. Raises as `check` does."""
+        returns the verdict. `caveat`: why a passing measurement only bounds the claim (e.g. runs
+        that did not converge): "holds" becomes "depends" and the caveat joins the note. Raises as
+        `check` does."""
         verdict = check(claim_id, self.claims, **values)
+        if caveat and verdict == "holds":
+            verdict, note = "depends", "; ".join(filter(None, [note, caveat]))
         self.record(claim_id, measured, verdict, section, note, where)
         return verdict
 

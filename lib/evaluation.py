@@ -18,7 +18,9 @@ Metrics, per model:
 
 Gates, stored next to the metrics so a pipeline can read them:
 * baseline-established: the base model's metrics were measured and written to baseline.json;
-* model-performance: the fine-tuned model beats the baseline by the stated margins.
+* model-performance: the fine-tuned model beats the baseline by the stated margins;
+* quantization-verified: an exported (GGUF) model stays within a stated margin of the merged
+  16-bit model (chapter 07).
 """
 
 from __future__ import annotations
@@ -395,8 +397,6 @@ def performance_gate(base: dict, tuned: dict, min_loss_drop: float, min_task_gai
     Data without the task metric (records that name no function) is gated on the loss alone,
     and the detail says so.
     """
-    from .export import mcnemar_exact_p
-
     drop = (base["loss"] - tuned["loss"]) / base["loss"]
     detail = (f"response loss {base['loss']:.3f} -> {tuned['loss']:.3f} ({100 * drop:.1f}% lower, "
               f"need {100 * min_loss_drop:.0f}%)")
@@ -415,6 +415,49 @@ def performance_gate(base: dict, tuned: dict, min_loss_drop: float, min_task_gai
         detail += f"; McNemar exact p = {p:.2g} ({only_tuned} prompts better, {only_base} worse; need < {max_p})"
         passed = passed and p < max_p
     return GateResult("model-performance", passed, detail)
+
+
+def mcnemar_exact_p(only_reference: int, only_other: int) -> float:
+    """Two-sided exact McNemar p-value for paired pass/fail outcomes (McNemar 1947).
+
+    only_reference: examples the reference passes and the other fails; only_other: the reverse.
+    Under "no difference" the discordant examples split 50/50: p = 2 * P(Binomial(n, 1/2) <= min).
+    """
+    import math
+
+    n, k = only_reference + only_other, min(only_reference, only_other)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def quantization_gate(reference: dict, quantized: dict, name: str, reference_rows: list[dict],
+                      quantized_rows: list[dict], max_relative: float = 0.05, alpha: float = 0.05,
+                      task_metric: str = "clean"):
+    """A GateResult for a quantized model against the merged 16-bit one.
+
+    Perplexity (teacher-forced, every test record) must be within `max_relative` (0-1). The task
+    metric (share of clean generations, `lib.evaluation.code_metrics`) must be within `max_relative`
+    too, or, when it is not, the paired difference must not be significant (exact McNemar test
+    at `alpha`): with n generations one example moves the rate by 100/n points, and greedy decoding
+    turns tiny numeric differences into different answers, so a 5% band alone would fail even
+    the unquantized model run by another engine. The detail states which case applied.
+    """
+    ppl_change = quantized["perplexity"] / reference["perplexity"] - 1
+    detail = f"perplexity {reference['perplexity']:.3f} -> {quantized['perplexity']:.3f} ({ppl_change:+.1%})"
+    passed = abs(ppl_change) <= max_relative
+    pairs = [(r[task_metric], q[task_metric]) for r, q in zip(reference_rows, quantized_rows)
+             if r.get(task_metric) is not None and q.get(task_metric) is not None]
+    if pairs:
+        ref_rate, got_rate = (100 * sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+        change = (got_rate - ref_rate) / ref_rate if ref_rate else (0.0 if got_rate == ref_rate else float("inf"))
+        p_value = mcnemar_exact_p(sum(r and not q for r, q in pairs), sum(q and not r for r, q in pairs))
+        detail += (f"; {task_metric} {ref_rate:.1f}% -> {got_rate:.1f}% ({change:+.1%}, n={len(pairs)}, "
+                   f"McNemar p={p_value:.2f})")
+        if abs(change) > max_relative:
+            detail += " not significant" if p_value >= alpha else " significant"
+            passed = passed and p_value >= alpha
+    return GateResult(f"quantization-verified ({name})", passed, f"{detail}; need within {max_relative:.0%}")
 
 
 def answers_html(rows: dict[str, list[dict]], reference_label: str = "reference") -> str:

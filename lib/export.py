@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .artifacts import replace_folder
-from .model import DEFAULT_CACHE, EMBEDDED_MODELS, ModelSource, gguf_vocabulary
+from .model import DEFAULT_CACHE, ModelSource, write_added_tokens, write_sentencepiece_model
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp converts
 GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
@@ -94,61 +94,6 @@ def export_adapter(adapter_dir: str | Path, target: str | Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return replace_folder(staging, target)
-
-
-def write_sentencepiece_model(source: ModelSource, target: Path) -> Path:
-    """Write the base model's SentencePiece `tokenizer.model` into `target`.
-
-    llama.cpp's converter reads Gemma's vocabulary from it (without it, it falls back to a GPT-2
-    BPE vocabulary that Gemma does not use). Hub checkpoints ship the file; for the embedded
-    model it is rebuilt from the GGUF's tokenizer fields (pieces, scores, token types).
-    """
-    if source.kind == "embedded":
-        import importlib
-
-        from sentencepiece import sentencepiece_model_pb2 as spm
-
-        with tempfile.TemporaryDirectory() as work:
-            gguf_path = importlib.import_module(EMBEDDED_MODELS[source.name]).assemble(Path(work) / "m.gguf")
-            tokens, scores, types = gguf_vocabulary(gguf_path)
-        proto = spm.ModelProto()
-        proto.trainer_spec.model_type = spm.TrainerSpec.BPE
-        proto.trainer_spec.vocab_size = len(tokens)
-        proto.trainer_spec.byte_fallback = True
-        proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 3, 2, 1
-        proto.trainer_spec.pad_id = 0
-        proto.normalizer_spec.name = "identity"
-        proto.normalizer_spec.add_dummy_prefix = False
-        proto.normalizer_spec.remove_extra_whitespaces = False
-        for token, score, kind in zip(tokens, scores, types):  # GGUF token types use SentencePiece's codes
-            proto.pieces.add(piece=token, score=score, type=kind)
-        data = proto.SerializeToString()
-    else:
-        from huggingface_hub import hf_hub_download
-
-        local = Path(source.path_or_id) / "tokenizer.model"
-        data = (local if local.exists() else Path(hf_hub_download(source.path_or_id, "tokenizer.model"))).read_bytes()
-    (target / "tokenizer.model").write_bytes(data)
-    return target / "tokenizer.model"
-
-
-def write_added_tokens(tokenizer, folder: Path) -> None:
-    """List the tokenizer's added tokens in tokenizer_config.json's `added_tokens_decoder`.
-
-    llama.cpp's converter types tokens from that list: special ones as control tokens, the others
-    (Gemma's runs of spaces and newlines) as user-defined tokens that match whole before the
-    merges. transformers 5 no longer writes the list; without it those tokens become ordinary
-    pieces and llama.cpp splits "    " into four spaces where the model was trained on one token.
-    """
-    from .artifacts import read_json, write_json
-
-    path = folder / "tokenizer_config.json"
-    config = read_json(path)
-    config["added_tokens_decoder"] = {
-        str(token_id): {"content": token.content, "special": token.special, "lstrip": token.lstrip,
-                        "rstrip": token.rstrip, "normalized": token.normalized, "single_word": token.single_word}
-        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())}
-    write_json(path, config)
 
 
 def merge_adapter(source: ModelSource, adapter_dir: str | Path, target: str | Path, dtype=None,
@@ -432,51 +377,6 @@ def evaluate_merged(folder: str | Path, tokenizer, records, generate_n: int, max
     metrics, rows = evaluate_model(merged, tokenizer, records, generate_n, max_new_tokens, batch_size)
     size = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
     return metrics | {"load_seconds": load_seconds, "file_mib": size}, rows
-
-
-def mcnemar_exact_p(only_reference: int, only_other: int) -> float:
-    """Two-sided exact McNemar p-value for paired pass/fail outcomes (McNemar 1947).
-
-    only_reference: examples the reference passes and the other fails; only_other: the reverse.
-    Under "no difference" the discordant examples split 50/50: p = 2 * P(Binomial(n, 1/2) <= min).
-    """
-    import math
-
-    n, k = only_reference + only_other, min(only_reference, only_other)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
-def quantization_gate(reference: dict, quantized: dict, name: str, reference_rows: list[dict],
-                      quantized_rows: list[dict], max_relative: float = 0.05, alpha: float = 0.05,
-                      task_metric: str = "clean"):
-    """A GateResult for a quantized model against the merged 16-bit one.
-
-    Perplexity (teacher-forced, every test record) must be within `max_relative` (0-1). The task
-    metric (share of clean generations, `lib.evaluation.code_metrics`) must be within `max_relative`
-    too, or, when it is not, the paired difference must not be significant (exact McNemar test
-    at `alpha`): with n generations one example moves the rate by 100/n points, and greedy decoding
-    turns tiny numeric differences into different answers, so a 5% band alone would fail even
-    the unquantized model run by another engine. The detail states which case applied.
-    """
-    from .evaluation import GateResult
-
-    ppl_change = quantized["perplexity"] / reference["perplexity"] - 1
-    detail = f"perplexity {reference['perplexity']:.3f} -> {quantized['perplexity']:.3f} ({ppl_change:+.1%})"
-    passed = abs(ppl_change) <= max_relative
-    pairs = [(r[task_metric], q[task_metric]) for r, q in zip(reference_rows, quantized_rows)
-             if r.get(task_metric) is not None and q.get(task_metric) is not None]
-    if pairs:
-        ref_rate, got_rate = (100 * sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
-        change = (got_rate - ref_rate) / ref_rate if ref_rate else (0.0 if got_rate == ref_rate else float("inf"))
-        p_value = mcnemar_exact_p(sum(r and not q for r, q in pairs), sum(q and not r for r, q in pairs))
-        detail += (f"; {task_metric} {ref_rate:.1f}% -> {got_rate:.1f}% ({change:+.1%}, n={len(pairs)}, "
-                   f"McNemar p={p_value:.2f})")
-        if abs(change) > max_relative:
-            detail += " not significant" if p_value >= alpha else " significant"
-            passed = passed and p_value >= alpha
-    return GateResult(f"quantization-verified ({name})", passed, f"{detail}; need within {max_relative:.0%}")
 
 
 # ------------------------------------------------------------------ Ollama

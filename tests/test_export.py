@@ -12,7 +12,7 @@ import torch
 from helpers import code_records
 from lib.export import (GGUFError, LLAMA_CPP_PYTHON, check_gguf, convert_to_gguf, evaluate_merged, export_adapter,
                         gguf_response_loss,
-                        load_gguf, mcnemar_exact_p, merge_adapter, modelfile_template, quantization_gate, quantize_gguf,
+                        load_gguf, merge_adapter, modelfile_template, quantize_gguf,
                         unpack_llama_cpp, write_modelfile)
 from lib.lora import TrinityConfig
 
@@ -218,30 +218,6 @@ def test_damaged_files_raise_a_clear_gguf_error(tmp_path):
         load_gguf(tmp_path / "text.gguf")
     with pytest.raises(GGUFError, match="no such file"):
         check_gguf(tmp_path / "missing.gguf")
-
-
-def rows(outcomes):
-    return [{"clean": bool(x)} for x in outcomes]
-
-
-def test_quantization_gate_needs_perplexity_within_5_percent_and_no_real_task_drop():
-    reference, ref_rows = {"perplexity": 5.0}, rows([1] * 12 + [0] * 12)
-    same = quantization_gate(reference, {"perplexity": 5.2}, "q8_0", ref_rows, ref_rows)
-    assert same.passed and "+4.0%" in same.detail
-    assert not quantization_gate(reference, {"perplexity": 5.4}, "q4_k_m", ref_rows, ref_rows).passed
-    # two examples of 24 flip: 8% relative, but indistinguishable from noise at n=24
-    noisy = quantization_gate(reference, {"perplexity": 5.0}, "q8_0", ref_rows, rows([1] * 10 + [0] * 14))
-    assert noisy.passed and "not significant" in noisy.detail
-    # every success lost: a real drop
-    broken = quantization_gate(reference, {"perplexity": 5.0}, "q4_k_m", ref_rows, rows([0] * 24))
-    assert not broken.passed and "significant" in broken.detail
-
-
-def test_mcnemar_exact_p_values():
-    assert mcnemar_exact_p(0, 0) == 1.0
-    assert mcnemar_exact_p(2, 0) == 0.5  # 2 * (1/4)
-    assert mcnemar_exact_p(12, 0) == pytest.approx(2 / 2**12)
-    assert mcnemar_exact_p(3, 5) == mcnemar_exact_p(5, 3)
 
 
 def test_unpack_takes_only_the_converter_from_an_sdist(tmp_path):
