@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .artifacts import read_json, write_json
+from .distributed import gather, is_main_process, launch_command, trainable_digest, world_size
 from .lora import ALL_LINEAR_MODULES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,8 @@ class AdapterRun:
     over relora_warmup steps (0: the plain cosine; with relora_every 0 the schedule is constant after
     warm-up). `total_update_modules`: measure the rank of W_end - W_0 of these projections (use a
     float base, load_in_4bit False: NF4 noise is full rank). `eval_records`: response loss of that
-    many test-split records at the end.
+    many test-split records at the end. `save_steps`: a checkpoint every N steps (0: none), and
+    `resume`: continue from the run folder's last checkpoint (`lib.training.train`).
     """
 
     name: str
@@ -57,6 +59,8 @@ class AdapterRun:
     relora_warmup: int = 0
     total_update_modules: tuple[str, ...] = ()
     eval_records: int = 0
+    save_steps: int = 0
+    resume: bool = False
 
 
 def _callbacks(track_every: int, changes: list, step_seconds: list):
@@ -127,8 +131,8 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     config = TrainingConfig(max_steps=run.steps, batch_size=run.batch_size, max_seq_length=run.max_seq_length,
                             learning_rate=run.learning_rate, warmup_steps=run.warmup_steps,
                             lr_scheduler_type="constant" if relora else "constant_with_warmup",
-                            save_steps=10 * run.steps, sample_every=0, seed=run.seed)
-    result = train(model, tokenizer, prepared["train"], config, run_dir, device, dtype, resume=False,
+                            save_steps=run.save_steps or 10 * run.steps, sample_every=0, seed=run.seed)
+    result = train(model, tokenizer, prepared["train"], config, run_dir, device, dtype, resume=run.resume,
                    extra_callbacks=callbacks)
     peak, peak_kind = peak_memory_gib(device)
     summary = {"run": asdict(run), "device": device, "compute_dtype": str(dtype).removeprefix("torch."),
@@ -149,7 +153,13 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
         with torch.no_grad():
             summary["test_loss"] = response_loss(model, tokenizer, prepared["test"][:run.eval_records])
     summary |= summarize(summary["log"], seconds)
-    write_json(run_dir / "result.json", summary)
+    # Every process's view, so a data-parallel run can show that all processes hold one adapter.
+    summary["processes"] = world_size()
+    summary["adapter_sha256_by_process"] = gather(trainable_digest(model))
+    summary["peak_memory_gib_by_process"] = gather(round(peak, 3))
+    summary["threads_by_process"] = gather(torch.get_num_threads())
+    if is_main_process():
+        write_json(run_dir / "result.json", summary)
     return summary
 
 
@@ -167,11 +177,13 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
             "median_step_seconds": statistics.median(step_seconds[1:]) if len(step_seconds) > 1 else None}
 
 
-def run_in_fresh_process(run: AdapterRun, run_dir: str | Path) -> dict:
-    """Train `run` in a new Python process (`python -m lib.adapter_runs`) and return its result.
+def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1) -> dict:
+    """Train `run` in a new Python process (`python -m lib.adapter_runs`) and return its result;
+    with `processes` > 1, in that many data-parallel processes (`lib.distributed`: accelerate, DDP),
+    each at `run.batch_size`, so the global batch is processes x batch_size.
 
-    The worker's output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
-    log's last lines when the worker fails.
+    The workers' output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
+    log's last lines when a worker fails.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +191,7 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path) -> dict:
     (run_dir / "result.json").unlink(missing_ok=True)
     log_path = run_dir / "worker.log"
     with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.run([sys.executable, "-m", "lib.adapter_runs", str(spec)], cwd=ROOT, stdout=log,
+        code = subprocess.run(launch_command("lib.adapter_runs", [str(spec)], processes), cwd=ROOT, stdout=log,
                               stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = "\n".join(log_path.read_text(encoding="utf-8").splitlines()[-15:])

@@ -30,6 +30,7 @@ import torch
 from transformers import TrainerCallback
 
 from .artifacts import read_json, read_jsonl, write_json
+from .distributed import is_main_process, world_size
 from .fast_dora import use_fast_dora
 from .lora import TrinityConfig, trainable_parameters
 from .loss import causal_lm_parts
@@ -210,7 +211,8 @@ def utc_now() -> str:
 
 
 class StatusCallback(TrainerCallback):
-    """Writes training-status.json (atomically) and a log line at every logging step."""
+    """Writes training-status.json (atomically) and a log line at every logging step; in a
+    data-parallel run only the main process writes (`lib.distributed`)."""
 
     def __init__(self, run_dir: Path, device: str):
         self.paths = run_paths(run_dir)
@@ -223,7 +225,8 @@ class StatusCallback(TrainerCallback):
 
     def write(self, **changes) -> None:
         self.status.update(changes)
-        write_json(self.paths["status"], self.status)
+        if is_main_process():
+            write_json(self.paths["status"], self.status)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._first_step = state.global_step
@@ -240,6 +243,8 @@ class StatusCallback(TrainerCallback):
         eta = elapsed / done * (state.max_steps - state.global_step) if done else None
         self.write(step=state.global_step, epoch=round(state.epoch or 0.0, 4), loss=logs["loss"],
                    learning_rate=logs.get("learning_rate"), eta_seconds=None if eta is None else round(eta, 1))
+        if not is_main_process():
+            return
         self.paths["log"].parent.mkdir(parents=True, exist_ok=True)
         with open(self.paths["log"], "a", encoding="utf-8") as log:
             log.write(json.dumps({"time": utc_now(), "step": state.global_step, **logs,
@@ -305,7 +310,7 @@ class SampleCallback(TrainerCallback):
         self.tokenizer, self.prompts, self.every, self.max_new_tokens = tokenizer, prompts, every, max_new_tokens
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every <= 0 or not self.prompts or state.global_step % self.every:
+        if self.every <= 0 or not self.prompts or state.global_step % self.every or not is_main_process():
             return
         from .evaluation import generate
 
@@ -334,7 +339,7 @@ class GradientNormCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         step = state.global_step + 1  # the step this update completes
-        if model is None or step % self.every:
+        if model is None or step % self.every or not is_main_process():
             return
         from .lora import layer_index
 
@@ -410,6 +415,25 @@ def course_trainer_class():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: ranks sum gradients
             return loss
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            # transformers 5.17 loads the optimizer state with map_location=args.device when several
+            # processes train; on a CPU that device is "cpu:0", which torch.load cannot map to, so a
+            # data-parallel CPU run could not resume. Map CPU devices to "cpu" for this call only.
+            if self.args.world_size == 1 or self.args.device.type != "cpu":
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            original = torch.load
+
+            def load(*args, map_location=None, **kwargs):
+                if isinstance(map_location, torch.device) and map_location.type == "cpu":
+                    map_location = "cpu"
+                return original(*args, map_location=map_location, **kwargs)
+
+            torch.load = load
+            try:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            finally:
+                torch.load = original
 
     return CourseTrainer
 
@@ -527,13 +551,14 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
         trainer.model_accepts_loss_kwargs = True  # the loss divides by num_items_in_batch: no second division
     trainer.remove_callback(PrinterCallback)  # the status file and log replace its printed dicts
     checkpoint = last_checkpoint(run_dir) if resume else None
-    if checkpoint is None:  # a fresh start: an earlier run's log lines in this folder would mix with this one's
+    if checkpoint is None and is_main_process():  # a fresh start: an earlier run's log lines would mix with this one's
         for stale in (paths["log"], paths["samples"]):
             stale.unlink(missing_ok=True)
     spec = run_spec(model, dataset, config)
     if checkpoint is not None:
         check_resume(run_dir, spec)
-    write_json(paths["spec"], spec)
+    if is_main_process():
+        write_json(paths["spec"], spec)
     if checkpoint is not None and paths["stats"].exists() and \
             checkpoint_state(checkpoint)["global_step"] >= config.max_steps:
         # The run is complete. Resuming would still train one step past max_steps (transformers
@@ -548,7 +573,8 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
         status.write(running=False, step=trainer.state.global_step, error=f"{type(err).__name__}: {err}".strip(": "))
         raise
     wall = time.monotonic() - started
-    save_adapter(trainer.model, tokenizer, paths["adapter"])
+    if is_main_process():
+        save_adapter(trainer.model, tokenizer, paths["adapter"])
     tokens = trainer.state.num_input_tokens_seen - (read_json(checkpoint / "trainer_state.json").get(
         "num_input_tokens_seen", 0) if checkpoint else 0)
     peak, peak_kind = peak_memory_gib(device)
@@ -561,9 +587,10 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "device": device, "compute_dtype": str(compute_dtype).replace("torch.", ""),
         "trainable_parameters": trainable_parameters(model), "config": asdict(config),
-        "finished_at": utc_now(),
+        "processes": world_size(), "finished_at": utc_now(),
     }
-    write_json(paths["stats"], stats)
+    if is_main_process():
+        write_json(paths["stats"], stats)
     return TrainingResult(run_dir, stats["resumed_from"], stats, trainer.state.log_history)
 
 
@@ -575,7 +602,8 @@ def finished_run(model, tokenizer, checkpoint: Path, run_dir: Path, status: Stat
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
-    save_adapter(model, tokenizer, run_paths(run_dir)["adapter"])
+    if is_main_process():
+        save_adapter(model, tokenizer, run_paths(run_dir)["adapter"])
     state = read_json(checkpoint / "trainer_state.json")
     losses = [h for h in state["log_history"] if "loss" in h]
     status.write(running=False, step=state["global_step"], total_steps=state["max_steps"], eta_seconds=0,

@@ -4,6 +4,7 @@ A static check (the chapters' code is parsed, not run): a parameter that no late
 cannot act, and a smoke parameter a chapter lacks would be ignored silently by papermill."""
 
 import ast
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,66 @@ def test_the_check_finds_an_unread_parameter(tmp_path):
     chapter.write_text('# %% tags=["parameters"]\nrank = 64\nunused_knob = 3\n\n# %%\nprint(rank)\n')
     with pytest.raises(AssertionError, match="unused_knob"):
         test_every_parameter_is_read_by_a_later_cell(chapter)
+
+
+# ------------------------------------------------------------------ dynamic: a changed value changes what the chapter shows
+
+# Chapters cheap enough to run once per parameter. Every parameter of each must be listed here
+# (or in COLAB_ONLY), so a new one cannot slip past; the training chapters are checked statically above.
+def changed_values(tmp_path):
+    from lib.artifacts import read_json, write_json
+    from lib.model import resolve_model
+
+    grid = read_json("data/measurements/gpu-memory-grid.json")
+    fewer = tmp_path / "grid-half.json"
+    write_json(fewer, grid | {"rows": grid["rows"][::2]})
+    return {
+        "00_setup": {"backend": "peft", "compute_dtype": "float32"},
+        "02_memory_budget": {"model_name": resolve_model("gemma-3-270m").path_or_id, "run_name": "other",
+                             "output_dir": str(tmp_path / "elsewhere"), "sizes": ["1B", "12B"], "max_seq_length": 2048,
+                             "rank": 16, "gpus": ["T4", "L4"], "measurements": str(fewer)},
+    }
+
+
+COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test_colab_boot.py boots it
+
+
+def observed(notebook_path, output_dir):
+    """What a reader or a later chapter can see: each code cell's outputs (text and images) and
+    the files the run wrote (absolute paths and sizes)."""
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    cells = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+            shown = []
+            for output in cell.get("outputs", []):
+                shown.append(output.get("text", "") + "".join(str(v) for v in output.get("data", {}).values()))
+            cells.append("\n".join(shown))
+    files = sorted((str(p), p.stat().st_size) for p in Path(output_dir).rglob("*") if p.is_file())
+    return cells, files
+
+
+@pytest.mark.parametrize("stem", ["00_setup", "02_memory_budget"])
+def test_changing_each_parameter_changes_what_the_chapter_shows(stem, tmp_path):
+    from tools.course import ROOT, execute_chapter
+
+    source = ROOT / "chapters" / f"{stem}.py"
+    names, _ = split(source)
+    changes = changed_values(tmp_path)[stem]
+    assert set(changes) | COLAB_ONLY == set(names), f"{stem}: list a changed value for {set(names) - set(changes)}"
+    base = {"output_dir": str(tmp_path / "output")} if "output_dir" in names else {}
+
+    def run(label, parameters):
+        executed = tmp_path / f"{label}.ipynb"
+        execute_chapter(source, executed, parameters)
+        return observed(executed, parameters.get("output_dir", tmp_path / "output"))
+
+    first, again = run("base", base), run("base-again", base)
+    # Cells whose outputs differ between two identical runs (timings, RSS) say nothing about a parameter.
+    noisy = {i for i, (a, b) in enumerate(zip(first[0], again[0])) if a != b}
+    steady = lambda seen: ([c for i, c in enumerate(seen[0]) if i not in noisy], [f for f, _ in seen[1]])
+    assert len(noisy) < len(first[0]) / 2, f"{stem}: most cells differ between identical runs"
+    inert = [name for name, value in changes.items() if steady(run(name, base | {name: value})) == steady(first)]
+    assert not inert, f"{stem}: changing {inert} changed no output and no written file"

@@ -44,6 +44,7 @@ SMOKE_PARAMETERS = {
     "10_beyond_lora": {"steps": 3, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
                        "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
                        "blend_methods": ["linear", "svd"], "blend_eval_records": 2},
+    "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4},
 }
 
 

@@ -1,0 +1,88 @@
+"""Data-parallel training across processes (DDP), launched by accelerate.
+
+    accelerate launch --multi_gpu --num_processes N -m lib.adapter_runs RUN_DIR/spec.json
+
+Each process holds the whole (4-bit) model and trains on its share of every global batch; the
+adapter's gradients are averaged across processes after each backward (PyTorch DDP, which
+transformers' Trainer sets up through accelerate). On GPUs each process drives one GPU and talks
+over NCCL; on a CPU the same command starts N processes that talk over gloo, because the course's
+TrainingArguments ask for the CPU (`use_cpu`) there. `--multi_gpu` is accelerate's name for its
+torchrun launcher on either; `--cpu` would start a single process.
+
+The global batch is per-process batch x processes x gradient accumulation. Trainer shards each
+global batch across processes in order, and with `average_tokens_across_devices` the loss is
+divided by the token count of the whole global batch, so N processes at batch b train the same
+steps as one process at batch N x b, up to float rounding (`tests/test_distributed.py` measures it).
+
+Only the main process (rank 0) writes the run's files: status, log, samples, adapter, statistics
+(`lib.training`); every process writes its own RNG state into each checkpoint (transformers), so a
+resumed run continues every process's data order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+
+
+def rank() -> int:
+    """This process's global rank (torchrun's RANK), 0 outside a distributed launch."""
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Processes in the launch (torchrun's WORLD_SIZE), 1 outside a distributed launch."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """True on rank 0: the one process that writes a run's files."""
+    return rank() == 0
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for the processes' rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_command(module: str, arguments: list[str], processes: int = 1) -> list[str]:
+    """The command that runs `python -m module arguments...` in `processes` data-parallel processes
+    (accelerate's torchrun launcher on a free port), or in this interpreter alone for 1. Raises
+    ValueError for fewer than 1 process."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if processes == 1:
+        return [sys.executable, "-m", module, *arguments]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), "-m", module, *arguments]
+
+
+def gather(value) -> list:
+    """`value` from every process, in rank order (torch.distributed.all_gather_object); [value]
+    outside a distributed run. Every process must call it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def trainable_digest(model) -> str:
+    """SHA-256 of every trainable parameter's name, dtype, shape and bytes, in name order: equal
+    digests mean bit-identical adapters (the check that DDP kept every process in step)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        if parameter.requires_grad:
+            tensor = parameter.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
