@@ -88,6 +88,10 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
             if source.stem == "10_beyond_lora":  # the rank of the total update, blends, the ReLoRA claims
                 text = page.inner_text("main")
                 assert "effective rank of W_end - W_0" in text and "C32" in text and "set_adapter takes" in text
+            if source.stem == "11_scale_out":  # the launch command, the checks, what was not measured
+                text = page.inner_text("main")
+                assert "accelerate launch --multi_gpu --num_processes" in text and "adapter SHA-256" in text
+                assert "bit-identical to the uninterrupted run's: True" in text and "not measured" in text
         browser.close()
     assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "02_memory_budget.ipynb") >= 3
@@ -98,3 +102,4 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
     assert image_outputs(executed / "chapters" / "08_ghost_architect.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "09_inside_gemma3.ipynb") >= 11
     assert image_outputs(executed / "chapters" / "10_beyond_lora.ipynb") >= 4
+    assert image_outputs(executed / "chapters" / "11_scale_out.ipynb") >= 1

@@ -67,3 +67,14 @@ def test_launch_command_runs_one_process_plainly_and_several_through_accelerate(
     assert several[several.index("--num_processes") + 1] == "2" and several[-3:] == ["-m", "lib.adapter_runs", "spec.json"]
     with pytest.raises(ValueError, match="processes must be >= 1"):
         launch_command("lib.adapter_runs", [], processes=0)
+
+
+def test_only_the_main_process_writes_the_status_file(tmp_path, monkeypatch):
+    from lib.training import StatusCallback, run_paths
+
+    monkeypatch.setenv("RANK", "1")
+    StatusCallback(tmp_path / "run", "cpu").write(step=3)
+    assert not run_paths(tmp_path / "run")["status"].exists()
+    monkeypatch.setenv("RANK", "0")
+    StatusCallback(tmp_path / "run", "cpu").write(step=3)
+    assert run_paths(tmp_path / "run")["status"].exists()

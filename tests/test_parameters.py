@@ -53,8 +53,8 @@ def test_the_check_finds_an_unread_parameter(tmp_path):
 # Chapters cheap enough to run once per parameter. Every parameter of each must be listed here
 # (or in COLAB_ONLY), so a new one cannot slip past; the training chapters are checked statically above.
 def changed_values(tmp_path):
+    from helpers import make_tiny_gemma
     from lib.artifacts import read_json, write_json
-    from lib.model import resolve_model
 
     grid = read_json("data/measurements/gpu-memory-grid.json")
     other = tmp_path / "grid-other.json"  # the same points, as if measured 5% higher (the claims need every point)
@@ -62,7 +62,7 @@ def changed_values(tmp_path):
                                        in r else r for r in grid["rows"]]})
     return {
         "00_setup": {"backend": "peft", "compute_dtype": "float32"},
-        "02_memory_budget": {"model_name": resolve_model("gemma-3-270m").path_or_id, "run_name": "other",
+        "02_memory_budget": {"model_name": str(make_tiny_gemma(tmp_path / "tiny-gemma")), "run_name": "other",
                              "output_dir": str(tmp_path / "elsewhere"), "sizes": ["1B", "12B"], "max_seq_length": 2048,
                              "rank": 16, "gpus": ["T4", "L4"], "measurements": str(other)},
     }
