@@ -8,6 +8,11 @@ from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_chapter
 
 CHROMIUM = "/usr/bin/chromium"
 
+# pytest.ini's 1500 s limit counts a test's fixture setup, and the module fixture below runs every
+# chapter: about 30 minutes of smoke runs on a 2-core CPU in float32. That limit interrupted this
+# module twice (a KeyboardInterrupt inside whichever chapter was running at 25 minutes).
+pytestmark = pytest.mark.timeout(3600)
+
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
