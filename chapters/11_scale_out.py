@@ -108,13 +108,12 @@ parallel = run_in_fresh_process(AdapterRun("data-parallel", batch_size=batch_siz
 # %%
 from lib import plots
 
-losses = {name: [e["loss"] for e in result["log"]] for name, result in
-          {"1 process": reference, f"{processes} processes": parallel}.items()}
+runs = {"1 process": reference, f"{processes} processes": parallel}
+losses = {name: [e["loss"] for e in result["log"]] for name, result in runs.items()}
 curves = pd.DataFrame(losses, index=pd.RangeIndex(1, steps + 1, name="step"))
 curves["relative difference"] = (curves[f"{processes} processes"] - curves["1 process"]).abs() / curves["1 process"]
-plots.loss_curves({name: result["log"] for name, result in {"1 process": reference,
-                                                             f"{processes} processes": parallel}.items()},
-                  smooth=1, title=f"1 process at batch {processes * batch_size} vs {processes} x {batch_size}");
+plots.loss_curves({name: result["log"] for name, result in runs.items()}, smooth=1,
+                  title=f"1 process at batch {processes * batch_size} vs {processes} x {batch_size}");
 curves.round(7)
 
 # %% [markdown]
@@ -134,7 +133,7 @@ speed = pd.DataFrame([{"run": name, "processes": r["processes"], "global batch":
                        "threads per process": r["threads_by_process"][0],
                        "median s/step": r["median_step_seconds"], "train s": r["train_seconds"],
                        "peak RSS GiB (largest process)": max(r["peak_memory_gib_by_process"])}
-                      for name, r in {"1 process": reference, f"{processes} processes": parallel}.items()])
+                      for name, r in runs.items()])
 display(processes_table)
 speed.round(3)
 
