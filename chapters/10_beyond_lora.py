@@ -227,12 +227,14 @@ for method in blend_methods:
             refused[method] = reason
             break
         blends.append({"method": method, "w": w, **scores(name)})
+        model.set_adapter("code")  # peft warns when the active adapter is deleted
         model.delete_adapter(name)
 both_ranks = model.peft_config["code"].r + model.peft_config["sql"].r  # the rank "cat" gives too
 for w in blend_weights:
     name = f"effective-w{round(100 * w)}"
     kept = blend_effective(model, ["code", "sql"], [w, 1 - w], name, rank=both_ranks)
     blends.append({"method": "effective (SVD of W' - W)", "w": w, **scores(name), "energy kept": kept["energy_kept_median"]})
+    model.set_adapter("code")
     model.delete_adapter(name)
 blends = pd.DataFrame(blends)
 print("refused:", refused or "none")
