@@ -287,17 +287,17 @@ pd.DataFrame([
 # imports, which implements the same formulas.
 
 # %%
-from lib.adapter_runs import AdapterRun, run_in_fresh_process
+from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
 
-common = dict(alpha=alpha, steps=sweep_steps, batch_size=batch_size, max_seq_length=max_seq_length,
-              learning_rate=learning_rate, seed=seed, track_every=track_every, model_name=model_name,
-              dataset_dir=dataset_dir, compute_dtype=compute_dtype)
+short_run = SHORT_RUN.replace(model=model_name, alpha=alpha, max_steps=sweep_steps, batch_size=batch_size,
+                              max_seq_length=max_seq_length, learning_rate=learning_rate, seed=seed,
+                              compute_dtype=compute_dtype)
 sweep = []
 for rslora in (False, True):
     for r in sweep_ranks:
         name = f"{'rslora' if rslora else 'lora'}-r{r}"
-        sweep.append(run_in_fresh_process(AdapterRun(name, rank=r, use_rslora=rslora, **common),
-                                          run_dir / "concepts" / name))
+        run = AdapterRun(name, short_run.replace(rank=r, use_rslora=rslora), dataset_dir, track_every=track_every)
+        sweep.append(run_in_fresh_process(run, run_dir / "concepts" / name))
         print(f"{name}: {sweep[-1]['start_loss']:.3f} -> {sweep[-1]['end_loss']:.3f}")
 
 # %%
@@ -398,8 +398,9 @@ pd.DataFrame([
 import numpy as np
 from lib.dora import correlation_by_step
 
-dora_run = run_in_fresh_process(AdapterRun(f"dora-r{dora_rank}", rank=dora_rank, use_rslora=True, use_dora=True,
-                                           **common), run_dir / "concepts" / f"dora-r{dora_rank}")
+dora_spec = short_run.replace(rank=dora_rank, use_rslora=True, use_dora=True)
+dora_run = run_in_fresh_process(AdapterRun(f"dora-r{dora_rank}", dora_spec, dataset_dir, track_every=track_every),
+                                run_dir / "concepts" / f"dora-r{dora_rank}")
 lora_run = next(r for r in sweep if r["run"]["rank"] == dora_rank and r["run"]["use_rslora"])
 
 

@@ -70,7 +70,7 @@ quiet_library_logs()
 import pandas as pd
 from lib import memory, plots
 from lib.claims import ClaimsLedger, ledger_table
-from lib.memory import TrainingSetup, estimate
+from lib.memory import estimate, gpu_run
 
 run_dir = Path(output_dir) / run_name
 ledger = ClaimsLedger("02_memory_budget", run_dir)
@@ -88,7 +88,7 @@ print(f"{len(rows)} measured points: {provenance['gpu']}, driver {provenance['dr
 # at 4096 tokens, for every Gemma 3 size, beside the memory of the GPUs people train on:
 
 # %%
-trinity = {size: estimate(TrainingSetup(size, rank=rank, max_seq_length=max_seq_length)) for size in sizes}
+trinity = {size: estimate(gpu_run(size, rank=rank, max_seq_length=max_seq_length)) for size in sizes}
 gpu_memory = {name: memory.gpu_profile(name).memory_gib for name in ["T4", "L4", "A100-40GB"]}
 plots.memory_breakdown(trinity, gpu_memory);
 
@@ -100,16 +100,16 @@ pd.DataFrame({size: e.as_row() for size, e in trinity.items()}).T
 # with each of the source's OOM-ladder changes, to see which term each change moves:
 
 # %%
-base = TrainingSetup("12B", rank=rank, max_seq_length=max_seq_length)
+base = gpu_run("12B", rank=rank, max_seq_length=max_seq_length)
 variants = {
     "unsloth Trinity": base,
-    "peft Trinity": TrainingSetup("12B", backend="peft", rank=rank, max_seq_length=max_seq_length),
-    "seq 2048": TrainingSetup("12B", rank=rank, max_seq_length=2048),
-    "r = 32": TrainingSetup("12B", rank=32, max_seq_length=max_seq_length),
-    "DoRA off": TrainingSetup("12B", rank=rank, use_dora=False, max_seq_length=max_seq_length),
-    "q_proj, v_proj only": TrainingSetup("12B", rank=rank, target_modules=("q_proj", "v_proj"),
+    "peft Trinity": gpu_run("12B", backend="peft", rank=rank, max_seq_length=max_seq_length),
+    "seq 2048": gpu_run("12B", rank=rank, max_seq_length=2048),
+    "r = 32": gpu_run("12B", rank=32, max_seq_length=max_seq_length),
+    "DoRA off": gpu_run("12B", rank=rank, use_dora=False, max_seq_length=max_seq_length),
+    "q_proj, v_proj only": gpu_run("12B", rank=rank, target_modules=("q_proj", "v_proj"),
                                          max_seq_length=max_seq_length),
-    "32-bit AdamW": TrainingSetup("12B", rank=rank, optimizer="adamw_torch", max_seq_length=max_seq_length),
+    "32-bit AdamW": gpu_run("12B", rank=rank, optim="adamw_torch", max_seq_length=max_seq_length),
 }
 plots.memory_breakdown({k: estimate(v) for k, v in variants.items()}, gpu_memory);
 
@@ -123,21 +123,22 @@ plots.memory_breakdown({k: estimate(v) for k, v in variants.items()}, gpu_memory
 
 # %%
 import torch
-from lib.lora import TrinityConfig
-from lib.model import resolve_model
 from lib.oom_ladder import make_optimizer
 from lib.quantization import stored_bytes
+from lib.run_spec import RunSpec
 from lib.training import load_for_training
 
-source = resolve_model(model_name)
-model, tokenizer = load_for_training(source, TrinityConfig(rank=rank), "peft", torch.bfloat16, 128)
+# bfloat16, as on a GPU, so that the counted bytes are the ones the estimator models
+spec = RunSpec.of(model_name, rank=rank, backend="peft", compute_dtype="bfloat16", max_seq_length=128,
+                  optim="adamw_8bit")
+model, tokenizer = load_for_training(spec)
 trainable = [p for p in model.parameters() if p.requires_grad]
-optimizer = make_optimizer("adamw_8bit", trainable)
+optimizer = make_optimizer(spec.optimisation.optim, trainable)
 model(input_ids=torch.tensor([[2, 106, 1645]]), labels=torch.tensor([[2, 106, 1645]])).loss.backward()
 optimizer.step()
 state = memory.optimizer_state_bytes(optimizer)
 adapter = sum(p.numel() * p.element_size() for p in trainable)
-local = TrainingSetup(memory.shape_of(model.config), backend="peft", rank=rank)
+local = spec.replace(model=memory.shape_of(model.config))  # the same run, its shape read from the loaded config
 exact = pd.DataFrame({
     "counted from the loaded model (bytes)": [stored_bytes(model) - adapter, adapter, state],
     "estimated from the config (bytes)": [memory.weight_bytes(local), memory.adapter_bytes(local),
@@ -233,7 +234,7 @@ import json
 
 anchor_runs = json.loads(Path("data/measurements/gpu-anchor-h200.json").read_text())["runs"]
 anchor = next(r for r in anchor_runs if r["shape"] == "27B")
-predicted_27b = estimate(TrainingSetup("27B", max_seq_length=anchor["max_seq_length"])).peak_allocated
+predicted_27b = estimate(gpu_run("27B", max_seq_length=anchor["max_seq_length"])).peak_allocated
 print(f"27B seq {anchor['max_seq_length']}: measured {anchor['peak_allocated_gib']:.2f} GiB, estimated "
       f"{predicted_27b:.2f} GiB ({predicted_27b / anchor['peak_allocated_gib'] - 1:+.1%})")
 
@@ -305,11 +306,9 @@ pd.DataFrame(fit_table)
 # branch as a GPU without bfloat16), next to the bf16 grid's point for the same setup:
 
 # %%
-from dataclasses import replace
-
 dtype_runs = memory.measured_rows(memory.load_measurements(memory.DTYPE_MEASUREMENTS))
-bf16_peaks = {r["setup"].describe(): r["peak_allocated_gib"] for r in rows}
-dtype_table = pd.DataFrame([c | {"bf16 measured_gib": bf16_peaks.get(replace(r["setup"], compute_dtype="bfloat16").describe())}
+bf16_peaks = {r["spec"].describe(): r["peak_allocated_gib"] for r in rows}
+dtype_table = pd.DataFrame([c | {"bf16 measured_gib": bf16_peaks.get(r["spec"].replace(compute_dtype="bfloat16").describe())}
                             for c, r in zip(memory.comparison(dtype_runs), dtype_runs)])
 dtype_table["vs bf16"] = dtype_table["measured_gib"] / dtype_table["bf16 measured_gib"] - 1
 for backend, group in dtype_table.groupby("backend"):
@@ -380,7 +379,7 @@ def peak(size, **settings):
 
 
 # The claims are about the source's setting (r = 64 at 4096 tokens), whatever the tables above show.
-claim_estimate = {size: estimate(TrainingSetup(size, rank=64, max_seq_length=4096)) for size in ("12B", "27B")}
+claim_estimate = {size: estimate(gpu_run(size, rank=64, max_seq_length=4096)) for size in ("12B", "27B")}
 
 
 trinity_12b, lora_12b = peak("12B"), peak("12B", dora=False)
@@ -394,7 +393,7 @@ ledger.record("C11", f"12B Trinity seq 4096 (unsloth): peak {trinity_12b:.2f} Gi
               f"activations {e12.activations:.2f} GiB; device total with context and slack {e12.total:.2f} GiB "
               f"vs a T4's {memory.gpu_profile('T4').memory_gib} GiB", "depends", "1. The Trinity, term by term",
               note="fits a T4 only just: chapter 5's capped runs fitted once and hit OOM once", where=provenance["gpu"])
-batch2 = estimate(TrainingSetup("12B", batch_size=2, max_seq_length=2048))
+batch2 = estimate(gpu_run("12B", batch_size=2, max_seq_length=2048))
 ledger.record("C12", f"12B on a T4 (estimate): seq 4096 batch 1 {e12.total:.1f} GiB; seq 2048 batch 2 "
               f"{batch2.total:.1f} GiB; 8192 OOM measured in chapter 5", "depends", "4. Which GPU fits which model",
               note="4096 is the edge, not a safe margin; batch 1 holds at 4096")
@@ -457,8 +456,9 @@ ledger_table(run_dir, only_measured=True).query(
 # %% [markdown]
 # ## Summary
 #
-# * `lib.memory.estimate(TrainingSetup(...))` gives the peak term by term for any Gemma 3 size or
-#   config, precision, rank, targets, DoRA, optimizer, checkpointing, sequence, batch and loss.
+# * `lib.memory.estimate(spec)` gives the peak term by term for any run spec (`lib.run_spec`;
+#   `gpu_run` builds one at the source's GPU setting): Gemma 3 size or config, precision, rank,
+#   targets, DoRA, optimizer, checkpointing, sequence, batch and loss.
 # * Weights, adapter and optimizer state are exact; activations and logits are fitted to 93 GPU
 #   measurements and within 10% of each.
 # * The plain transformers + peft stack spends most of its memory on the logits of a

@@ -92,18 +92,22 @@ splits = load_prepared(run_dir / "data")
 print({split: len(rows) for split, rows in splits.items()})
 
 # %%
-from lib.lora import TrinityConfig, trainable_parameters
-from lib.model import resolve_model
+from lib.lora import trainable_parameters
+from lib.run_spec import RunSpec
 from lib.training import load_for_training
 
+# The whole run in one spec (`lib.run_spec`): what is not set here keeps the course's default.
+spec = RunSpec.of(model_name, rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora, max_steps=max_steps,
+                  batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                  learning_rate=learning_rate, warmup_steps=warmup_steps, max_seq_length=max_seq_length, seed=seed,
+                  save_steps=save_steps, sample_every=sample_every, sample_max_new_tokens=sample_max_new_tokens,
+                  backend=chosen_backend, compute_dtype=compute_dtype)
 torch.manual_seed(seed)
-trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
-source = resolve_model(model_name)
-model, tokenizer = load_for_training(source, trinity, chosen_backend, env.compute_dtype, max_seq_length)
+model, tokenizer = load_for_training(spec)
 counts = trainable_parameters(model)
-settings = trinity.to_dict() | {"target_modules": ", ".join(trinity.target_modules),
-                                "trainable parameters": f"{counts['trainable']:,} of {counts['total']:,} "
-                                                        f"({counts['percent']:.2f}%)"}
+settings = spec.adapter.to_dict() | {"target_modules": ", ".join(spec.adapter.target_modules),
+                                     "trainable parameters": f"{counts['trainable']:,} of {counts['total']:,} "
+                                                             f"({counts['percent']:.2f}%)"}
 pd.DataFrame(settings.items(), columns=["setting", "value"])
 
 # %% [markdown]
@@ -135,16 +139,12 @@ assert decoded == example.reference + "<end_of_turn>\n"
 # cell is interrupted, rerunning it continues from the last checkpoint.
 
 # %%
-from lib.training import TrainingConfig, default_optimizer, train
+from lib.training import train
 
-config = TrainingConfig(
-    max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-    learning_rate=learning_rate, warmup_steps=warmup_steps, max_seq_length=max_seq_length, seed=seed,
-    save_steps=save_steps, sample_every=sample_every, sample_max_new_tokens=sample_max_new_tokens,
-    optim=default_optimizer(env.device))  # the recipe's 8-bit AdamW on a GPU
 sample_prompts = [record.prompt_messages for record in splits["val"][:2]]
-result = train(model, tokenizer, splits["train"], config, run_dir, env.device, env.compute_dtype,
-               sample_prompts=sample_prompts, resume=resume)
+# optimizer: the spec's default, the recipe's 8-bit AdamW on a GPU and torch's AdamW on a CPU
+result = train(model, tokenizer, splits["train"], spec, run_dir, env.device, sample_prompts=sample_prompts,
+               resume=resume)
 pd.Series(result.stats).drop(["config", "trainable_parameters"])
 
 # %% [markdown]

@@ -144,15 +144,13 @@ print("\n".join(record["earlier_run"]["log"]))
 
 # %%
 from lib.model import resolve_model
-from transformers import AutoConfig
 
 source = resolve_model(model_name)
-probe = oom_ladder.probe_attempt(str(source.path_or_id), steps=demo_steps)
-demo_setup = memory.TrainingSetup(memory.shape_of(AutoConfig.from_pretrained(source.path_or_id)),
-                                  backend="peft", rank=rank, max_seq_length=demo_seq_length, batch_size=4)
-with oom_ladder.SimulatedGPU(probe, fits=lambda setup: memory.estimate(setup).peak_allocated <= demo_budget_gib,
+probe = oom_ladder.probe_attempt(source.path_or_id, steps=demo_steps)
+demo_spec = memory.gpu_run(source.path_or_id, backend="peft", rank=rank, max_seq_length=demo_seq_length, batch_size=4)
+with oom_ladder.SimulatedGPU(probe, fits=lambda spec: memory.estimate(spec).peak_allocated <= demo_budget_gib,
                              label=f"{demo_budget_gib} GiB") as gpu:
-    demo = oom_ladder.run_ladder(demo_setup, budget_gib=100.0, attempt=gpu.attempt, start="top")
+    demo = oom_ladder.run_ladder(demo_spec, budget_gib=100.0, attempt=gpu.attempt, start="top")
 alive = gpu.models_alive()
 pd.DataFrame(demo.rows())[["rung", "settings", "predicted_peak_gib", "outcome", "error"]]
 
@@ -182,6 +180,6 @@ ledger_table(run_dir, only_measured=True).query("id in ['C12', 'C13']")
 #
 # * `lib.oom_ladder.recommend(model, gpu)` and `python -m lib.oom_ladder MODEL GPU` answer "will
 #   it fit?" with the first rung predicted to fit and its memory by term.
-# * `lib.oom_ladder.run_ladder(setup, budget, attempt)` trains at the first rung that fits and
+# * `lib.oom_ladder.run_ladder(spec, budget, attempt)` trains at the first rung that fits and
 #   recovers from a real OOM by freeing the failed attempt (measured: nothing of it stays alive).
 # * On a T4, the 12B Trinity at 4096 tokens is on the edge; 2048 tokens fits with about 2 GiB to spare.

@@ -234,10 +234,8 @@ pd.DataFrame([{"answer": name, **{k: v for k, v in score_schema(sql, truth).to_d
 # text** (what the model will see at test time, from a user's screenshot).
 
 # %%
-import torch
 from lib.data import conversation_lengths, tokenize_conversation
 from lib.ghost_dataset import text_records
-from lib.lora import TrinityConfig
 from lib.model import load_tokenizer, resolve_model
 
 source_model = resolve_model(model_name)
@@ -267,21 +265,20 @@ print(f"{sum(tokens['assistant_masks'])} of {len(tokens['input_ids'])} tokens ca
 
 # %%
 from lib.ghost_architect import evaluate_text_model, read_screens_timed, train_text_architect
-from lib.training import TrainingConfig, default_optimizer, read_log
+from lib.run_spec import RunSpec
+from lib.training import read_log
 
 test = test_examples[:eval_n]
 test_texts, ocr_seconds = read_screens_timed(test, data_dir)
 print(f"OCR + layout of {len(test)} test screenshots: {sum(ocr_seconds) / len(test):.2f} s per screenshot "
       f"(this CPU, one thread)")
-trinity = TrinityConfig(rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
-config = TrainingConfig(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-                        max_seq_length=max_seq_length, seed=seed, save_steps=max(1, max_steps // 2),
-                        optim=default_optimizer(env.device))
+spec = RunSpec.of(model_name, rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora, max_steps=max_steps,
+                  batch_size=batch_size, learning_rate=learning_rate, max_seq_length=max_seq_length, seed=seed,
+                  save_steps=max(1, max_steps // 2), backend=chosen_backend, compute_dtype=compute_dtype)
 reports, trainings = {}, {}
 for source in ("dom", "ocr"):
-    model, tokenizer, trainings[source] = train_text_architect(
-        examples, data_dir, source, run_dir / f"ghost-{source}", source_model, trinity, config, chosen_backend,
-        env.device, env.compute_dtype)
+    model, tokenizer, trainings[source] = train_text_architect(examples, data_dir, source, run_dir / f"ghost-{source}",
+                                                               spec, env.device)
     if source == "dom":
         reports["base, from pixels"], _ = evaluate_text_model(model, tokenizer, test, max_new_tokens,
                                                               eval_batch_size, adapter=False, texts=test_texts)
@@ -394,11 +391,11 @@ from lib.vision import Conversations, adapted_towers, collator_for, load_vision_
 
 vision_name = default_vision_model() if vision_model == "auto" else vision_model
 vision_backend = chosen_backend if env.device == "cuda" else "peft"
-settings = preset(vision_preset)
-vision, processor = load_vision_model(vision_name, settings, vision_backend, env.compute_dtype)
+chosen_preset = preset(vision_preset, model=vision_name, backend=vision_backend, compute_dtype=compute_dtype, seed=seed)
+vision, processor = load_vision_model(chosen_preset.spec)
 train_conversations = Conversations([e for e in examples if e.split == "train"], data_dir)
-collator = collator_for(vision_backend, vision, processor, settings.max_seq_length)
-print(f"model: {vision_name}; backend: {vision_backend}; preset: {settings.name}")
+collator = collator_for(vision_backend, vision, processor, chosen_preset.spec.optimisation.max_seq_length)
+print(f"model: {vision_name}; backend: {vision_backend}; preset: {chosen_preset.name}")
 pd.Series(adapted_towers(vision), name="LoRA-adapted Linear layers")
 
 # %% [markdown]
@@ -417,15 +414,11 @@ print(answer[:200])
 # %%
 from lib.training import train_dataset
 
-vision_steps = vision_max_steps or steps_for(settings, len(train_conversations))
-vision_config = TrainingConfig(max_steps=vision_steps, batch_size=settings.batch_size,
-                               gradient_accumulation_steps=settings.gradient_accumulation_steps,
-                               learning_rate=settings.learning_rate, max_seq_length=settings.max_seq_length,
-                               seed=seed, save_steps=max(1, vision_steps // 2), warmup_steps=min(5, vision_steps),
-                               optim=default_optimizer(env.device))
+vision_steps = vision_max_steps or steps_for(chosen_preset, len(train_conversations))
+vision_spec = chosen_preset.spec.replace(max_steps=vision_steps, save_steps=max(1, vision_steps // 2),
+                                         warmup_steps=min(5, vision_steps))
 vision_run = run_dir / "ghost-vision"
-vision_result = train_dataset(vision, processor, train_conversations, collator, vision_config, vision_run,
-                              env.device, env.compute_dtype)
+vision_result = train_dataset(vision, processor, train_conversations, collator, vision_spec, vision_run, env.device)
 pd.Series(vision_result.stats).drop(["config", "trainable_parameters"])
 
 # %%

@@ -313,9 +313,10 @@ attention_change.groupby("kind").mean().round(2)
 # validation and of test records every few steps (`lib.memorization.HeldOutLossCallback`).
 
 # %%
-from lib.lora import TrinityConfig
+from lib.lora import ALL_LINEAR_MODULES
 from lib.memorization import HeldOutLossCallback, read_held_out_loss
-from lib.training import GradientNormCallback, TrainingConfig, load_for_training, read_gradient_norms, train
+from lib.run_spec import RunSpec
+from lib.training import GradientNormCallback, load_for_training, read_gradient_norms, train
 
 del base
 gc.collect()
@@ -324,13 +325,14 @@ torch.manual_seed(seed)
 own_records = splits["train"][:own_train_records]
 sets = {"train (seen)": own_records[:held_out_records], "validation": splits["val"][:held_out_records],
         "test": splits["test"][:held_out_records]}
-student, _ = load_for_training(source, TrinityConfig(rank=rank, alpha=alpha), "peft", env.compute_dtype, max_seq_length)
-own_config = TrainingConfig(max_steps=own_max_steps, batch_size=own_batch_size, max_seq_length=max_seq_length,
-                            seed=seed, save_steps=10 * own_max_steps, sample_every=0, warmup_steps=2)
+own_spec = RunSpec.of(model_name, rank=rank, alpha=alpha, backend="peft", compute_dtype=compute_dtype,
+                      max_steps=own_max_steps, batch_size=own_batch_size, max_seq_length=max_seq_length, seed=seed,
+                      save_steps=0, sample_every=0, warmup_steps=2)
+student, _ = load_for_training(own_spec)
 for stale in ("gradient-norms.jsonl", "held-out-loss.jsonl"):
     (own_dir / stale).unlink(missing_ok=True)
 own_dir.mkdir(parents=True, exist_ok=True)
-own_result = train(student, tokenizer, own_records, own_config, own_dir, env.device, env.compute_dtype, resume=False,
+own_result = train(student, tokenizer, own_records, own_spec, own_dir, env.device, resume=False,
                    extra_callbacks=[GradientNormCallback(own_dir), HeldOutLossCallback(own_dir, tokenizer, sets,
                                                                                       held_out_every)])
 gradients, held_out = read_gradient_norms(own_dir), read_held_out_loss(own_dir)
@@ -422,7 +424,7 @@ alphabet = torch.arange(1000, 1000 + VOCAB)  # 256 ordinary tokens of Gemma 3's 
 real_runs = []
 for r in real_lora_ranks:
     real = load_causal_lm(source, env.compute_dtype, load_in_4bit=False)
-    real = get_peft_model(real, LoraConfig(r=r, lora_alpha=r, target_modules=TrinityConfig().target_modules))
+    real = get_peft_model(real, LoraConfig(r=r, lora_alpha=r, target_modules=ALL_LINEAR_MODULES))
     sequences = random_sequences(real_lora_sequences, LENGTH, alphabet, bos=tokenizer.bos_token_id, seed=seed)
     real_runs.append(train_to_memorize(real, sequences, VOCAB, real_lora_steps, label=f"270M LoRA r={r}",
                                        learning_rate=1e-3, batch_size=real_lora_sequences,

@@ -74,16 +74,18 @@ quiet_library_logs()
 import time
 
 import pandas as pd
-from lib.adapter_runs import AdapterRun, run_in_fresh_process
+from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
 from lib.environment import validate_environment
 
 started = time.monotonic()
 env = validate_environment(compute_dtype)
 run_dir = Path(output_dir) / run_name
 runs_dir = run_dir / "beyond-lora"
-common = dict(steps=steps, batch_size=batch_size, max_seq_length=max_seq_length, learning_rate=learning_rate,
-              seed=seed, use_rslora=True, alpha=32, track_every=0, eval_records=eval_records, model_name=model_name,
-              warmup_steps=2)
+short_run = SHORT_RUN.replace(model=model_name, max_steps=steps, batch_size=batch_size, max_seq_length=max_seq_length,
+                              learning_rate=learning_rate, seed=seed, use_rslora=True, alpha=32, warmup_steps=2,
+                              compute_dtype=compute_dtype)
+measure = dict(track_every=0, eval_records=eval_records)
+relora = dict(relora_every=relora_every, relora_prune=relora_prune, relora_warmup=relora_warmup)
 print(f"{env.device}, {env.compute_dtype}: {steps} steps of batch {batch_size} at {max_seq_length} tokens per run")
 
 # %% [markdown]
@@ -95,11 +97,10 @@ print(f"{env.device}, {env.compute_dtype}: {steps} steps of batch {batch_size} a
 
 # %%
 nf4_runs = {
-    f"LoRA r={lora_rank}": AdapterRun(f"lora-r{lora_rank}", lora_rank, **common, compute_dtype=compute_dtype),
-    f"LoRA r={relora_rank}": AdapterRun(f"lora-r{relora_rank}", relora_rank, **common, compute_dtype=compute_dtype),
-    f"ReLoRA r={relora_rank}": AdapterRun(f"relora-r{relora_rank}", relora_rank, **common, compute_dtype=compute_dtype,
-                                          relora_every=relora_every, relora_prune=relora_prune,
-                                          relora_warmup=relora_warmup),
+    f"LoRA r={lora_rank}": AdapterRun(f"lora-r{lora_rank}", short_run.replace(rank=lora_rank), **measure),
+    f"LoRA r={relora_rank}": AdapterRun(f"lora-r{relora_rank}", short_run.replace(rank=relora_rank), **measure),
+    f"ReLoRA r={relora_rank}": AdapterRun(f"relora-r{relora_rank}", short_run.replace(rank=relora_rank), **measure,
+                                          **relora),
 }
 results = {name: run_in_fresh_process(run, runs_dir / run.name) for name, run in nf4_runs.items()}
 
@@ -133,15 +134,16 @@ pd.DataFrame([summary_row(n, r) for n, r in results.items()]).set_index("run").r
 # largest. Dynamic rank-1 merging runs here too.
 
 # %%
-ranked = dict(common, compute_dtype="float32", load_in_4bit=False, total_update_modules=("q_proj", "down_proj"))
+float_base = short_run.replace(precision="fp32", compute_dtype="float32")
+ranked = dict(measure, total_update_modules=("q_proj", "down_proj"))
 float_runs = {
-    f"LoRA r={relora_rank}": AdapterRun(f"f32-lora-r{relora_rank}", relora_rank, **ranked),
-    f"ReLoRA r={relora_rank}": AdapterRun(f"f32-relora-r{relora_rank}", relora_rank, **ranked,
-                                          relora_every=relora_every, relora_prune=relora_prune,
-                                          relora_warmup=relora_warmup),
-    "LoRA r=1": AdapterRun("f32-lora-r1", 1, **ranked),
-    **{f"rank-1, merge every {k}": AdapterRun(f"f32-rank1-every{k}", 1, **ranked, relora_every=k, relora_prune=1.0,
-                                             relora_warmup=0) for k in rank1_merge_every},
+    f"LoRA r={relora_rank}": AdapterRun(f"f32-lora-r{relora_rank}", float_base.replace(rank=relora_rank), **ranked),
+    f"ReLoRA r={relora_rank}": AdapterRun(f"f32-relora-r{relora_rank}", float_base.replace(rank=relora_rank), **ranked,
+                                          **relora),
+    "LoRA r=1": AdapterRun("f32-lora-r1", float_base.replace(rank=1), **ranked),
+    **{f"rank-1, merge every {k}": AdapterRun(f"f32-rank1-every{k}", float_base.replace(rank=1), **ranked,
+                                             relora_every=k, relora_prune=1.0, relora_warmup=0)
+       for k in rank1_merge_every},
 }
 float_results = {name: run_in_fresh_process(run, runs_dir / run.name) for name, run in float_runs.items()}
 

@@ -78,7 +78,7 @@ import time
 
 import pandas as pd
 from IPython.display import display
-from lib.adapter_runs import AdapterRun, run_in_fresh_process
+from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
 from lib.distributed import launch_command
 from lib.environment import validate_environment
 
@@ -98,12 +98,13 @@ print(f"{env.device}, {env.compute_dtype}, {os.cpu_count()} CPU cores; {processe
 # float additions differs (two half-batches, then an all-reduce).
 
 # %%
-common = dict(rank=rank, use_rslora=True, steps=steps, max_seq_length=max_seq_length, learning_rate=learning_rate,
-              warmup_steps=1, seed=seed, track_every=0, compute_dtype=compute_dtype, model_name=model_name)
-reference = run_in_fresh_process(AdapterRun("one-process", batch_size=processes * batch_size, **common),
-                                 runs_dir / "one-process")
-parallel = run_in_fresh_process(AdapterRun("data-parallel", batch_size=batch_size, **common),
-                                runs_dir / "data-parallel", processes=processes)
+short_run = SHORT_RUN.replace(model=model_name, rank=rank, use_rslora=True, max_steps=steps, batch_size=batch_size,
+                              max_seq_length=max_seq_length, learning_rate=learning_rate, warmup_steps=1, seed=seed,
+                              compute_dtype=compute_dtype)
+one_process = short_run.replace(batch_size=processes * batch_size)  # the same global batch in one process
+reference = run_in_fresh_process(AdapterRun("one-process", one_process, track_every=0), runs_dir / "one-process")
+parallel = run_in_fresh_process(AdapterRun("data-parallel", short_run, track_every=0), runs_dir / "data-parallel",
+                                processes=processes)
 
 # %%
 from lib import plots
@@ -153,8 +154,9 @@ import shutil
 from dataclasses import replace
 
 shutil.rmtree(runs_dir / "resumed", ignore_errors=True)  # a rerun of this chapter starts the demonstration afresh
-halves = AdapterRun("resumed", batch_size=batch_size, save_steps=max(1, steps // 2), **common)
-first_half = run_in_fresh_process(replace(halves, steps=max(1, steps // 2)), runs_dir / "resumed", processes=processes)
+halves = AdapterRun("resumed", short_run.replace(save_steps=max(1, steps // 2)), track_every=0)
+first_half = run_in_fresh_process(replace(halves, spec=halves.spec.replace(max_steps=max(1, steps // 2))),
+                                  runs_dir / "resumed", processes=processes)
 resumed = run_in_fresh_process(replace(halves, resume=True), runs_dir / "resumed", processes=processes)
 resume_table = pd.DataFrame({"uninterrupted": losses[f"{processes} processes"],
                              "stopped and resumed": [e["loss"] for e in resumed["log"]]},

@@ -5,6 +5,7 @@ precision       the compute dtype per device: measured on a CPU, bf16 or fp32 on
 model           the embedded Gemma 3 270M, local folders, hub ids; NF4 loading; tokenizer repairs
 gemma3          the Gemma 3 family's shapes and parameter counts
 quantization    NF4 / FP4 / int4 round trips, bits stored per parameter (chapter 01)
+run_spec        one training run: model, adapter, optimisation, loading; defaults in one place
 lora            the Trinity adapter config (rank/alpha, rsLoRA, DoRA, target modules), peft layer accessors
 dora            DoRA's magnitude/direction analysis (chapter 01)
 fast_dora       the DoRA forward the course trains with: the norm once per optimizer step

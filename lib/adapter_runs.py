@@ -14,53 +14,73 @@ import math
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .artifacts import read_json, write_json
 from .distributed import gather, is_main_process, launch_command, trainable_digest, world_size
-from .lora import ALL_LINEAR_MODULES
+from .run_spec import SECTIONS, RunSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A short run: the course's NF4 base loaded plainly (no kbit preparation, no checkpointing: the
+# sequences are short), plain LoRA with peft's layers, 24 steps of batch 2 at 256 tokens at a
+# constant learning rate after 2 warm-up steps, no sampling. Runs change it with `.replace(...)`.
+SHORT_RUN = RunSpec.of(use_dora=False, max_steps=24, batch_size=2, max_seq_length=256, warmup_steps=2,
+                       lr_scheduler_type="constant_with_warmup", sample_every=0, save_steps=0, backend="peft",
+                       gradient_checkpointing="off", dora_implementation="peft")
+
+
 @dataclass(frozen=True)
 class AdapterRun:
-    """One short run. `track_every`: record the DoRA paper's Delta M / Delta D every N steps.
+    """One short run: a name, its `spec` (`lib.run_spec.RunSpec`, usually `SHORT_RUN.replace(...)`),
+    the data, and what to measure.
 
-    ReLoRA (`lib.relora`): relora_every > 0 merges the adapter into the base and restarts it every N
-    steps, pruning that share (relora_prune) of the optimizer state and re-warming the learning rate
-    over relora_warmup steps (0: the plain cosine; with relora_every 0 the schedule is constant after
-    warm-up). `total_update_modules`: measure the rank of W_end - W_0 of these projections (use a
-    float base, load_in_4bit False: NF4 noise is full rank). `eval_records`: response loss of that
-    many test-split records at the end. `save_steps`: a checkpoint every N steps (0: none), and
-    `resume`: continue from the run folder's last checkpoint (`lib.training.train`).
+    dataset_dir: chapter 03's prepared splits (relative to the repository). `track_every`: record
+    the DoRA paper's Delta M / Delta D every N steps (0: never). ReLoRA (`lib.relora`):
+    relora_every > 0 merges the adapter into the base and restarts it every N steps, pruning that
+    share (relora_prune) of the optimizer state and re-warming the learning rate over
+    relora_warmup steps (0: the plain cosine; with relora_every 0 the schedule is the spec's).
+    `total_update_modules`: measure the rank of W_end - W_0 of these projections (use a float
+    base, precision "fp32": NF4 noise is full rank). `eval_records`: response loss of that many
+    test-split records at the end. `resume`: continue from the run folder's last checkpoint
+    (`lib.training.train`; checkpoints every spec.optimisation.save_steps, 0: at the end only).
+
+    The short runs load the base themselves and support backend "peft", gradient_checkpointing
+    "off" and dora_implementation "peft" (as `SHORT_RUN`); `train_adapter` refuses other values.
     """
 
     name: str
-    rank: int
-    use_rslora: bool
-    use_dora: bool = False
-    alpha: float = 32
-    steps: int = 24
-    batch_size: int = 2
-    max_seq_length: int = 256
-    learning_rate: float = 2e-4
-    warmup_steps: int = 2
-    seed: int = 3407
-    track_every: int = 4
-    compute_dtype: str = "auto"           # lib.precision's policy, or "bfloat16" / "float32"
-    model_name: str = "gemma-3-270m"
+    spec: RunSpec = SHORT_RUN
     dataset_dir: str = "data/python-stdlib"
-    target_modules: tuple[str, ...] = field(default=ALL_LINEAR_MODULES)
-    load_in_4bit: bool = True
+    track_every: int = 4
     relora_every: int = 0
     relora_prune: float = 0.99
     relora_warmup: int = 0
     total_update_modules: tuple[str, ...] = ()
     eval_records: int = 0
-    save_steps: int = 0
     resume: bool = False
+
+    def to_dict(self) -> dict:
+        """Flat and JSON-ready: the name, every spec field by name (`RunSpec` field names are
+        unique across its parts) and the run's own fields; `from_dict` reverses it."""
+        spec = self.spec.to_dict()
+        flat = {"model": spec["model"], **{k: v for part in SECTIONS for k, v in spec[part].items()}}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "spec")}
+        return {"name": self.name, **flat, **own}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AdapterRun":
+        own = {f.name for f in fields(cls)} - {"name", "spec"}
+        extras = {k: v for k, v in data.items() if k in own}
+        if "total_update_modules" in extras:
+            extras["total_update_modules"] = tuple(extras["total_update_modules"])
+        spec_fields = {k: v for k, v in data.items() if k not in own and k != "name"}
+        return cls(data["name"], RunSpec.of(**spec_fields), **extras)
+
+
+SUPPORTED = {"backend": "peft", "checkpointing": "off", "dora_implementation": "peft"}
 
 
 def _callbacks(track_every: int, changes: list, step_seconds: list):
@@ -97,25 +117,26 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     from peft import get_peft_model
 
     from .data import prepare_dataset, split_files
-    from .precision import default_device, resolve_compute_dtype
     from .dora import update_norms
-    from .lora import TrinityConfig
     from .model import load_causal_lm, load_tokenizer, resolve_model
+    from .precision import default_device
     from .relora import snapshot, total_update_ranks
-    from .training import TrainingConfig, current_memory_gib, peak_memory_gib, read_log, train
+    from .training import compute_dtype_of, current_memory_gib, peak_memory_gib, read_log, train
 
+    spec, loading = run.spec, run.spec.loading
+    unsupported = {k: getattr(loading, k) for k, v in SUPPORTED.items() if getattr(loading, k) != v}
+    if unsupported:
+        raise ValueError(f"adapter run {run.name!r}: short runs support {SUPPORTED}, not {unsupported}")
     run_dir = Path(run_dir)
     device = default_device()
-    dtype = resolve_compute_dtype(run.compute_dtype, device)
-    torch.manual_seed(run.seed)
-    source = resolve_model(run.model_name)
+    dtype = compute_dtype_of(spec, device)
+    torch.manual_seed(spec.optimisation.seed)
+    source = resolve_model(spec.model)
     tokenizer = load_tokenizer(source)
-    prepared = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, run.max_seq_length).records
-    model = load_causal_lm(source, dtype, load_in_4bit=run.load_in_4bit)
+    prepared = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, spec.optimisation.max_seq_length).records
+    model = load_causal_lm(source, dtype, load_in_4bit=loading.load_in_4bit, double_quant=loading.precision == "nf4-dq")
     memory_after_load = current_memory_gib(device)
-    trinity = TrinityConfig(rank=run.rank, alpha=run.alpha, use_rslora=run.use_rslora, use_dora=run.use_dora,
-                            target_modules=run.target_modules)
-    model = get_peft_model(model, trinity.to_peft())
+    model = get_peft_model(model, spec.adapter.to_peft())
     peft_scaling = next(m.scaling["default"] for m in model.modules() if hasattr(m, "scaling")
                         and isinstance(getattr(m, "scaling"), dict) and "default" in m.scaling)
     changes, seconds = [], []
@@ -124,18 +145,16 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     if run.relora_every:  # after the step timer: a merge's time is its own, not the step's
         from .relora import ReLoRACallback, ReLoRASchedule
 
-        relora = ReLoRACallback(ReLoRASchedule(run.relora_every, run.relora_prune, run.relora_warmup), run.steps,
-                                run.learning_rate, run.warmup_steps, tracked=((0, "q_proj"), (0, "down_proj")))
+        o = spec.optimisation
+        relora = ReLoRACallback(ReLoRASchedule(run.relora_every, run.relora_prune, run.relora_warmup), o.max_steps,
+                                o.learning_rate, o.warmup_steps, tracked=((0, "q_proj"), (0, "down_proj")))
         callbacks.append(relora)
+        spec = spec.replace(lr_scheduler_type="constant")  # ReLoRA's callback sets every step's learning rate
     before = snapshot(model, run.total_update_modules) if run.total_update_modules else None
-    config = TrainingConfig(max_steps=run.steps, batch_size=run.batch_size, max_seq_length=run.max_seq_length,
-                            learning_rate=run.learning_rate, warmup_steps=run.warmup_steps,
-                            lr_scheduler_type="constant" if relora else "constant_with_warmup",
-                            save_steps=run.save_steps or 10 * run.steps, sample_every=0, seed=run.seed)
-    result = train(model, tokenizer, prepared["train"], config, run_dir, device, dtype, resume=run.resume,
+    result = train(model, tokenizer, prepared["train"], spec, run_dir, device, resume=run.resume,
                    extra_callbacks=callbacks)
     peak, peak_kind = peak_memory_gib(device)
-    summary = {"run": asdict(run), "device": device, "compute_dtype": str(dtype).removeprefix("torch."),
+    summary = {"run": run.to_dict(), "device": device, "compute_dtype": str(dtype).removeprefix("torch."),
                "peft_scaling": peft_scaling,
                "trainable_parameters": result.stats["trainable_parameters"]["trainable"],
                "train_seconds": result.stats["train_seconds_this_session"],
@@ -145,7 +164,7 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     if relora:
         summary |= {"merges": relora.merges, "learning_rates": relora.learning_rates}
     if before is not None:
-        summary["total_update_ranks"] = total_update_ranks(model, before, run.rank)
+        summary["total_update_ranks"] = total_update_ranks(model, before, spec.adapter.rank)
     if run.eval_records:
         from .evaluation import response_loss
 
@@ -180,14 +199,14 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
 def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1) -> dict:
     """Train `run` in a new Python process (`python -m lib.adapter_runs`) and return its result;
     with `processes` > 1, in that many data-parallel processes (`lib.distributed`: accelerate, DDP),
-    each at `run.batch_size`, so the global batch is processes x batch_size.
+    each at `run.spec.optimisation.batch_size`, so the global batch is processes x batch_size.
 
     The workers' output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
     log's last lines when a worker fails.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = write_json(run_dir / "spec.json", asdict(run))
+    spec = write_json(run_dir / "spec.json", run.to_dict())
     (run_dir / "result.json").unlink(missing_ok=True)
     log_path = run_dir / "worker.log"
     with open(log_path, "w", encoding="utf-8") as log:
@@ -205,12 +224,11 @@ def main(argv=None) -> int:
         print(__doc__)
         return 2
     spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    spec["target_modules"] = tuple(spec["target_modules"])
+    run = AdapterRun.from_dict(json.loads(spec_path.read_text(encoding="utf-8")))
     from .environment import quiet_library_logs
 
     quiet_library_logs()
-    train_adapter(AdapterRun(**spec), spec_path.parent)
+    train_adapter(run, spec_path.parent)
     return 0
 
 

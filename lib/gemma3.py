@@ -13,6 +13,7 @@ parameters) is not counted: the course fine-tunes and measures the language mode
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .lora import ALL_LINEAR_MODULES
@@ -79,8 +80,9 @@ GEMMA3_SHAPES: dict[str, Gemma3Shape] = {s.name: s for s in [
 
 
 def shape_of(name_or_config) -> Gemma3Shape:
-    """A Gemma3Shape from a built-in name ("270M", "1B", "4B", "12B", "27B", any case) or any
-    Gemma 3 config.
+    """A Gemma3Shape from a built-in name ("270M", "1B", "4B", "12B", "27B", any case), a model id
+    that names one ("gemma-3-270m", "google/gemma-3-4b-it", "unsloth/gemma-3-12b-it-bnb-4bit") or
+    any Gemma 3 config.
 
     Accepts a transformers config (Gemma3TextConfig, or Gemma3Config whose `text_config` is used).
     Raises KeyError for an unknown name.
@@ -88,7 +90,9 @@ def shape_of(name_or_config) -> Gemma3Shape:
     if isinstance(name_or_config, Gemma3Shape):
         return name_or_config
     if isinstance(name_or_config, str):
-        key = {name.lower(): name for name in GEMMA3_SHAPES}.get(name_or_config.lower())
+        named = re.search(r"gemma-3-(\d+[mb])\b", name_or_config.lower())
+        size = named.group(1) if named else name_or_config.lower()
+        key = {name.lower(): name for name in GEMMA3_SHAPES}.get(size)
         if key is None:
             raise KeyError(f"unknown Gemma 3 size {name_or_config!r}; built in: {', '.join(GEMMA3_SHAPES)}")
         return GEMMA3_SHAPES[key]

@@ -249,18 +249,18 @@ def evaluate_text_model(model, tokenizer, examples: list[GhostExample], max_new_
 
 
 def train_text_architect(examples: list[GhostExample], folder: str | Path, source: str, run_dir: str | Path,
-                         source_model, trinity, config, backend: str, device: str, compute_dtype: torch.dtype):
+                         spec, device: str):
     """Train the text Ghost Architect on one text source ("dom" or "ocr") of the dataset's train
-    split: a fresh Trinity adapter on the base (`lib.training.load_for_training`), response-only
-    loss on the DDL. Returns (peft model, tokenizer, `lib.training.TrainingResult`); a finished run
-    in `run_dir` is loaded instead of trained again (see `lib.training.train`)."""
+    split: a fresh adapter on the base as `spec` (`lib.run_spec.RunSpec`) says
+    (`lib.training.load_for_training`), response-only loss on the DDL. Returns (peft model,
+    tokenizer, `lib.training.TrainingResult`); a finished run in `run_dir` is loaded instead of
+    trained again (see `lib.training.train`)."""
     from .ghost_dataset import text_records
     from .training import load_for_training, train
 
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_for_training(source_model, trinity, backend, compute_dtype, config.max_seq_length)
-    result = train(model, tokenizer, text_records(examples, "train", folder, source), config, run_dir, device,
-                   compute_dtype)
+    torch.manual_seed(spec.optimisation.seed)
+    model, tokenizer = load_for_training(spec)
+    result = train(model, tokenizer, text_records(examples, "train", folder, source), spec, run_dir, device)
     return model, tokenizer, result
 
 

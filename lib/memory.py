@@ -43,18 +43,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .gemma3 import Gemma3Shape, parameter_counts, shape_of
 from .lora import ALL_LINEAR_MODULES
+from .run_spec import RunSpec
 
 GIB = 2**30
-PRECISIONS = ("nf4", "nf4-dq", "int8", "bf16", "fp16", "fp32")
-OPTIMIZERS = ("adamw_torch", "adamw_8bit", "paged_adamw_8bit")
-CHECKPOINTING = ("off", "standard", "offloaded")
-LOSSES = ("full", "chunked")
-BACKENDS = ("unsloth", "peft")
-COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 # Modelled terms made of activations, whose bytes follow the compute dtype (2 bytes in bf16/fp16).
 ACTIVATION_TERMS = ("checkpoints", "layer_recompute", "no_checkpointing_peft", "no_checkpointing_unsloth",
                     "dora_tokens", "dequantized_weight")
@@ -75,73 +71,46 @@ ALLOCATOR_SLACK = 0.1331
 CUDA_CONTEXT_GIB = 0.6043
 
 
-@dataclass(frozen=True)
-class TrainingSetup:
-    """Everything that decides training memory. `None` settings take the backend's defaults:
-    unsloth -> offloaded checkpointing + chunked loss; peft -> standard checkpointing + full logits.
-    compute_dtype: the dtype activations are held in (`lib.precision.gpu_precision` gives it per GPU
-    and backend; "bfloat16", "float16" or "float32")."""
+@lru_cache(maxsize=64)
+def _folder_shape(folder: str) -> Gemma3Shape:
+    from transformers import AutoConfig
 
-    model: str | Gemma3Shape = "12B"
-    backend: str = "unsloth"
-    precision: str = "nf4-dq"
-    rank: int = 64
-    target_modules: tuple[str, ...] = ALL_LINEAR_MODULES
-    use_dora: bool = True
-    optimizer: str = "adamw_8bit"
-    gradient_checkpointing: str | None = None
-    loss: str | None = None
-    max_seq_length: int = 4096
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    compute_dtype: str = "bfloat16"
-
-    def __post_init__(self):
-        for name, value, allowed in (("backend", self.backend, BACKENDS), ("precision", self.precision, PRECISIONS),
-                                     ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r}: use one of {allowed}")
-        if self.gradient_checkpointing is None:
-            object.__setattr__(self, "gradient_checkpointing",
-                               "offloaded" if self.backend == "unsloth" else "standard")
-        if self.loss is None:
-            object.__setattr__(self, "loss", "chunked" if self.backend == "unsloth" else "full")
-        if self.gradient_checkpointing not in CHECKPOINTING:
-            raise ValueError(f"gradient_checkpointing={self.gradient_checkpointing!r}: use one of {CHECKPOINTING}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss={self.loss!r}: use one of {LOSSES}")
-        for name in ("rank", "max_seq_length", "batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        unknown = set(self.target_modules) - set(ALL_LINEAR_MODULES)
-        if unknown or not self.target_modules:
-            raise ValueError(f"target_modules {self.target_modules}: choose among {ALL_LINEAR_MODULES}")
-
-    @property
-    def shape(self) -> Gemma3Shape:
-        return shape_of(self.model)
-
-    @property
-    def tokens(self) -> int:
-        """Tokens in one forward pass (batch x sequence); accumulation steps run one after another."""
-        return self.batch_size * self.max_seq_length
-
-    def describe(self) -> str:
-        targets = "all linear" if set(self.target_modules) == set(ALL_LINEAR_MODULES) else "+".join(
-            m.replace("_proj", "") for m in self.target_modules)
-        return (f"{self.shape.name} {self.precision} r={self.rank} {'DoRA' if self.use_dora else 'LoRA'} "
-                f"[{targets}] seq={self.max_seq_length} batch={self.batch_size}x{self.gradient_accumulation_steps} "
-                f"{self.optimizer} ckpt={self.gradient_checkpointing} loss={self.loss} ({self.backend})"
-                + ("" if self.compute_dtype == "bfloat16" else f" {self.compute_dtype}"))
+    return shape_of(AutoConfig.from_pretrained(folder))
 
 
-    def short(self) -> str:
-        """The settings the OOM ladder changes, compactly: "seq 4096, r=64 DoRA all, batch 1x1, adamw_8bit"."""
-        targets = "all" if set(self.target_modules) == set(ALL_LINEAR_MODULES) else "+".join(
-            m.replace("_proj", "") for m in self.target_modules)
-        return (f"seq {self.max_seq_length}, r={self.rank} {'DoRA' if self.use_dora else 'LoRA'} {targets}, "
-                f"batch {self.batch_size}x{self.gradient_accumulation_steps}, {self.optimizer}")
+def model_shape(model) -> Gemma3Shape:
+    """The shape of a run spec's `model`: a Gemma3Shape, a size or a model id naming one
+    (`lib.gemma3.shape_of`), or a local folder's config.json. Raises KeyError for another."""
+    if isinstance(model, str) and (Path(model).expanduser() / "config.json").exists():
+        return _folder_shape(str(Path(model).expanduser()))
+    return shape_of(model)
+
+
+def gpu_run(model="12B", **changes) -> RunSpec:
+    """A run at the source documents' GPU setting, the 12B Trinity at 4096 tokens and batch 1
+    (unsloth, NF4 with double quantization, r=64, DoRA, 8-bit AdamW), with `changes` (any
+    `RunSpec` field by name): `estimate(gpu_run("27B", rank=32))`."""
+    return RunSpec.of(model, **({"batch_size": 1, "max_seq_length": 4096} | changes))
+
+
+def estimable(spec: RunSpec) -> RunSpec:
+    """`spec` if the estimator models it, else ValueError naming what it does not model: target
+    modules outside the 7 projections. compute_dtype "auto" is estimated as bfloat16 (what the
+    course computes in on a GPU with bfloat16; pass "float32" for a T4, `lib.precision.gpu_precision`)."""
+    unknown = set(spec.adapter.target_modules) - set(ALL_LINEAR_MODULES)
+    if unknown or not spec.adapter.target_modules:
+        raise ValueError(f"target_modules {spec.adapter.target_modules}: choose among {ALL_LINEAR_MODULES}")
+    model_shape(spec.model)  # KeyError for a model it does not know
+    return spec
+
+
+def tokens_per_pass(spec: RunSpec) -> int:
+    """Tokens in one forward pass (batch x sequence); accumulation steps run one after another."""
+    return spec.optimisation.batch_size * spec.optimisation.max_seq_length
+
+
+def activation_dtype(spec: RunSpec) -> str:
+    return "bfloat16" if spec.loading.compute_dtype == "auto" else spec.loading.compute_dtype
 
 
 @dataclass(frozen=True)
@@ -185,45 +154,46 @@ def _linear_bytes(numel: int, out_features: int, precision: str) -> float:
     return numel * {"bf16": 2, "fp16": 2, "fp32": 4}[precision]
 
 
-def weight_bytes(setup: TrainingSetup) -> float:
+def weight_bytes(spec: RunSpec) -> float:
     """Bytes of the frozen model: quantized projections + embedding and norms (see module doc)."""
-    shape = setup.shape
+    shape = model_shape(spec.model)
     counts = parameter_counts(shape)
-    linear = sum(shape.num_hidden_layers * _linear_bytes(out * inp, out, setup.precision)
+    linear = sum(shape.num_hidden_layers * _linear_bytes(out * inp, out, spec.loading.precision)
                  for out, inp in shape.linear_shapes().values())
-    quantized = setup.precision in ("nf4", "nf4-dq", "int8")
-    other_dtype_bytes = 4 if setup.precision == "fp32" or (quantized and setup.backend == "peft") else 2
+    quantized = spec.loading.precision in ("nf4", "nf4-dq", "int8")
+    other_dtype_bytes = 4 if spec.loading.precision == "fp32" or (quantized and spec.loading.backend == "peft") else 2
     other = counts["embedding"] + counts["norms"]
     return linear + other * other_dtype_bytes
 
 
-def trainable_tensors(setup: TrainingSetup) -> list[int]:
+def trainable_tensors(spec: RunSpec) -> list[int]:
     """Element counts of every trainable tensor: A (r x in), B (out x r) and DoRA's m (out) per target."""
-    sizes = []
-    for module in setup.target_modules:
-        out_features, in_features = setup.shape.linear_shapes()[module]
-        sizes += [setup.rank * in_features, out_features * setup.rank] + ([out_features] if setup.use_dora else [])
-    return sizes * setup.shape.num_hidden_layers
+    shape, adapter, sizes = model_shape(spec.model), spec.adapter, []
+    for module in adapter.target_modules:
+        out_features, in_features = shape.linear_shapes()[module]
+        magnitude = [out_features] if adapter.use_dora else []
+        sizes += [adapter.rank * in_features, out_features * adapter.rank] + magnitude
+    return sizes * shape.num_hidden_layers
 
 
-def adapter_bytes(setup: TrainingSetup) -> float:
+def adapter_bytes(spec: RunSpec) -> float:
     """Bytes of the trainable adapter in fp32 (the same for its gradients)."""
-    return 4 * sum(trainable_tensors(setup))
+    return 4 * sum(trainable_tensors(spec))
 
 
-def optimizer_bytes(setup: TrainingSetup) -> float:
+def optimizer_bytes(spec: RunSpec) -> float:
     """Bytes of optimizer state inside PyTorch's allocator (see module doc for the sources).
 
     8-bit: per tensor of >= 4096 elements, 2 uint8 moments + 2 fp32 absmax per block of 256 + 2
     256-entry fp32 code tables; smaller tensors keep 2 fp32 moments. Paged 8-bit: the uint8
     moments live in paged (unified) memory; absmax, code tables and small tensors stay.
     """
-    total = 0.0
-    for n in trainable_tensors(setup):
-        if setup.optimizer == "adamw_torch" or n < 4096:
+    total, optimizer = 0.0, spec.optimisation.optimizer_for("cuda")
+    for n in trainable_tensors(spec):
+        if optimizer == "adamw_torch" or n < 4096:
             total += 8 * n
         else:  # absmax and code tables stay in the allocator; paged moments do not
-            total += 2 * 4 * math.ceil(n / 256) + 2 * 256 * 4 + (2 * n if setup.optimizer == "adamw_8bit" else 0)
+            total += 2 * 4 * math.ceil(n / 256) + 2 * 256 * 4 + (2 * n if optimizer == "adamw_8bit" else 0)
     return total
 
 
@@ -256,27 +226,28 @@ def optimizer_state_bytes(optimizer) -> int:
 
 # ------------------------------------------------------------------ modelled terms
 
-def features(setup: TrainingSetup) -> dict[str, dict[str, float]]:
+def features(spec: RunSpec) -> dict[str, dict[str, float]]:
     """Units of each modelled term, per phase: {"loss": {...}, "backward": {...}}.
 
     tokens = batch x seq; V vocabulary, L layers, h hidden size, I MLP width.
     """
-    s = setup.shape
-    tokens, targeted_out = setup.tokens, sum(s.linear_shapes()[m][0] for m in setup.target_modules)
-    largest = max(out * inp for m, (out, inp) in s.linear_shapes().items() if m in setup.target_modules)
+    s, adapter, loading = model_shape(spec.model), spec.adapter, spec.loading
+    checkpointing = loading.checkpointing
+    tokens, targeted_out = tokens_per_pass(spec), sum(s.linear_shapes()[m][0] for m in adapter.target_modules)
+    largest = max(out * inp for m, (out, inp) in s.linear_shapes().items() if m in adapter.target_modules)
     largest_any = max(out * inp for out, inp in s.linear_shapes().values())
     stored = {"off": 0.0, "standard": tokens * s.num_hidden_layers * s.hidden_size, "offloaded": 0.0}
-    no_ckpt = tokens * s.num_hidden_layers * s.intermediate_size if setup.gradient_checkpointing == "off" else 0.0
+    no_ckpt = tokens * s.num_hidden_layers * s.intermediate_size if checkpointing == "off" else 0.0
     # without checkpointing every layer keeps its activations; peft's unfused LoRA/DoRA layers keep more
-    checkpoints = {"checkpoints": stored[setup.gradient_checkpointing], f"no_checkpointing_{setup.backend}": no_ckpt}
-    if setup.loss == "full":
+    checkpoints = {"checkpoints": stored[checkpointing], f"no_checkpointing_{loading.backend}": no_ckpt}
+    if loading.loss == "full":
         logits = {"logits_full": tokens * s.vocab_size}
     else:
         logits = {"logits_chunked": s.vocab_size}
-    backward = {"layer_recompute": tokens * s.intermediate_size * (setup.gradient_checkpointing != "off"),
-                "dora_tokens": tokens * targeted_out if setup.use_dora else 0.0,
-                "dora_norm": largest if setup.use_dora else 0.0, "dequantized_weight": largest_any}
-    scale = 2.0 if setup.compute_dtype == "float32" else 1.0  # the coefficients are bytes in bf16
+    backward = {"layer_recompute": tokens * s.intermediate_size * (checkpointing != "off"),
+                "dora_tokens": tokens * targeted_out if adapter.use_dora else 0.0,
+                "dora_norm": largest if adapter.use_dora else 0.0, "dequantized_weight": largest_any}
+    scale = 2.0 if activation_dtype(spec) == "float32" else 1.0  # the coefficients are bytes in bf16
     return {phase: {k: v * scale if k in ACTIVATION_TERMS else v for k, v in units.items()}
             for phase, units in (("loss", checkpoints | logits), ("backward", checkpoints | backward))}
 
@@ -288,14 +259,16 @@ def _modelled(units: dict[str, float], coefficients: dict[str, float]) -> tuple[
     return activations, logits
 
 
-def estimate(setup: TrainingSetup, coefficients: dict[str, float] | None = None) -> MemoryEstimate:
-    """The memory of one training step of `setup`, GiB by term (see the module docstring).
+def estimate(spec: RunSpec, coefficients: dict[str, float] | None = None) -> MemoryEstimate:
+    """The memory of one training step of `spec` on a GPU, GiB by term (see the module docstring).
 
-    Raises ValueError (from TrainingSetup) for unknown settings.
+    Raises ValueError for settings the estimator does not model (`estimable`), KeyError for an
+    unknown model size.
     """
     coefficients = coefficients or COEFFICIENTS
-    weights, adapter, optimizer = weight_bytes(setup), adapter_bytes(setup), optimizer_bytes(setup)
-    phase_units = features(setup)
+    estimable(spec)
+    weights, adapter, optimizer = weight_bytes(spec), adapter_bytes(spec), optimizer_bytes(spec)
+    phase_units = features(spec)
     loss_act, loss_logits = _modelled(phase_units["loss"], coefficients)
     back_act, back_logits = _modelled(phase_units["backward"], coefficients)
     loss_peak, back_peak = loss_act + loss_logits, adapter + back_act + back_logits
@@ -314,19 +287,19 @@ def load_measurements(path: str | Path = MEASUREMENTS) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def setup_of(row: dict) -> TrainingSetup:
-    """The TrainingSetup a measured row describes."""
+def spec_of(row: dict) -> RunSpec:
+    """The run spec a measured row describes."""
     checkpointing = None if row["checkpointing"] == "default" else row["checkpointing"]
-    return TrainingSetup(model=row["size"], backend=row["backend"], precision=row["precision"], rank=row["rank"],
-                         target_modules=tuple(row["targets"]), use_dora=row["dora"], optimizer=row["optimizer"],
-                         gradient_checkpointing=checkpointing, max_seq_length=row["seq"], batch_size=row["batch"],
-                         compute_dtype=row.get("compute_dtype", "bfloat16"))
+    return RunSpec.of(row["size"], backend=row["backend"], precision=row["precision"], rank=row["rank"],
+                      target_modules=tuple(row["targets"]), use_dora=row["dora"], optim=row["optimizer"],
+                      gradient_checkpointing=checkpointing, max_seq_length=row["seq"], batch_size=row["batch"],
+                      compute_dtype=row.get("compute_dtype", "bfloat16"))
 
 
 def measured_rows(measurements: dict | None = None) -> list[dict]:
-    """Rows that completed (outcome "ok"), each with its `setup`."""
+    """Rows that completed (outcome "ok"), each with its `spec` (`spec_of`)."""
     measurements = measurements or load_measurements()
-    return [row | {"setup": setup_of(row)} for row in measurements["rows"] if row.get("outcome") == "ok"]
+    return [row | {"spec": spec_of(row)} for row in measurements["rows"] if row.get("outcome") == "ok"]
 
 
 def fit_coefficients(rows: list[dict], iterations: int = 20) -> dict[str, float]:
@@ -350,16 +323,16 @@ def _fit_from(rows: list[dict], phases: list[str], iterations: int) -> dict[str,
     for _ in range(iterations):
         matrix, target = [], []
         for row, phase in zip(rows, phases):
-            setup = row["setup"]
-            static = weight_bytes(setup) + adapter_bytes(setup) + optimizer_bytes(setup)
-            static += adapter_bytes(setup) if phase == "backward" else 0.0
-            units = features(setup)[phase]
+            spec = row["spec"]
+            static = weight_bytes(spec) + adapter_bytes(spec) + optimizer_bytes(spec)
+            static += adapter_bytes(spec) if phase == "backward" else 0.0
+            units = features(spec)[phase]
             weight = 1 / (row["peak_allocated_gib"] * GIB)
             matrix.append([units.get(k, 0.0) * weight for k in names])
             target.append((row["peak_allocated_gib"] * GIB - static) * weight)
         solution = _nonnegative_least_squares(np.array(matrix), np.array(target))
         coefficients = dict(zip(names, (float(x) for x in solution)))
-        new = [estimate(r["setup"], coefficients).phase for r in rows]
+        new = [estimate(r["spec"], coefficients).phase for r in rows]
         if new == phases:
             break
         phases = new
@@ -394,8 +367,8 @@ def comparison(rows: list[dict], coefficients: dict[str, float] | None = None) -
     """Measured vs estimated peak allocated for each row: GiB and relative error."""
     table = []
     for row in rows:
-        predicted = estimate(row["setup"], coefficients).peak_allocated
-        table.append({"setup": row["setup"].describe(), "size": row["size"], "backend": row["backend"],
+        predicted = estimate(row["spec"], coefficients).peak_allocated
+        table.append({"setup": row["spec"].describe(), "size": row["size"], "backend": row["backend"],
                       "seq": row["seq"], "tag": row["tag"], "measured_gib": row["peak_allocated_gib"],
                       "estimated_gib": predicted, "error": predicted / row["peak_allocated_gib"] - 1})
     return table
@@ -447,10 +420,10 @@ def gpu_profile(name: str) -> GPUProfile:
     return GPU_PROFILES[key]
 
 
-def fits(setup: TrainingSetup, gpu: GPUProfile | str) -> bool:
+def fits(spec: RunSpec, gpu: GPUProfile | str) -> bool:
     """True when the estimated device memory (peak + slack + CUDA context) is within the GPU's."""
     gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
-    return estimate(setup).total <= gpu.memory_gib
+    return estimate(spec).total <= gpu.memory_gib
 
 
 def measured_peak(rows: list[dict], size: str, backend: str = "unsloth", seq: int = 4096, rank: int = 64,
@@ -471,10 +444,10 @@ def exact_term_errors(rows: list[dict]) -> dict[str, dict[str, float]]:
     the GPU counted over `rows` (`measured_rows`), {"largest difference (MiB)", "relative"}."""
     worst = {}
     for r in rows:
-        setup = r["setup"]
-        pairs = {"weights": (r["weights_gib"], weight_bytes(setup) / GIB),
-                 "adapter": (r["adapter_gib"], adapter_bytes(setup) / GIB),
-                 "optimizer": (r["optimizer_gib"], optimizer_bytes(setup) / GIB)}
+        spec = r["spec"]
+        pairs = {"weights": (r["weights_gib"], weight_bytes(spec) / GIB),
+                 "adapter": (r["adapter_gib"], adapter_bytes(spec) / GIB),
+                 "optimizer": (r["optimizer_gib"], optimizer_bytes(spec) / GIB)}
         for term, (measured, estimated) in pairs.items():
             current = worst.setdefault(term, {"largest difference (MiB)": 0.0, "relative": 0.0})
             current["largest difference (MiB)"] = max(current["largest difference (MiB)"],

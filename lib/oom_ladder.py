@@ -21,37 +21,39 @@ import gc
 import sys
 import traceback
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
-from .memory import GPUProfile, MemoryEstimate, TrainingSetup, estimate, gpu_profile
+from .memory import GPUProfile, MemoryEstimate, estimate, gpu_profile, gpu_run
+from .run_spec import RunSpec
 
 
 @dataclass(frozen=True)
 class Rung:
-    """One step down: a name and the change it makes to a TrainingSetup."""
+    """One step down: a name and the change it makes to a run spec."""
 
     name: str
-    change: Callable[[TrainingSetup], TrainingSetup]
+    change: Callable[[RunSpec], RunSpec]
     from_source: bool = False
 
 
 RUNGS = [
-    Rung("seq -> 2048", lambda s: replace(s, max_seq_length=min(s.max_seq_length, 2048)), True),
-    Rung("rank -> 32", lambda s: replace(s, rank=min(s.rank, 32)), True),
-    Rung("DoRA off", lambda s: replace(s, use_dora=False), True),
-    Rung("targets q_proj, v_proj", lambda s: replace(s, target_modules=("q_proj", "v_proj")), True),
+    Rung("seq -> 2048", lambda s: s.replace(max_seq_length=min(s.optimisation.max_seq_length, 2048)), True),
+    Rung("rank -> 32", lambda s: s.replace(rank=min(s.adapter.rank, 32)), True),
+    Rung("DoRA off", lambda s: s.replace(use_dora=False), True),
+    Rung("targets q_proj, v_proj", lambda s: s.replace(target_modules=("q_proj", "v_proj")), True),
     Rung("batch 1 + gradient accumulation",
-         lambda s: replace(s, batch_size=1, gradient_accumulation_steps=s.batch_size * s.gradient_accumulation_steps)),
-    Rung("paged 8-bit AdamW", lambda s: replace(s, optimizer="paged_adamw_8bit")),
-    Rung("seq -> 1024", lambda s: replace(s, max_seq_length=min(s.max_seq_length, 1024))),
-    Rung("seq -> 512", lambda s: replace(s, max_seq_length=min(s.max_seq_length, 512))),
+         lambda s: s.replace(batch_size=1, gradient_accumulation_steps=s.optimisation.batch_size
+                             * s.optimisation.gradient_accumulation_steps)),
+    Rung("paged 8-bit AdamW", lambda s: s.replace(optim="paged_adamw_8bit")),
+    Rung("seq -> 1024", lambda s: s.replace(max_seq_length=min(s.optimisation.max_seq_length, 1024))),
+    Rung("seq -> 512", lambda s: s.replace(max_seq_length=min(s.optimisation.max_seq_length, 512))),
 ]
 
 
-def ladder(setup: TrainingSetup, rungs=RUNGS) -> list[tuple[str, TrainingSetup]]:
-    """[(rung name, setup)]: the setup as asked, then each rung applied cumulatively (no-op rungs dropped)."""
-    steps = [("as asked", setup)]
+def ladder(spec: RunSpec, rungs=RUNGS) -> list[tuple[str, RunSpec]]:
+    """[(rung name, spec)]: the spec as asked, then each rung applied cumulatively (no-op rungs dropped)."""
+    steps = [("as asked", spec)]
     for rung in rungs:
         changed = rung.change(steps[-1][1])
         if changed != steps[-1][1]:
@@ -64,7 +66,7 @@ class Attempt:
     """What happened at one rung. Memory in GiB; `left_after_gib`: allocated after recovery minus before."""
 
     rung: str
-    setup: TrainingSetup
+    spec: RunSpec
     predicted: MemoryEstimate
     outcome: str  # "skipped" (predicted not to fit), "oom", "ok"
     measured_peak_gib: float | None = None
@@ -72,7 +74,7 @@ class Attempt:
     error: str = ""
 
     def as_row(self) -> dict:
-        return {"rung": self.rung, "setup": self.setup.describe(), "settings": self.setup.short(),
+        return {"rung": self.rung, "setup": self.spec.describe(), "settings": self.spec.short(),
                 "predicted_peak_gib": round(
                 self.predicted.peak_allocated, 2), "predicted_total_gib": round(self.predicted.total, 2),
                 "outcome": self.outcome, "measured_peak_gib": self.measured_peak_gib,
@@ -119,10 +121,10 @@ def release(error: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
-def run_ladder(setup: TrainingSetup, budget_gib: float, attempt: Callable[[TrainingSetup], float],
-               start: str = "predicted", estimator: Callable[[TrainingSetup], MemoryEstimate] = estimate,
+def run_ladder(spec: RunSpec, budget_gib: float, attempt: Callable[[RunSpec], float],
+               start: str = "predicted", estimator: Callable[[RunSpec], MemoryEstimate] = estimate,
                log: Callable[[str], None] = print) -> LadderResult:
-    """Try `attempt(setup)` rung by rung until one trains; returns every attempt.
+    """Try `attempt(spec)` rung by rung, from `spec` down, until one trains; returns every attempt.
 
     budget_gib: device memory available (a GPU's total, or a cap). start="predicted" skips rungs
     whose estimate (`MemoryEstimate.total`) exceeds the budget; start="top" tries every rung from
@@ -134,7 +136,7 @@ def run_ladder(setup: TrainingSetup, budget_gib: float, attempt: Callable[[Train
     if start not in ("predicted", "top"):
         raise ValueError(f"start={start!r}: use 'predicted' or 'top'")
     result = LadderResult()
-    for name, candidate in ladder(setup):
+    for name, candidate in ladder(spec):
         predicted = estimator(candidate)
         if start == "predicted" and predicted.total > budget_gib:
             result.attempts.append(Attempt(name, candidate, predicted, "skipped"))
@@ -162,37 +164,33 @@ def run_ladder(setup: TrainingSetup, budget_gib: float, attempt: Callable[[Train
 
 # ------------------------------------------------------------------ a real attempt
 
-def probe_attempt(model_path: str, steps: int = 3) -> Callable[[TrainingSetup], float]:
-    """An `attempt` for `run_ladder`: load the model with the setup, train `steps` optimizer steps on
-    random full-length sequences (the worst case for that max_seq_length), return the peak allocated
-    GiB (None without a GPU).
+def probe_attempt(model_path: str, steps: int = 3) -> Callable[[RunSpec], float]:
+    """An `attempt` for `run_ladder`: load the model at `model_path` with the spec, train `steps`
+    optimizer steps on random full-length sequences (the worst case for that max_seq_length),
+    return the peak allocated GiB (None without a GPU).
 
     Uses `lib.training.load_for_training` (the course's loader) and a plain loop with gradient
     accumulation, so that what is measured is the step itself.
     """
 
-    def attempt(setup: TrainingSetup) -> float | None:
+    def attempt(spec: RunSpec) -> float | None:
         import torch
 
-        from .lora import TrinityConfig
-        from .model import ModelSource
-        from .precision import resolve_compute_dtype
         from .training import load_for_training
 
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        trinity = TrinityConfig(rank=setup.rank, use_dora=setup.use_dora, target_modules=setup.target_modules)
-        model, _ = load_for_training(ModelSource("probe", model_path, "local"), trinity, setup.backend,
-                                     resolve_compute_dtype(), setup.max_seq_length, setup.gradient_checkpointing,
-                                     setup.precision.startswith(("nf4", "int8")))
+        model, _ = load_for_training(spec.replace(model=model_path))
         model.train()
-        optimizer = make_optimizer(setup.optimizer, [p for p in model.parameters() if p.requires_grad])
+        o = spec.optimisation
+        optimizer = make_optimizer(o.optimizer_for("cuda" if cuda else "cpu"),
+                                   [p for p in model.parameters() if p.requires_grad])
         vocab = model.get_input_embeddings().weight.shape[0]
         for _ in range(steps):
-            for _ in range(setup.gradient_accumulation_steps):
-                ids = torch.randint(0, vocab, (setup.batch_size, setup.max_seq_length), device=model.device)
-                (model(input_ids=ids, labels=ids).loss / setup.gradient_accumulation_steps).backward()
+            for _ in range(o.gradient_accumulation_steps):
+                ids = torch.randint(0, vocab, (o.batch_size, o.max_seq_length), device=model.device)
+                (model(input_ids=ids, labels=ids).loss / o.gradient_accumulation_steps).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
@@ -210,25 +208,25 @@ class SimulatedGPU:
 
     While the context is open, a forward hook on every module raises `torch.OutOfMemoryError` from
     inside the model's forward pass (so its traceback holds the model and activations, as a real
-    one does) whenever `fits(setup)` is False for the setup being attempted. Each attempted model
+    one does) whenever `fits(spec)` is False for the spec being attempted. Each attempted model
     is remembered by a weak reference, so the caller can check that recovery freed it.
 
         probe = probe_attempt(path, steps=2)
         with SimulatedGPU(probe, fits=lambda s: estimate(s).peak_allocated <= 1.5, label="1.5 GiB") as gpu:
-            result = run_ladder(setup, 100.0, gpu.attempt, start="top")
+            result = run_ladder(spec, 100.0, gpu.attempt, start="top")
         assert gpu.models_alive() == 0
     """
 
-    def __init__(self, attempt: Callable[[TrainingSetup], float | None], fits: Callable[[TrainingSetup], bool],
+    def __init__(self, attempt: Callable[[RunSpec], float | None], fits: Callable[[RunSpec], bool],
                  label: str = "simulated"):
         self._attempt, self.fits, self.label = attempt, fits, label
-        self.current: TrainingSetup | None = None
+        self.current: RunSpec | None = None
         self.models_seen: list[weakref.ref] = []
 
-    def attempt(self, setup: TrainingSetup) -> float | None:
+    def attempt(self, spec: RunSpec) -> float | None:
         """The `attempt` to give `run_ladder`: the wrapped attempt, under this GPU's budget."""
-        self.current = setup
-        return self._attempt(setup)
+        self.current = spec
+        return self._attempt(spec)
 
     def _hook(self, module, args, output) -> None:
         if type(module).__name__.endswith("ForCausalLM"):
@@ -266,28 +264,28 @@ def make_optimizer(name: str, params):
 
 # ------------------------------------------------------------------ will it fit?
 
-def setup_for(model: str, gpu: GPUProfile, **settings) -> TrainingSetup:
-    """The TrainingSetup of `settings` on `gpu`: activations in the dtype the backend runs in
-    there (`lib.precision.gpu_precision`), unless `compute_dtype` is given."""
+def spec_for(model: str, gpu: GPUProfile, **settings) -> RunSpec:
+    """`lib.memory.gpu_run(model, **settings)` on `gpu`: activations in the dtype the backend runs
+    in there (`lib.precision.gpu_precision`), unless `compute_dtype` is given."""
     from .precision import gpu_precision
 
     if "compute_dtype" not in settings:
         settings["compute_dtype"] = gpu_precision(settings.get("backend", "unsloth"), gpu.bf16).activations
-    return TrainingSetup(model=model, **settings)
+    return gpu_run(model, **settings)
 
 
-def recommend(model: str, gpu: str | GPUProfile, **settings) -> tuple[str, TrainingSetup, MemoryEstimate] | None:
-    """(rung, setup, estimate) of the first ladder rung predicted to fit `gpu`, or None if none does.
+def recommend(model: str, gpu: str | GPUProfile, **settings) -> tuple[str, RunSpec, MemoryEstimate] | None:
+    """(rung, spec, estimate) of the first ladder rung predicted to fit `gpu`, or None if none does.
 
-    settings: any TrainingSetup field (backend, rank, use_dora, max_seq_length, batch_size, ...);
+    settings: any RunSpec field (backend, rank, use_dora, max_seq_length, batch_size, optim, ...);
     the default is the Trinity at 4096 tokens under unsloth. The activations' dtype follows the
     GPU and backend (`lib.precision.gpu_precision`: float32 for peft on a T4) unless given.
     """
     gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
-    for name, setup in ladder(setup_for(model, gpu, **settings)):
-        predicted = estimate(setup)
+    for name, spec in ladder(spec_for(model, gpu, **settings)):
+        predicted = estimate(spec)
         if predicted.total <= gpu.memory_gib:
-            return name, setup, predicted
+            return name, spec, predicted
     return None
 
 
@@ -295,9 +293,9 @@ def ladder_rows(model: str, gpu: str | GPUProfile, **settings) -> list[dict]:
     """Every rung with its estimate and whether it fits `gpu`: the "will it fit?" table."""
     gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
     rows = []
-    for name, setup in ladder(setup_for(model, gpu, **settings)):
-        predicted = estimate(setup)
-        rows.append({"rung": name, "setup": setup.describe(), "settings": setup.short(), **predicted.as_row(),
+    for name, spec in ladder(spec_for(model, gpu, **settings)):
+        predicted = estimate(spec)
+        rows.append({"rung": name, "setup": spec.describe(), "settings": spec.short(), **predicted.as_row(),
                      "fits": predicted.total <= gpu.memory_gib})
     return rows
 
@@ -334,7 +332,7 @@ def main(argv=None) -> int:
     try:
         gpu = gpu_profile(args.gpu)
         rows = ladder_rows(args.model, gpu, backend=args.backend, max_seq_length=args.seq, batch_size=args.batch,
-                           rank=args.rank, use_dora=not args.no_dora, optimizer=args.optimizer)
+                           rank=args.rank, use_dora=not args.no_dora, optim=args.optimizer)
     except (KeyError, ValueError) as error:
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2

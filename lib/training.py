@@ -22,7 +22,7 @@ import json
 import re
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,40 +32,11 @@ from transformers import TrainerCallback
 from .artifacts import read_json, read_jsonl, write_json
 from .distributed import is_main_process, world_size
 from .fast_dora import use_fast_dora
-from .lora import TrinityConfig, trainable_parameters
+from .lora import trainable_parameters
 from .loss import causal_lm_parts
-from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Optimisation settings. Batch = batch_size x gradient_accumulation_steps sequences."""
-
-    max_steps: int = 60
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    warmup_steps: int = 5
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = 0.0
-    max_seq_length: int = 512
-    logging_steps: int = 1
-    save_steps: int = 20
-    sample_every: int = 20
-    sample_max_new_tokens: int = 64
-    optim: str = "adamw_torch"
-    seed: int = 3407
-    # Response-only loss on a CPU: logits of the labelled tokens only, this many rows at a time
-    # (`lib.loss`); 0 uses the model's own loss over the full logits. Ignored on a GPU.
-    loss_chunk_tokens: int = 256
-
-
-def default_optimizer(device: str) -> str:
-    """The course's optimizer (a TrainingConfig `optim` value) for `device` ("cuda" or "cpu"):
-    bitsandbytes' 8-bit AdamW on a GPU, the QLoRA recipe's (its two states take 2 bytes per
-    trainable parameter instead of 8; chapter 01 measures this); torch's AdamW on a CPU, where
-    the chapters' runs are small and bitsandbytes' optimizers are built for CUDA."""
-    return "adamw_8bit" if device == "cuda" else "adamw_torch"
+from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer, resolve_model
+from .precision import resolve_compute_dtype
+from .run_spec import UNQUANTIZED, RunSpec, TrainingConfig
 
 
 def run_paths(run_dir: str | Path) -> dict[str, Path]:
@@ -139,40 +110,47 @@ def peak_memory_gib(device: str) -> tuple[float, str]:
 
 # ------------------------------------------------------------------ loading
 
-CHECKPOINTING = ("off", "standard", "offloaded")
-DORA_IMPLEMENTATIONS = ("fast", "peft")
+def compute_dtype_of(spec: RunSpec, device: str | None = None) -> torch.dtype:
+    """The dtype `spec` computes in on `device` (default: this machine's; `lib.precision` resolves
+    "auto"). Raises ValueError for a precision the loader cannot load ("int8") and for an
+    unquantized base whose dtype is not the compute dtype (an unquantized base computes in its own)."""
+    loading = spec.loading
+    compute_dtype = resolve_compute_dtype(loading.compute_dtype, device)
+    if not loading.load_in_4bit:
+        held = UNQUANTIZED.get(loading.precision)
+        if held is None:
+            raise ValueError(f"precision={loading.precision!r}: the loader takes 'nf4-dq', 'nf4' or an unquantized "
+                             f"base ({', '.join(UNQUANTIZED)}); int8 is for memory estimates")
+        if getattr(torch, held) != compute_dtype:
+            raise ValueError(f"precision={loading.precision!r} holds the base in {held}, but the compute dtype is "
+                             f"{str(compute_dtype).removeprefix('torch.')}: set compute_dtype={held!r} or another "
+                             f"precision")
+    return compute_dtype
 
 
-def load_for_training(source: ModelSource, trinity: TrinityConfig, backend: str, compute_dtype: torch.dtype,
-                      max_seq_length: int, gradient_checkpointing: bool | str = True, load_in_4bit: bool = True,
-                      dora_implementation: str = "fast"):
-    """(peft model, tokenizer): an NF4 base (or `compute_dtype` if not load_in_4bit) with the Trinity
-    adapter, through `backend`.
+def load_for_training(spec: RunSpec):
+    """(peft model, tokenizer): `spec.model` (`lib.model.resolve_model`: an embedded alias, a folder
+    or a hub id) loaded as `spec.loading` says (an NF4 base, or unquantized in the compute dtype)
+    with `spec.adapter`, ready to train at `spec.optimisation.max_seq_length`.
 
     backend "unsloth" uses FastModel (on a GPU, or its CPU fallback; import it first, see
-    `lib.environment.import_backend`); "peft" uses transformers + bitsandbytes + peft
-    with `prepare_model_for_kbit_training`. gradient_checkpointing: "off", "standard" (recompute
-    each layer in backward) or "offloaded" (unsloth's: the saved layer inputs go to CPU RAM; peft
-    has no such mode and uses standard); True means the backend's default ("offloaded" under
-    unsloth, "standard" under peft). dora_implementation (when trinity.use_dora): "fast"
-    (`lib.fast_dora.use_fast_dora`: same parameters and adapter files, the norm computed once per
-    optimizer step) or "peft" (peft's own, which unsloth also uses). Raises ValueError for an
-    unknown backend, mode or DoRA implementation.
+    `lib.environment.import_backend`); "peft" uses transformers + bitsandbytes + peft with
+    `prepare_model_for_kbit_training`. DoRA layers get `lib.fast_dora` unless
+    spec.loading.dora_implementation is "peft". Raises ValueError as `compute_dtype_of` does.
     """
-    mode = {True: "offloaded" if backend == "unsloth" else "standard", False: "off"}.get(gradient_checkpointing,
-                                                                                        gradient_checkpointing)
-    if mode not in CHECKPOINTING:
-        raise ValueError(f"gradient_checkpointing={gradient_checkpointing!r}: use one of {CHECKPOINTING}")
-    if dora_implementation not in DORA_IMPLEMENTATIONS:
-        raise ValueError(f"dora_implementation={dora_implementation!r}: use one of {DORA_IMPLEMENTATIONS}")
-    model, tokenizer = _load_peft_model(source, trinity, backend, compute_dtype, max_seq_length, mode, load_in_4bit)
-    if trinity.use_dora and dora_implementation == "fast":
+    model, tokenizer = _load_peft_model(resolve_model(spec.model), spec, compute_dtype_of(spec))
+    if spec.adapter.use_dora and spec.loading.dora_implementation == "fast":
         use_fast_dora(model)
     return model, tokenizer
 
 
-def _load_peft_model(source, trinity, backend, compute_dtype, max_seq_length, mode, load_in_4bit):
-    if backend == "unsloth":
+def _load_peft_model(source: ModelSource, spec: RunSpec, compute_dtype: torch.dtype):
+    trinity, mode, load_in_4bit = spec.adapter, spec.loading.checkpointing, spec.loading.load_in_4bit
+    max_seq_length = spec.optimisation.max_seq_length
+    if spec.loading.backend == "unsloth":
+        if spec.loading.precision == "nf4":
+            raise ValueError("precision='nf4': unsloth's loader always double-quantizes NF4; use 'nf4-dq' or "
+                             "backend 'peft'")
         from unsloth import FastModel
 
         # dtype: the course's compute dtype (lib.precision), not unsloth's own choice, which reads the
@@ -190,11 +168,10 @@ def _load_peft_model(source, trinity, backend, compute_dtype, max_seq_length, mo
         if not tokenizer.chat_template:
             tokenizer.chat_template = load_tokenizer(source).chat_template
         return model, tokenizer
-    if backend != "peft":
-        raise ValueError(f"unknown backend {backend!r}: use 'unsloth' or 'peft'")
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    model = load_causal_lm(source, compute_dtype, load_in_4bit=load_in_4bit)
+    model = load_causal_lm(source, compute_dtype, load_in_4bit=load_in_4bit,
+                           double_quant=spec.loading.precision == "nf4-dq")
     if load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=mode != "off",
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -386,8 +363,9 @@ def training_arguments(config: TrainingConfig, run_dir: Path, device: str, compu
         output_dir=str(run_paths(run_dir)["checkpoints"]), max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
-        lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay, optim=config.optim,
-        logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=3,
+        lr_scheduler_type=config.lr_scheduler_type, weight_decay=config.weight_decay,
+        optim=config.optimizer_for(device),
+        logging_steps=config.logging_steps, save_steps=config.save_steps or config.max_steps, save_total_limit=3,
         seed=config.seed, data_seed=config.seed,
         # lib.precision.gpu_precision: bf16 autocast where the GPU has bfloat16; never float16
         # autocast (it overflows Gemma 3; unsloth switches it off for Gemma 3 itself).
@@ -442,9 +420,10 @@ def course_trainer_class():
 RESUMABLE_CHANGES = ("max_steps", "logging_steps", "save_steps", "sample_every", "sample_max_new_tokens")
 
 
-def run_spec(model, dataset, config: TrainingConfig) -> dict:
-    """What a run trains: the optimisation settings, the base model and adapter, and a digest of
-    the training data (token ids and labels of every example, for a tokenized dataset)."""
+def resume_record(model, dataset, config: TrainingConfig) -> dict:
+    """What a run trains, as <run>/run-spec.json keeps it for `check_resume`: the optimisation
+    settings, the base model and adapter as loaded, and a digest of the training data (token ids
+    and labels of every example, for a tokenized dataset)."""
     peft_config = getattr(model, "peft_config", {}).get("default")
     adapter = {} if peft_config is None else {
         key: getattr(peft_config, key) for key in ("r", "lora_alpha", "use_rslora", "use_dora", "lora_dropout")}
@@ -463,16 +442,16 @@ def run_spec(model, dataset, config: TrainingConfig) -> dict:
             "base_model": base, "adapter": adapter, "data": data}
 
 
-def check_resume(run_dir: Path, spec: dict) -> None:
+def check_resume(run_dir: Path, record: dict) -> None:
     """Raise ValueError, naming every difference, when `run_dir`'s run-spec.json (the settings it was
-    started with) is not `spec`: a resumed run must continue the same training."""
+    started with) is not `record` (`resume_record`): a resumed run must continue the same training."""
     path = run_paths(run_dir)["spec"]
     if not path.exists():
         return
     before = read_json(path)
     differences = []
-    for part in spec:
-        old, new = before.get(part, {}), spec[part]
+    for part in record:
+        old, new = before.get(part, {}), record[part]
         if isinstance(new, dict):
             differences += [f"{part}.{key}: {old.get(key)!r} then, {new.get(key)!r} now"
                             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
@@ -505,10 +484,10 @@ def save_adapter(model, tokenizer, folder: Path) -> Path:
     return replace_folder(staging, folder)
 
 
-def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str | Path, device: str,
-          compute_dtype: torch.dtype, sample_prompts: list[list[dict]] = (), resume: bool = True,
-          extra_callbacks=()) -> TrainingResult:
-    """Train `model` (a peft model from `load_for_training`) and save the adapter under `run_dir`.
+def train(model, tokenizer, train_records, spec: RunSpec, run_dir: str | Path, device: str,
+          sample_prompts: list[list[dict]] = (), resume: bool = True, extra_callbacks=()) -> TrainingResult:
+    """Train `model` (a peft model from `load_for_training(spec)`) with `spec.optimisation`
+    and save the adapter under `run_dir`.
 
     With `resume` and a checkpoint in <run>/checkpoints, training continues from the last complete
     one (`last_checkpoint`): optimizer, scheduler, RNG and data order restored, so the loss curve
@@ -520,19 +499,21 @@ def train(model, tokenizer, train_records, config: TrainingConfig, run_dir: str 
 
     # Pads input_ids with the pad token and labels with -100, so padding carries no loss.
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    return train_dataset(model, tokenizer, tokenized_dataset(tokenizer, train_records, config.max_seq_length),
-                         collator, config, run_dir, device, compute_dtype, sample_prompts, resume, extra_callbacks)
+    dataset = tokenized_dataset(tokenizer, train_records, spec.optimisation.max_seq_length)
+    return train_dataset(model, tokenizer, dataset, collator, spec, run_dir, device, sample_prompts, resume,
+                         extra_callbacks)
 
 
-def train_dataset(model, processing_class, dataset, collator, config: TrainingConfig, run_dir: str | Path,
-                  device: str, compute_dtype: torch.dtype, sample_prompts: list[list[dict]] = (),
-                  resume: bool = True, extra_callbacks=()) -> TrainingResult:
+def train_dataset(model, processing_class, dataset, collator, spec: RunSpec, run_dir: str | Path, device: str,
+                  sample_prompts: list[list[dict]] = (), resume: bool = True, extra_callbacks=()) -> TrainingResult:
     """`train` for any map-style `dataset` and `collator` (a callable from a list of items to a batch
     dict with labels): the vision path's conversations with images. `processing_class` (tokenizer
     or processor) is saved next to the adapter."""
     from transformers import PrinterCallback
 
     tokenizer = processing_class
+    config = replace(spec.optimisation, optim=spec.optimisation.optimizer_for(device))
+    compute_dtype = compute_dtype_of(spec, device)
     run_dir = Path(run_dir)
     paths = run_paths(run_dir)
     if device == "cpu":
@@ -554,11 +535,11 @@ def train_dataset(model, processing_class, dataset, collator, config: TrainingCo
     if checkpoint is None and is_main_process():  # a fresh start: an earlier run's log lines would mix with this one's
         for stale in (paths["log"], paths["samples"]):
             stale.unlink(missing_ok=True)
-    spec = run_spec(model, dataset, config)
+    record = resume_record(model, dataset, config)
     if checkpoint is not None:
-        check_resume(run_dir, spec)
+        check_resume(run_dir, record)
     if is_main_process():
-        write_json(paths["spec"], spec)
+        write_json(paths["spec"], record)
     if checkpoint is not None and paths["stats"].exists() and \
             checkpoint_state(checkpoint)["global_step"] >= config.max_steps:
         # The run is complete. Resuming would still train one step past max_steps (transformers

@@ -13,12 +13,12 @@ labels, LoRA on both towers, NF4, training, generation) and learns nothing worth
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .lora import TrinityConfig
+from .run_spec import RunSpec
 
 DEFAULT_HUB_MODEL = "unsloth/gemma-3-4b-it"
 TINY_RANDOM = "tiny-random"
@@ -31,40 +31,39 @@ VISION_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 @dataclass(frozen=True)
 class VisionPreset:
-    """A training profile of the source plan (../seeds/000, "Two Training Paths")."""
+    """A training profile of the source plan (../seeds/000, "Two Training Paths"): a run spec and
+    the epochs it trains for (`steps_for` turns them into max_steps for a dataset)."""
 
     name: str
-    load_in_4bit: bool
-    use_rslora: bool
-    use_dora: bool
     epochs: int
-    max_seq_length: int
-    rank: int = 64
-    alpha: float = 32
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 4
-    learning_rate: float = 2e-4
-
-    def trinity(self) -> TrinityConfig:
-        return TrinityConfig(rank=self.rank, alpha=self.alpha, use_rslora=self.use_rslora, use_dora=self.use_dora)
+    spec: RunSpec
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """One row for a table: name, epochs and the settings the presets differ in or share."""
+        a, o, lo = self.spec.adapter, self.spec.optimisation, self.spec.loading
+        return {"name": self.name, "epochs": self.epochs, "precision": lo.precision, "rank": a.rank, "alpha": a.alpha,
+                "use_rslora": a.use_rslora, "use_dora": a.use_dora, "max_seq_length": o.max_seq_length,
+                "batch_size": o.batch_size, "gradient_accumulation_steps": o.gradient_accumulation_steps,
+                "learning_rate": o.learning_rate}
 
 
+# Both presets: batch 1 with 4 accumulation steps, the Trinity's rank and alpha, NF4 base.
+_VISION_RUN = RunSpec.of(batch_size=1, gradient_accumulation_steps=4, learning_rate=2e-4)
 PRESETS = {
     # Colab T4, 16 GB: QLoRA + rsLoRA only, 1 epoch, 2048 tokens.
-    "T4": VisionPreset("T4", load_in_4bit=True, use_rslora=True, use_dora=False, epochs=1, max_seq_length=2048),
+    "T4": VisionPreset("T4", 1, _VISION_RUN.replace(use_dora=False, max_seq_length=2048)),
     # A 24 GB GPU (the source's Modal A10G): the full Trinity, 3 epochs, 4096 tokens.
-    "24GB": VisionPreset("24GB", load_in_4bit=True, use_rslora=True, use_dora=True, epochs=3, max_seq_length=4096),
+    "24GB": VisionPreset("24GB", 3, _VISION_RUN.replace(use_dora=True, max_seq_length=4096)),
 }
 
 
-def preset(name: str, **overrides) -> VisionPreset:
-    """PRESETS[name] with `overrides` (any VisionPreset field). Raises ValueError for an unknown name."""
+def preset(name: str, epochs: int | None = None, **changes) -> VisionPreset:
+    """PRESETS[name], with `epochs` and `changes` (any RunSpec field, e.g. model, backend, max_steps).
+    Raises ValueError for an unknown name or field."""
     if name not in PRESETS:
         raise ValueError(f"unknown vision preset {name!r}: choose one of {sorted(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+    chosen = PRESETS[name]
+    return VisionPreset(name, chosen.epochs if epochs is None else epochs, chosen.spec.replace(**changes))
 
 
 def default_vision_model() -> str:
@@ -156,49 +155,50 @@ def language_and_vision_targets() -> str:
             rf"|.*vision_tower.*\.({'|'.join(VISION_MODULES)})")
 
 
-def load_vision_model(name: str, settings: VisionPreset, backend: str, compute_dtype: torch.dtype):
-    """(peft model, processor): a Gemma 3 vision checkpoint (hub id, folder or `TINY_RANDOM`), NF4
-    if `settings.load_in_4bit`, with LoRA (rank, alpha, rsLoRA, DoRA from `settings`) on the
-    language and vision layers, ready to train with gradient checkpointing.
+def load_vision_model(spec: RunSpec):
+    """(peft model, processor): the Gemma 3 vision checkpoint `spec.model` (hub id, folder or
+    `TINY_RANDOM`), NF4 if `spec.loading` says so, with LoRA (rank, alpha, rsLoRA, DoRA from
+    `spec.adapter`) on the language and vision layers, ready to train with gradient checkpointing.
 
     backend "unsloth" (CUDA only: unsloth's CPU fallback raises NotImplementedError for vision
     models) uses FastVisionModel; "peft" uses transformers + bitsandbytes + peft. DoRA layers get
-    `lib.fast_dora`, as in the text path. Raises ValueError for an unknown backend.
+    `lib.fast_dora` unless spec.loading.dora_implementation is "peft", as in the text path.
     """
     from .fast_dora import use_fast_dora
+    from .precision import resolve_compute_dtype
 
-    path = resolve_vision_model(name)
-    trinity = settings.trinity()
-    if backend == "unsloth":
+    path = resolve_vision_model(spec.model)
+    trinity, loading = spec.adapter, spec.loading
+    compute_dtype = resolve_compute_dtype(loading.compute_dtype)
+    if loading.backend == "unsloth":
         from unsloth import FastVisionModel
 
-        model, processor = FastVisionModel.from_pretrained(path, load_in_4bit=settings.load_in_4bit,
-                                                           max_seq_length=settings.max_seq_length)
+        model, processor = FastVisionModel.from_pretrained(path, load_in_4bit=loading.load_in_4bit,
+                                                           max_seq_length=spec.optimisation.max_seq_length)
         model = FastVisionModel.get_peft_model(
             model, finetune_vision_layers=True, finetune_language_layers=True, finetune_attention_modules=True,
             finetune_mlp_modules=True, r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
-            use_dora=trinity.use_dora, lora_dropout=0.0, bias="none", use_gradient_checkpointing="unsloth")
+            use_dora=trinity.use_dora, lora_dropout=trinity.dropout, bias="none",
+            use_gradient_checkpointing="unsloth")
         FastVisionModel.for_training(model)
-    elif backend == "peft":
+    else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from .model import keep_4bit_layout_on_cpu, nf4_config
 
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=compute_dtype, quantization_config=nf4_config(compute_dtype) if settings.load_in_4bit else None)
-        if settings.load_in_4bit and not torch.cuda.is_available():
+        quantization = nf4_config(compute_dtype, loading.precision == "nf4-dq") if loading.load_in_4bit else None
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=compute_dtype, quantization_config=quantization)
+        if loading.load_in_4bit and not torch.cuda.is_available():
             keep_4bit_layout_on_cpu(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         config = LoraConfig(r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
                             use_dora=trinity.use_dora, target_modules=language_and_vision_targets(),
-                            lora_dropout=0.0, bias="none")
+                            lora_dropout=trinity.dropout, bias="none")
         model = get_peft_model(model, config)
         processor = AutoProcessor.from_pretrained(path)
-    else:
-        raise ValueError(f"unknown backend {backend!r}: use 'unsloth' or 'peft'")
-    if trinity.use_dora:
+    if trinity.use_dora and loading.dora_implementation == "fast":
         use_fast_dora(model)
     return model, processor
 
@@ -319,10 +319,10 @@ def collator_for(backend: str, model, processor, max_seq_length: int):
     return VisionCollator(processor, max_seq_length)
 
 
-def steps_for(settings: VisionPreset, train_examples: int) -> int:
-    """Optimizer steps for `settings.epochs` epochs of `train_examples` conversations."""
-    per_step = settings.batch_size * settings.gradient_accumulation_steps
-    return settings.epochs * math.ceil(train_examples / per_step)
+def steps_for(chosen: VisionPreset, train_examples: int) -> int:
+    """Optimizer steps for `chosen.epochs` epochs of `train_examples` conversations."""
+    o = chosen.spec.optimisation
+    return chosen.epochs * math.ceil(train_examples / (o.batch_size * o.gradient_accumulation_steps))
 
 
 # ------------------------------------------------------------------ generation

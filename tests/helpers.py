@@ -52,3 +52,12 @@ def parameters_cell(source: Path):
     cells = jupytext.read(source).cells
     index = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
     return cells[index].source, [c.source for c in cells[index + 1:] if c.cell_type == "code"]
+
+
+def tiny_run(source, **changes):
+    """A run spec for the tiny Gemma at `source` (a ModelSource): peft, 128 tokens, batch 2, no
+    warm-up, no sampling; `changes` as `RunSpec.replace` takes them."""
+    from lib.run_spec import RunSpec
+
+    return RunSpec.of(source.path_or_id, **({"backend": "peft", "max_seq_length": 128, "batch_size": 2,
+                                             "warmup_steps": 0, "sample_every": 0} | changes))

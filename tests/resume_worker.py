@@ -6,13 +6,12 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from helpers import COMPUTE_DTYPE, code_records
-from lib.lora import TrinityConfig
-from lib.model import ModelSource
-from lib.training import TrainingConfig, load_for_training, train
+from helpers import code_records
+from lib.run_spec import RunSpec
+from lib.training import load_for_training, train
 
-CONFIG = TrainingConfig(max_steps=6, batch_size=2, save_steps=2, learning_rate=1e-3, warmup_steps=0,
-                        max_seq_length=128, sample_every=0)
+SETTINGS = dict(rank=8, backend="peft", max_steps=6, batch_size=2, save_steps=2, learning_rate=1e-3, warmup_steps=0,
+                max_seq_length=128, sample_every=0)
 
 
 class Slow(TrainerCallback):
@@ -28,8 +27,7 @@ class Slow(TrainerCallback):
 if __name__ == "__main__":
     model_dir, run_dir, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     torch.manual_seed(0)
-    model, tokenizer = load_for_training(ModelSource("tiny", model_dir, "local"), TrinityConfig(rank=8),
-                                         "peft", COMPUTE_DTYPE, 128)
-    result = train(model, tokenizer, code_records(24), CONFIG, run_dir, "cpu", COMPUTE_DTYPE,
-                   extra_callbacks=[Slow(seconds)])
+    spec = RunSpec.of(model_dir, **SETTINGS)
+    model, tokenizer = load_for_training(spec)
+    result = train(model, tokenizer, code_records(24), spec, run_dir, "cpu", extra_callbacks=[Slow(seconds)])
     print("resumed_from", result.resumed_from)

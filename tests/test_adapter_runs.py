@@ -1,8 +1,9 @@
+import json
 import math
 
 import pytest
 
-from lib.adapter_runs import AdapterRun, run_in_fresh_process, summarize, train_adapter
+from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process, summarize, train_adapter
 
 
 def log(losses):
@@ -18,8 +19,8 @@ def test_summarize_flags_rising_and_non_finite_losses():
 
 
 def test_a_short_run_records_loss_scaling_updates_and_changes(tiny_source, tmp_path):
-    run = AdapterRun("tiny", rank=4, use_rslora=True, use_dora=True, steps=2, track_every=1,
-                     model_name=tiny_source.path_or_id, max_seq_length=256)
+    spec = SHORT_RUN.replace(model=tiny_source.path_or_id, rank=4, use_rslora=True, use_dora=True, max_steps=2)
+    run = AdapterRun("tiny", spec, track_every=1)
     result = train_adapter(run, tmp_path)
     assert result["peft_scaling"] == pytest.approx(32 / 2)  # alpha / sqrt(4)
     assert [e["step"] for e in result["log"]] == [1, 2]
@@ -29,8 +30,17 @@ def test_a_short_run_records_loss_scaling_updates_and_changes(tiny_source, tmp_p
 
 
 def test_a_failing_run_raises_with_the_workers_log(tmp_path):
-    run = AdapterRun("broken", rank=4, use_rslora=False, model_name=str(tmp_path / "no-such-model"))
+    run = AdapterRun("broken", SHORT_RUN.replace(model=str(tmp_path / "no-such-model"), rank=4, use_rslora=False))
     with pytest.raises(RuntimeError, match="adapter run 'broken' failed") as error:
         run_in_fresh_process(run, tmp_path / "run")
     assert "no-such-model" in str(error.value)
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_a_run_round_trips_through_its_spec_file_and_refuses_what_short_runs_do_not_do(tmp_path):
+    run = AdapterRun("x", SHORT_RUN.replace(rank=8, precision="fp32", compute_dtype="float32"),
+                     total_update_modules=("q_proj",), relora_every=4)
+    assert AdapterRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    checkpointed = AdapterRun("ckpt", SHORT_RUN.replace(gradient_checkpointing="standard"))
+    with pytest.raises(ValueError, match="short runs support"):
+        train_adapter(checkpointed, tmp_path)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from lib.adapter_runs import AdapterRun, run_in_fresh_process
+from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
 from lib.distributed import launch_command
 
 STEPS = 4
@@ -15,9 +15,10 @@ LOSS_TOLERANCE = 1e-5  # relative, per logged step
 
 
 def short_run(tiny_source, name, batch_size, **changes):
-    return AdapterRun(name, rank=8, use_rslora=True, steps=STEPS, batch_size=batch_size, max_seq_length=128,
-                      warmup_steps=1, track_every=0, compute_dtype="float32", model_name=tiny_source.path_or_id,
-                      learning_rate=1e-3, **changes)
+    spec = SHORT_RUN.replace(model=tiny_source.path_or_id, rank=8, use_rslora=True, max_steps=STEPS,
+                             batch_size=batch_size, max_seq_length=128, warmup_steps=1, compute_dtype="float32",
+                             learning_rate=1e-3, **changes)
+    return AdapterRun(name, spec, track_every=0)
 
 
 def losses(result):

@@ -8,6 +8,8 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
+from helpers import tiny_run
+
 import lib.fast_dora
 from lib.fast_dora import dora_weight_norm, use_fast_dora
 from lib.lora import TrinityConfig
@@ -218,8 +220,8 @@ def test_load_for_training_uses_fast_dora_unless_asked(tiny_source):
     from lib.training import load_for_training
 
     def variants(implementation):
-        model, _ = load_for_training(tiny_source, TrinityConfig(rank=4), "peft", torch.float32, 64,
-                                     dora_implementation=implementation)
+        model, _ = load_for_training(tiny_run(tiny_source, rank=4, compute_dtype="float32", max_seq_length=64,
+                                              dora_implementation=implementation))
         return {type(v).__name__ for m in model.modules() for v in getattr(m, "lora_variant", {}).values()}
 
     assert variants("fast") == {"FastDoraLinearVariant"}

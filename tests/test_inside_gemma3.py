@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import COMPUTE_DTYPE, code_records
+from helpers import code_records, tiny_run
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from lib import attention as A
@@ -136,14 +136,12 @@ def test_a_small_model_memorizes_random_sequences_and_an_untrained_one_does_not(
 
 
 def test_gradient_norms_and_held_out_loss_are_recorded_per_step(tiny_source, tmp_path):
-    from lib.lora import TrinityConfig
-    from lib.training import GradientNormCallback, TrainingConfig, load_for_training, read_gradient_norms, train
+    from lib.training import GradientNormCallback, load_for_training, read_gradient_norms, train
 
-    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=4), "peft", COMPUTE_DTYPE, 128)
+    spec = tiny_run(tiny_source, rank=4, max_steps=4, save_steps=100)
+    model, tokenizer = load_for_training(spec)
     records = code_records(6)
-    config = TrainingConfig(max_steps=4, batch_size=2, warmup_steps=0, max_seq_length=128, sample_every=0,
-                            save_steps=100)
-    train(model, tokenizer, records, config, tmp_path, "cpu", COMPUTE_DTYPE, resume=False,
+    train(model, tokenizer, records, spec, tmp_path, "cpu", resume=False,
           extra_callbacks=[GradientNormCallback(tmp_path, every=2),
                            HeldOutLossCallback(tmp_path, tokenizer, {"train": records[:2], "test": records[4:]}, 2)])
     norms = read_gradient_norms(tmp_path)

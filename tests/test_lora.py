@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from helpers import COMPUTE_DTYPE
+from helpers import tiny_run
 from lib.lora import ALL_LINEAR_MODULES, TrinityConfig, trainable_parameters
 from lib.training import load_for_training
 
@@ -21,8 +21,7 @@ def test_invalid_config(kwargs, message):
 
 
 def test_trinity_on_gemma_adapts_all_seven_projections(tiny_source):
-    trinity = TrinityConfig(rank=8, alpha=16)
-    model, _ = load_for_training(tiny_source, trinity, "peft", COMPUTE_DTYPE, 128)
+    model, _ = load_for_training(tiny_run(tiny_source, rank=8, alpha=16))
     config = model.peft_config["default"]
     assert (config.r, config.lora_alpha, config.use_rslora, config.use_dora) == (8, 16, True, True)
     assert set(config.target_modules) == set(ALL_LINEAR_MODULES)
@@ -38,8 +37,8 @@ def test_trinity_on_gemma_adapts_all_seven_projections(tiny_source):
 
 
 def test_unknown_backend(tiny_source):
-    with pytest.raises(ValueError, match="unknown backend 'jax'"):
-        load_for_training(tiny_source, TrinityConfig(), "jax", torch.float32, 128)
+    with pytest.raises(ValueError, match="backend='jax'"):
+        load_for_training(tiny_run(tiny_source, backend="jax"))
 
 
 def test_unsloth_backend_runs_the_trinity_on_this_machine(tiny_source, tmp_path):

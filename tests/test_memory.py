@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib import memory
-from lib.memory import TrainingSetup, estimate
+from lib.memory import estimate, gpu_run
 
 
 def test_shipped_coefficients_are_the_fit_of_the_stored_measurements():
@@ -26,49 +26,50 @@ def test_estimator_is_within_ten_percent_of_every_measured_point():
 
 def test_exact_terms_equal_what_the_gpu_counted():
     for row in memory.measured_rows():
-        setup = row["setup"]
-        assert memory.weight_bytes(setup) / memory.GIB == pytest.approx(row["weights_gib"], rel=2e-3)
-        assert memory.adapter_bytes(setup) / memory.GIB == pytest.approx(row["adapter_gib"], rel=1e-6)
-        assert memory.optimizer_bytes(setup) / memory.GIB == pytest.approx(row["optimizer_gib"], rel=1e-2, abs=4e-3)
+        spec = row["spec"]
+        assert memory.weight_bytes(spec) / memory.GIB == pytest.approx(row["weights_gib"], rel=2e-3)
+        assert memory.adapter_bytes(spec) / memory.GIB == pytest.approx(row["adapter_gib"], rel=1e-6)
+        assert memory.optimizer_bytes(spec) / memory.GIB == pytest.approx(row["optimizer_gib"], rel=1e-2, abs=4e-3)
 
 
 def test_exact_terms_equal_a_loaded_4bit_model(tiny_source):
-    from lib.lora import TrinityConfig
     from lib.oom_ladder import make_optimizer
     from lib.quantization import stored_bytes
+    from lib.run_spec import RunSpec
     from lib.training import load_for_training
-    from transformers import AutoConfig
 
-    model, _ = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", torch.bfloat16, 64)
+    # one spec loads the model and is estimated (its shape read from the folder's config.json)
+    spec = RunSpec.of(tiny_source.path_or_id, rank=8, backend="peft", compute_dtype="bfloat16", max_seq_length=64,
+                      optim="adamw_8bit")
+    model, _ = load_for_training(spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer("adamw_8bit", trainable)
+    optimizer = make_optimizer(spec.optimisation.optim, trainable)
     ids = torch.tensor([[1, 2, 3, 4]])
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
     adapter = sum(p.numel() * p.element_size() for p in trainable)
     state = memory.optimizer_state_bytes(optimizer)
-    setup = TrainingSetup(memory.shape_of(AutoConfig.from_pretrained(tiny_source.path_or_id)), backend="peft", rank=8)
-    assert memory.adapter_bytes(setup) == adapter
-    assert memory.weight_bytes(setup) == pytest.approx(stored_bytes(model) - adapter, rel=0.02)
-    assert memory.optimizer_bytes(setup) == pytest.approx(state, rel=0.01)
+    assert memory.adapter_bytes(spec) == adapter
+    assert memory.weight_bytes(spec) == pytest.approx(stored_bytes(model) - adapter, rel=0.02)
+    assert memory.optimizer_bytes(spec) == pytest.approx(state, rel=0.01)
 
 
 def test_adapter_count_agrees_with_lib_lora():
     from lib.lora import adapter_parameters
 
-    for setup in (TrainingSetup("12B"), TrainingSetup("4B", rank=16, use_dora=False, target_modules=("q_proj", "v_proj"))):
-        shape = setup.shape
-        assert memory.adapter_bytes(setup) == 4 * adapter_parameters(
-            shape.linear_shapes(), shape.num_hidden_layers, setup.rank, setup.target_modules, setup.use_dora)
+    for spec in (gpu_run("12B"), gpu_run("4B", rank=16, use_dora=False, target_modules=("q_proj", "v_proj"))):
+        shape, adapter = memory.model_shape(spec.model), spec.adapter
+        assert memory.adapter_bytes(spec) == 4 * adapter_parameters(
+            shape.linear_shapes(), shape.num_hidden_layers, adapter.rank, adapter.target_modules, adapter.use_dora)
 
 
 def test_terms_move_the_way_the_settings_say():
-    trinity = estimate(TrainingSetup("12B"))
-    assert estimate(TrainingSetup("12B", max_seq_length=2048)).activations < trinity.activations
-    assert estimate(TrainingSetup("12B", rank=32)).adapter == pytest.approx(trinity.adapter / 2, rel=0.01)
-    assert estimate(TrainingSetup("12B", optimizer="adamw_torch")).optimizer > 3.5 * trinity.optimizer
-    assert estimate(TrainingSetup("12B", precision="bf16")).weights > 2.5 * trinity.weights
-    full = estimate(TrainingSetup("12B", backend="peft"))
+    trinity = estimate(gpu_run("12B"))
+    assert estimate(gpu_run("12B", max_seq_length=2048)).activations < trinity.activations
+    assert estimate(gpu_run("12B", rank=32)).adapter == pytest.approx(trinity.adapter / 2, rel=0.01)
+    assert estimate(gpu_run("12B", optim="adamw_torch")).optimizer > 3.5 * trinity.optimizer
+    assert estimate(gpu_run("12B", precision="bf16")).weights > 2.5 * trinity.weights
+    full = estimate(gpu_run("12B", backend="peft"))
     assert full.phase == "loss" and full.logits > 10 and full.gradients == 0.0
     assert trinity.phase == "backward" and trinity.gradients == trinity.adapter
     assert trinity.total == pytest.approx(trinity.peak_allocated * (1 + memory.ALLOCATOR_SLACK) + memory.CUDA_CONTEXT_GIB)
@@ -78,24 +79,24 @@ def test_any_transformers_config_is_accepted():
     from transformers import Gemma3Config
 
     config = Gemma3Config(text_config=memory.shape_of("4B").to_config().to_dict())
-    assert estimate(TrainingSetup(memory.shape_of(config))).weights == pytest.approx(estimate(TrainingSetup("4B")).weights)
+    assert estimate(gpu_run(memory.shape_of(config))).weights == pytest.approx(estimate(gpu_run("4B")).weights)
 
 
-@pytest.mark.parametrize("field, value", [("precision", "nf3"), ("optimizer", "sgd"), ("gradient_checkpointing", "some"),
-                                          ("loss", "sampled"), ("rank", 0), ("max_seq_length", 0),
-                                          ("target_modules", ("lm_head",)), ("backend", "jax")])
+@pytest.mark.parametrize("field, value", [("precision", "nf3"), ("optim", "sgd"), ("gradient_checkpointing", "some"),
+                                          ("dora_implementation", "triton"), ("rank", 0), ("max_seq_length", 0),
+                                          ("target_modules", ("lm_head",)), ("backend", "jax"), ("rnak", 8)])
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
-        TrainingSetup("1B", **{field: value})
+        estimate(gpu_run("1B", **{field: value}))
 
 
 def test_unknown_model_and_gpu_are_named():
     with pytest.raises(KeyError, match="13B"):
-        estimate(TrainingSetup("13B"))
+        estimate(gpu_run("13B"))
     with pytest.raises(KeyError, match="V100"):
         memory.gpu_profile("V100")
     assert memory.gpu_profile("a100").name == "A100-40GB"
-    assert memory.fits(TrainingSetup("1B"), "T4") and not memory.fits(TrainingSetup("27B"), "T4")
+    assert memory.fits(gpu_run("1B"), "T4") and not memory.fits(gpu_run("27B"), "T4")
 
 
 def test_full_finetuning_accounting_equals_the_tensors_counted_on_the_gpu():
@@ -124,7 +125,7 @@ def test_the_compute_dtype_rule_against_gpu_runs_without_bf16():
     estimate with the activations' dtype stays within 5% for float32 and errs high (never more
     than 5% low) for unsloth's 16-bit path, which measured below its bf16 runs."""
     rows = memory.measured_rows(memory.load_measurements(memory.DTYPE_MEASUREMENTS))
-    assert {r["setup"].compute_dtype for r in rows} == {"float32", "float16"} and len(rows) >= 10
+    assert {r["spec"].loading.compute_dtype for r in rows} == {"float32", "float16"} and len(rows) >= 10
     for row in memory.comparison(rows):
         if "float32" in row["setup"]:
             assert abs(row["error"]) <= 0.05, row
@@ -132,19 +133,19 @@ def test_the_compute_dtype_rule_against_gpu_runs_without_bf16():
             assert -0.05 <= row["error"] <= 0.20, row
 
 
-def test_float32_activations_cost_twice_the_bytes_and_a_t4_setup_picks_them_by_backend():
-    from lib.oom_ladder import setup_for
+def test_float32_activations_cost_twice_the_bytes_and_a_t4_run_picks_them_by_backend():
+    from lib.oom_ladder import spec_for
 
-    bf16 = TrainingSetup("4B", backend="peft", max_seq_length=2048)
-    fp32 = TrainingSetup("4B", backend="peft", max_seq_length=2048, compute_dtype="float32")
+    bf16 = gpu_run("4B", backend="peft", max_seq_length=2048)
+    fp32 = gpu_run("4B", backend="peft", max_seq_length=2048, compute_dtype="float32")
     units_bf16, units_fp32 = memory.features(bf16)["backward"], memory.features(fp32)["backward"]
     assert units_fp32["layer_recompute"] == 2 * units_bf16["layer_recompute"]
     assert units_fp32["dora_norm"] == units_bf16["dora_norm"]  # materialised in fp32 either way
     assert estimate(fp32).activations > estimate(bf16).activations
     t4 = memory.gpu_profile("T4")
-    assert setup_for("4B", t4, backend="peft").compute_dtype == "float32"
-    assert setup_for("4B", t4, backend="unsloth").compute_dtype == "float16"
-    assert setup_for("4B", memory.gpu_profile("L4"), backend="peft").compute_dtype == "bfloat16"
-    assert setup_for("4B", t4, backend="peft", compute_dtype="bfloat16").compute_dtype == "bfloat16"
+    assert spec_for("4B", t4, backend="peft").loading.compute_dtype == "float32"
+    assert spec_for("4B", t4, backend="unsloth").loading.compute_dtype == "float16"
+    assert spec_for("4B", memory.gpu_profile("L4"), backend="peft").loading.compute_dtype == "bfloat16"
+    assert spec_for("4B", t4, backend="peft", compute_dtype="bfloat16").loading.compute_dtype == "bfloat16"
     with pytest.raises(ValueError, match="compute_dtype='fp8'"):
-        TrainingSetup("4B", compute_dtype="fp8")
+        gpu_run("4B", compute_dtype="fp8")

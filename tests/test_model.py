@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from helpers import COMPUTE_DTYPE, ROOT
-from lib.lora import TrinityConfig
+from helpers import ROOT, tiny_run
 from lib.model import ModelNotFoundError, gemma3_chat_template, resolve_model
 from lib.training import load_for_training
 
@@ -49,7 +48,7 @@ def test_local_folder_resolves(tiny_source):
 
 def test_dora_eval_matches_train_mode_on_cpu(tiny_source):
     """Regression: bitsandbytes' CPU repacking in eval mode broke peft DoRA's weight norm."""
-    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", COMPUTE_DTYPE, 128)
+    model, tokenizer = load_for_training(tiny_run(tiny_source, rank=8))
     ids = tokenizer("def add(a, b):\n    return a + b", return_tensors="pt")["input_ids"]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):

@@ -8,25 +8,26 @@ import pytest
 import torch
 
 from lib import memory, oom_ladder
-from lib.memory import TrainingSetup
+from lib.memory import gpu_run
 
 
 def test_rungs_are_cumulative_in_the_source_order_then_the_extra_ones():
-    names = [name for name, _ in oom_ladder.ladder(TrainingSetup("12B", max_seq_length=4096, batch_size=4))]
+    names = [name for name, _ in oom_ladder.ladder(gpu_run("12B", max_seq_length=4096, batch_size=4))]
     assert names == ["as asked", "seq -> 2048", "rank -> 32", "DoRA off", "targets q_proj, v_proj",
                      "batch 1 + gradient accumulation", "paged 8-bit AdamW", "seq -> 1024", "seq -> 512"]
-    last = oom_ladder.ladder(TrainingSetup("12B", max_seq_length=4096, batch_size=4))[-1][1]
-    assert (last.max_seq_length, last.rank, last.use_dora, last.target_modules, last.batch_size,
-            last.gradient_accumulation_steps) == (512, 32, False, ("q_proj", "v_proj"), 1, 4)
+    last = oom_ladder.ladder(gpu_run("12B", max_seq_length=4096, batch_size=4))[-1][1]
+    o, a = last.optimisation, last.adapter
+    assert (o.max_seq_length, a.rank, a.use_dora, a.target_modules, o.batch_size, o.gradient_accumulation_steps,
+            o.optim) == (512, 32, False, ("q_proj", "v_proj"), 1, 4, "paged_adamw_8bit")
     # rungs that change nothing are dropped
-    short = [n for n, _ in oom_ladder.ladder(TrainingSetup("1B", max_seq_length=1024, rank=16, use_dora=False))]
+    short = [n for n, _ in oom_ladder.ladder(gpu_run("1B", max_seq_length=1024, rank=16, use_dora=False))]
     assert "seq -> 2048" not in short and "rank -> 32" not in short and "DoRA off" not in short
 
 
 def fake_attempt(fits_below_gib, calls):
-    def attempt(setup):
-        calls.append(setup)
-        peak = memory.estimate(setup).peak_allocated
+    def attempt(spec):
+        calls.append(spec)
+        peak = memory.estimate(spec).peak_allocated
         if peak > fits_below_gib:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return peak
@@ -35,16 +36,16 @@ def fake_attempt(fits_below_gib, calls):
 
 def test_start_at_the_first_rung_predicted_to_fit():
     calls = []
-    setup = TrainingSetup("12B", backend="peft")
-    result = oom_ladder.run_ladder(setup, 14.56, fake_attempt(100, calls), log=lambda _: None)
-    first_fit = next(s for _, s in oom_ladder.ladder(setup) if memory.estimate(s).total <= 14.56)
+    spec = gpu_run("12B", backend="peft")
+    result = oom_ladder.run_ladder(spec, 14.56, fake_attempt(100, calls), log=lambda _: None)
+    first_fit = next(s for _, s in oom_ladder.ladder(spec) if memory.estimate(s).total <= 14.56)
     assert calls == [first_fit]
     assert [a.outcome for a in result.attempts if a.outcome != "skipped"] == ["ok"]
 
 
 def test_a_real_oom_steps_down_until_one_trains():
     calls = []
-    result = oom_ladder.run_ladder(TrainingSetup("12B"), 100, fake_attempt(11.0, calls), start="top",
+    result = oom_ladder.run_ladder(gpu_run("12B"), 100, fake_attempt(11.0, calls), start="top",
                                    log=lambda _: None)
     outcomes = [a.outcome for a in result.attempts]
     assert outcomes[-1] == "ok" and set(outcomes[:-1]) == {"oom"} and len(outcomes) >= 3
@@ -53,30 +54,27 @@ def test_a_real_oom_steps_down_until_one_trains():
 
 
 def test_other_errors_are_not_swallowed():
-    def broken(setup):
+    def broken(spec):
         raise ValueError("bad data in train.jsonl line 3")
 
     with pytest.raises(ValueError, match="line 3"):
-        oom_ladder.run_ladder(TrainingSetup("1B"), 100, broken, start="top", log=lambda _: None)
+        oom_ladder.run_ladder(gpu_run("1B"), 100, broken, start="top", log=lambda _: None)
     with pytest.raises(ValueError, match="start"):
-        oom_ladder.run_ladder(TrainingSetup("1B"), 100, broken, start="middle")
+        oom_ladder.run_ladder(gpu_run("1B"), 100, broken, start="middle")
 
 
 def test_every_rung_failing_returns_no_choice():
-    result = oom_ladder.run_ladder(TrainingSetup("12B"), 100, fake_attempt(0.1, []), start="top", log=lambda _: None)
+    result = oom_ladder.run_ladder(gpu_run("12B"), 100, fake_attempt(0.1, []), start="top", log=lambda _: None)
     assert result.chosen is None and all(a.outcome == "oom" for a in result.attempts)
 
 
 def test_recovery_frees_the_failed_training_step(tiny_source):
     """An OOM raised inside a real forward pass keeps the model alive through its traceback;
     after the ladder's recovery nothing of the failed attempts survives."""
-    from transformers import AutoConfig
-
     probe = oom_ladder.probe_attempt(tiny_source.path_or_id, steps=1)
-    shape = memory.shape_of(AutoConfig.from_pretrained(tiny_source.path_or_id))
     # a small GPU: only the rungs without DoRA fit
-    with oom_ladder.SimulatedGPU(probe, fits=lambda setup: not setup.use_dora) as gpu:
-        result = oom_ladder.run_ladder(TrainingSetup(shape, backend="peft", rank=8, max_seq_length=32), 100,
+    with oom_ladder.SimulatedGPU(probe, fits=lambda spec: not spec.adapter.use_dora) as gpu:
+        result = oom_ladder.run_ladder(gpu_run(tiny_source.path_or_id, backend="peft", rank=8, max_seq_length=32), 100,
                                        gpu.attempt, start="top", log=lambda _: None)
     assert [a.outcome for a in result.attempts] == ["oom", "ok"]
     assert len(gpu.models_seen) >= 2 and gpu.models_alive() == 0

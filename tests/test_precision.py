@@ -88,7 +88,8 @@ def test_a_t4_gets_float32_under_peft_and_unsloths_16_bit_path_never_float16_aut
     with pytest.raises(ValueError, match="backend='vllm'"):
         gpu_precision("vllm", bf16_supported=False)
     # and the training arguments follow it: bf16 autocast only where the GPU has bfloat16
-    from lib.training import TrainingConfig, training_arguments
+    from lib.run_spec import TrainingConfig
+    from lib.training import training_arguments
 
     t4_args = training_arguments(TrainingConfig(), ROOT / "output" / "t4-test", "cpu", torch.float32)
     assert not t4_args.fp16

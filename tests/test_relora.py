@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import COMPUTE_DTYPE, code_records
+from helpers import COMPUTE_DTYPE, code_records, tiny_run
 from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -77,17 +77,16 @@ def test_principal_angles_of_same_and_orthogonal_spaces():
 
 
 def test_merged_rank_1_updates_add_up_past_rank_1(tiny_source, tmp_path):
-    from lib.lora import TrinityConfig
-    from lib.training import TrainingConfig, load_for_training, train
+    from lib.training import load_for_training, train
 
-    trinity = TrinityConfig(rank=1, alpha=1, use_rslora=False, use_dora=False, target_modules=("q_proj",))
-    model, tokenizer = load_for_training(tiny_source, trinity, "peft", torch.float32, 128, load_in_4bit=False)
+    spec = tiny_run(tiny_source, rank=1, alpha=1, use_rslora=False, use_dora=False, target_modules=("q_proj",),
+                    precision="fp32", compute_dtype="float32", max_steps=8, save_steps=100, learning_rate=5e-3,
+                    lr_scheduler_type="constant")
+    model, tokenizer = load_for_training(spec)
     before = snapshot(model, modules=("q_proj",))
     callback = ReLoRACallback(ReLoRASchedule(reset_every=2, prune_ratio=1.0, restart_warmup=0), total_steps=8,
                               learning_rate=5e-3, warmup_steps=0, tracked=((0, "q_proj"),))
-    config = TrainingConfig(max_steps=8, batch_size=2, warmup_steps=0, max_seq_length=128, sample_every=0,
-                            save_steps=100, learning_rate=5e-3, lr_scheduler_type="constant")
-    train(model, tokenizer, code_records(8), config, tmp_path, "cpu", torch.float32, resume=False,
+    train(model, tokenizer, code_records(8), spec, tmp_path, "cpu", resume=False,
           extra_callbacks=[callback])
     assert [m["step"] for m in callback.merges] == [2, 4, 6]
     assert "smallest_angle_to_previous_deg" in callback.merges[1]

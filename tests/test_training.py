@@ -9,12 +9,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from helpers import COMPUTE_DTYPE, ROOT, code_records
+from helpers import ROOT, code_records, tiny_run
 from lib.artifacts import read_json
 from lib.data import tokenize_conversation
-from lib.lora import TrinityConfig
-from lib.training import (TrainingConfig, last_checkpoint, load_for_training, read_log, run_paths,
-                          tokenized_dataset, train)
+from lib.training import last_checkpoint, load_for_training, read_log, run_paths, tokenized_dataset, train
 
 WORKER = ROOT / "tests" / "resume_worker.py"
 
@@ -59,10 +57,10 @@ def test_status_file_and_interrupt_are_recorded(tiny_source, tmp_path):
             if state.global_step == 3:
                 raise KeyboardInterrupt
 
-    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", COMPUTE_DTYPE, 128)
-    config = TrainingConfig(max_steps=5, batch_size=2, save_steps=2, warmup_steps=0, max_seq_length=128, sample_every=0)
+    spec = tiny_run(tiny_source, rank=8, max_steps=5, save_steps=2)
+    model, tokenizer = load_for_training(spec)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(10), config, tmp_path, "cpu", COMPUTE_DTYPE, extra_callbacks=[CtrlC()])
+        train(model, tokenizer, code_records(10), spec, tmp_path, "cpu", extra_callbacks=[CtrlC()])
     status = read_json(run_paths(tmp_path)["status"])
     assert set(status) == {"running", "step", "total_steps", "epoch", "total_epochs", "loss", "learning_rate",
                            "eta_seconds", "started_at", "checkpoint_at", "error"}
@@ -172,25 +170,23 @@ def test_resuming_with_other_settings_or_data_is_refused(tiny_source, tmp_path):
             if state.global_step == 3:
                 raise KeyboardInterrupt
 
-    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=8), "peft", COMPUTE_DTYPE, 128)
-    config = TrainingConfig(max_steps=5, batch_size=2, save_steps=2, warmup_steps=0, max_seq_length=128, sample_every=0)
+    spec = tiny_run(tiny_source, rank=8, max_steps=5, save_steps=2)
+    model, tokenizer = load_for_training(spec)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(10), config, tmp_path, "cpu", COMPUTE_DTYPE, extra_callbacks=[Stop()])
-    faster = TrainingConfig(**{**config.__dict__, "learning_rate": 1e-3})
+        train(model, tokenizer, code_records(10), spec, tmp_path, "cpu", extra_callbacks=[Stop()])
     with pytest.raises(ValueError, match=r"config.learning_rate: 0.0002 then, 0.001 now"):
-        train(model, tokenizer, code_records(10), faster, tmp_path, "cpu", COMPUTE_DTYPE)
+        train(model, tokenizer, code_records(10), spec.replace(learning_rate=1e-3), tmp_path, "cpu")
     with pytest.raises(ValueError, match=r"data.sha256"):
-        train(model, tokenizer, code_records(12), config, tmp_path, "cpu", COMPUTE_DTYPE)
-    longer = TrainingConfig(**{**config.__dict__, "max_steps": 6})  # more steps: a continuation, allowed
-    assert train(model, tokenizer, code_records(10), longer, tmp_path, "cpu", COMPUTE_DTYPE).stats["steps"] == 6
+        train(model, tokenizer, code_records(12), spec, tmp_path, "cpu")
+    longer = spec.replace(max_steps=6)  # more steps: a continuation, allowed
+    assert train(model, tokenizer, code_records(10), longer, tmp_path, "cpu").stats["steps"] == 6
 
 
 def test_a_fresh_start_in_a_used_folder_logs_only_its_own_steps(tiny_source, tmp_path):
-    model, tokenizer = load_for_training(tiny_source, TrinityConfig(rank=4), "peft", COMPUTE_DTYPE, 128)
-    longer = TrainingConfig(max_steps=4, batch_size=2, save_steps=100, warmup_steps=0, max_seq_length=128, sample_every=0)
-    train(model, tokenizer, code_records(8), longer, tmp_path, "cpu", COMPUTE_DTYPE, resume=False)
-    shorter = TrainingConfig(**{**longer.__dict__, "max_steps": 2})
-    train(model, tokenizer, code_records(8), shorter, tmp_path, "cpu", COMPUTE_DTYPE, resume=False)
+    longer = tiny_run(tiny_source, rank=4, max_steps=4, save_steps=100)
+    model, tokenizer = load_for_training(longer)
+    train(model, tokenizer, code_records(8), longer, tmp_path, "cpu", resume=False)
+    train(model, tokenizer, code_records(8), longer.replace(max_steps=2), tmp_path, "cpu", resume=False)
     assert [entry["step"] for entry in read_log(tmp_path)] == [1, 2]  # not steps 3-4 of the first run
 
 

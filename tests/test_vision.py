@@ -25,10 +25,12 @@ def tiny(tmp_path_factory):
 
 def test_presets_follow_the_source_profiles():
     t4, full = preset("T4"), preset("24GB")
-    assert (t4.use_dora, t4.use_rslora, t4.epochs, t4.max_seq_length) == (False, True, 1, 2048)
-    assert (full.use_dora, full.use_rslora, full.epochs, full.max_seq_length) == (True, True, 3, 4096)
-    assert t4.load_in_4bit and full.load_in_4bit and t4.rank == full.rank == 64
-    assert preset("T4", epochs=2).epochs == 2
+    for chosen, expected in ((t4, (False, True, 1, 2048)), (full, (True, True, 3, 4096))):
+        a, o = chosen.spec.adapter, chosen.spec.optimisation
+        assert (a.use_dora, a.use_rslora, chosen.epochs, o.max_seq_length) == expected
+        assert chosen.spec.loading.load_in_4bit and a.rank == 64
+        assert (o.batch_size, o.gradient_accumulation_steps) == (1, 4)
+    assert preset("T4", epochs=2).epochs == 2 and preset("T4", rank=16).spec.adapter.rank == 16
     assert steps_for(full, 10) == 3 * 3  # ceil(10 / (1 x 4)) steps per epoch
     with pytest.raises(ValueError, match="unknown vision preset"):
         preset("A100")
@@ -68,20 +70,19 @@ def test_collator_puts_the_image_in_and_trains_on_the_answer_only(ghost, tiny):
 @pytest.mark.parametrize("name", ["T4", "24GB"])
 def test_a_training_step_moves_lora_on_both_towers(ghost, tiny, tmp_path, name):
     from lib.fast_dora import fast_dora_layers
-    from lib.training import TrainingConfig, train_dataset
+    from lib.training import train_dataset
 
     folder, examples = ghost
-    settings = preset(name)
-    model, processor = load_vision_model(tiny, settings, "peft", COMPUTE_DTYPE)
+    spec = preset(name, model=tiny, backend="peft", max_steps=1, batch_size=2, gradient_accumulation_steps=1,
+                  warmup_steps=0, save_steps=10).spec
+    model, processor = load_vision_model(spec)
     towers = adapted_towers(model)
     assert towers["language"] == 2 * 7 and towers["vision"] == 2 * 6
-    assert bool(fast_dora_layers(model)) == settings.use_dora
+    assert bool(fast_dora_layers(model)) == spec.adapter.use_dora
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    config = TrainingConfig(max_steps=1, batch_size=2, gradient_accumulation_steps=1, warmup_steps=0,
-                            max_seq_length=settings.max_seq_length, save_steps=10)
     train = [e for e in examples if e.split == "train"][:2]
     result = train_dataset(model, processor, Conversations(train, folder), collator_for("peft", model, processor, 2048),
-                           config, tmp_path, "cpu", COMPUTE_DTYPE)
+                           spec, tmp_path, "cpu")
     moved = {n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])}
     assert any("vision_tower" in n for n in moved) and any("language_model" in n for n in moved)
     assert result.stats["steps"] == 1 and (tmp_path / "adapter" / "adapter_config.json").exists()
@@ -93,7 +94,7 @@ def test_saved_adapter_reloads_and_generates(ghost, tiny, tmp_path):
     from lib.training import save_adapter
 
     folder, examples = ghost
-    model, processor = load_vision_model(tiny, preset("T4"), "peft", COMPUTE_DTYPE)
+    model, processor = load_vision_model(preset("T4", model=tiny, backend="peft").spec)
     with torch.no_grad():  # make the adapter matter: B = 0 would leave the base model's output
         for name, parameter in model.named_parameters():
             if "lora_B" in name:

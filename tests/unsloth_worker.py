@@ -7,19 +7,18 @@ import sys
 import unsloth  # noqa: F401  (first, as in the chapters)
 import torch
 
-from helpers import COMPUTE_DTYPE, code_records
+from helpers import code_records
 from lib.fast_dora import fast_dora_layers
-from lib.lora import TrinityConfig, trainable_parameters
-from lib.model import ModelSource
-from lib.training import TrainingConfig, load_for_training, train
+from lib.lora import trainable_parameters
+from lib.run_spec import RunSpec
+from lib.training import load_for_training, train
 
 if __name__ == "__main__":
     model_dir, run_dir = sys.argv[1], sys.argv[2]
-    model, tokenizer = load_for_training(ModelSource("tiny", model_dir, "local"), TrinityConfig(rank=8), "unsloth",
-                                         COMPUTE_DTYPE, 128)
-    config = TrainingConfig(max_steps=3, batch_size=2, save_steps=10, warmup_steps=0, max_seq_length=128,
-                            sample_every=0)
-    result = train(model, tokenizer, code_records(8), config, run_dir, "cpu", COMPUTE_DTYPE)
+    spec = RunSpec.of(model_dir, rank=8, backend="unsloth", max_steps=3, batch_size=2, save_steps=10, warmup_steps=0,
+                      max_seq_length=128, sample_every=0)
+    model, tokenizer = load_for_training(spec)
+    result = train(model, tokenizer, code_records(8), spec, run_dir, "cpu")
     ids = tokenizer("def add(a, b):\n    return a + b", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         model.train()

@@ -101,13 +101,12 @@ def trinity(size: str, seqs: list[int], model_dir: Path) -> dict:
     import unsloth  # noqa: F401  (patches transformers; must come first)
     import torch
 
-    from lib.lora import TrinityConfig
-    from lib.model import ModelSource
     from lib.oom_ladder import make_optimizer
+    from lib.run_spec import RunSpec
     from lib.training import load_for_training
 
-    model, _ = load_for_training(ModelSource(size, str(model_dir), "local"), TrinityConfig(), "unsloth",
-                                 torch.bfloat16, max(seqs))
+    model, _ = load_for_training(RunSpec.of(str(model_dir), backend="unsloth", compute_dtype="bfloat16",
+                                            max_seq_length=max(seqs)))
     model.train()
     load_seconds = time.perf_counter() - started
     optimizer = make_optimizer("adamw_8bit", [p for p in model.parameters() if p.requires_grad])

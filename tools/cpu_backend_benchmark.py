@@ -24,23 +24,22 @@ if __name__ == "__main__":
         import unsloth  # noqa: F401
     from lib.data import prepare_dataset, split_files
     from lib.environment import quiet_library_logs
-    from lib.lora import TrinityConfig
     from lib.model import load_tokenizer, resolve_model
-    from lib.precision import COMPUTE_DTYPES, cpu_features
-    from lib.training import TrainingConfig, load_for_training, train
+    from lib.precision import cpu_features
+    from lib.run_spec import RunSpec
+    from lib.training import load_for_training, train
 
     quiet_library_logs()
-    dtype = COMPUTE_DTYPES[args.dtype]
     source = resolve_model("gemma-3-270m")
     records = prepare_dataset(split_files("data/python-stdlib"), load_tokenizer(source), 384).records["train"][:48]
-    model, tokenizer = load_for_training(source, TrinityConfig(), args.backend, dtype, 384)
     chunk = {} if args.chunk_tokens is None else {"loss_chunk_tokens": args.chunk_tokens}
-    config = TrainingConfig(max_steps=args.steps, batch_size=4, save_steps=100, sample_every=0, warmup_steps=2,
-                            max_seq_length=384, **chunk)
-    result = train(model, tokenizer, records, config, f"output/backend-benchmark-{args.backend}-{args.dtype}", "cpu",
-                   dtype, resume=False)
+    spec = RunSpec.of("gemma-3-270m", backend=args.backend, compute_dtype=args.dtype, max_steps=args.steps,
+                      batch_size=4, save_steps=100, sample_every=0, warmup_steps=2, max_seq_length=384, **chunk)
+    model, tokenizer = load_for_training(spec)
+    result = train(model, tokenizer, records, spec, f"output/backend-benchmark-{args.backend}-{args.dtype}", "cpu",
+                   resume=False)
     keys = ("steps", "tokens_this_session", "train_seconds_this_session", "tokens_per_second", "peak_memory_gib",
             "first_loss", "final_loss")
-    print(json.dumps({"backend": args.backend, "dtype": args.dtype, "loss_chunk_tokens": config.loss_chunk_tokens,
+    print(json.dumps({"backend": args.backend, "dtype": args.dtype, "loss_chunk_tokens": spec.optimisation.loss_chunk_tokens,
                       "cpu": cpu_features()} | {k: result.stats[k] for k in keys}))
     sys.exit(0)

@@ -34,10 +34,10 @@ def main(argv=None) -> int:
 
     from lib.data import prepare_dataset, split_files
     from lib.environment import quiet_library_logs
-    from lib.lora import TrinityConfig
     from lib.model import load_tokenizer, resolve_model
-    from lib.precision import COMPUTE_DTYPES, cpu_features, cpu_matmul_speeds
+    from lib.precision import cpu_features, cpu_matmul_speeds
     from lib.loss import response_only_loss
+    from lib.run_spec import RunSpec
     from lib.training import load_for_training, tokenized_dataset
 
     quiet_library_logs()
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     runs = []
     for backend, dtype in variants:
         torch.manual_seed(3407)
-        model, _ = load_for_training(source, TrinityConfig(), backend, COMPUTE_DTYPES[dtype], 384)
+        model, _ = load_for_training(RunSpec.of("gemma-3-270m", backend=backend, compute_dtype=dtype, max_seq_length=384))
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
         runs.append({"variant": f"{backend}:{dtype}", "model": model, "optimizer": optimizer, "seconds": [],

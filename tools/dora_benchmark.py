@@ -126,15 +126,14 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
         import unsloth  # noqa: F401  (patches transformers; must come first)
     import torch
 
-    from lib.lora import TrinityConfig
-    from lib.model import ModelSource
     from lib.oom_ladder import make_optimizer
+    from lib.run_spec import RunSpec
     from lib.training import load_for_training
 
     use_dora, implementation = VARIANTS[variant]
-    trinity = TrinityConfig(rank=64, use_dora=use_dora)
-    model, _ = load_for_training(ModelSource(size, str(model_dir), "local"), trinity, backend, torch.bfloat16, seq,
-                                 dora_implementation=implementation)
+    model, _ = load_for_training(RunSpec.of(str(model_dir), rank=64, use_dora=use_dora, backend=backend,
+                                            compute_dtype="bfloat16", max_seq_length=seq,
+                                            dora_implementation=implementation))
     model.train()
     load_seconds = time.perf_counter() - started
     trainable = [p for p in model.parameters() if p.requires_grad]

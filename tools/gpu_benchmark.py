@@ -57,24 +57,24 @@ def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_
 
     if backend == "unsloth":
         import unsloth  # noqa: F401  (must be imported before transformers to patch it)
-    import torch
 
     sys.path.insert(0, str(ROOT))
     from lib.data import prepare_dataset, split_files
-    from lib.lora import TrinityConfig
     from lib.model import ModelSource, load_tokenizer
-    from lib.training import TrainingConfig, load_for_training, read_log, train
+    from lib.run_spec import RunSpec
+    from lib.training import load_for_training, read_log, train
 
     phase("import")
     source = ModelSource("gemma-3-270m (random init)", str(model_dir), "local")
     tokenizer = load_tokenizer(source)
     records = prepare_dataset(split_files(ROOT / "data" / "python-stdlib"), tokenizer, max_seq_length).records
     phase("dataset")
-    model, tokenizer = load_for_training(source, TrinityConfig(), backend, torch.bfloat16, max_seq_length)
+    spec = RunSpec.of(str(model_dir), backend=backend, compute_dtype="bfloat16", max_steps=steps,
+                      batch_size=batch_size, max_seq_length=max_seq_length, save_steps=0, sample_every=0,
+                      optim="adamw_8bit", warmup_steps=2)
+    model, tokenizer = load_for_training(spec)
     phase("load_for_training")
-    config = TrainingConfig(max_steps=steps, batch_size=batch_size, max_seq_length=max_seq_length,
-                            save_steps=10 * steps, sample_every=0, optim="adamw_8bit", warmup_steps=2)
-    result = train(model, tokenizer, records["train"], config, run_dir, "cuda", torch.bfloat16, resume=False)
+    result = train(model, tokenizer, records["train"], spec, run_dir, "cuda", resume=False)
     first_step = read_log(run_dir)[0]["train_runtime"]
     return (result.stats | {"first_step_seconds": round(first_step, 1), "phase_seconds": phases}
             | steady_state(read_log(run_dir), warmup_steps=5) | {"compilation": compilation_report()})

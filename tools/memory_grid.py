@@ -133,21 +133,20 @@ def measure_setup(s: dict, model_dir: Path) -> list[dict]:
         import unsloth  # noqa: F401  (patches transformers; must come first)
     import torch
 
-    from lib.lora import TrinityConfig
-    from lib.model import ModelSource
     from lib.memory import optimizer_state_bytes
     from lib.oom_ladder import make_optimizer
     from lib.quantization import stored_bytes
+    from lib.run_spec import RunSpec
     from lib.training import load_for_training
 
     cuda = torch.cuda.is_available()
     gib = 2**30
-    trinity = TrinityConfig(rank=s["rank"], use_dora=s["dora"], target_modules=tuple(s["targets"]))
-    checkpointing = True if s["checkpointing"] == "default" else s["checkpointing"]
+    spec = RunSpec.of(str(model_dir), rank=s["rank"], use_dora=s["dora"], target_modules=tuple(s["targets"]),
+                      backend=s["backend"], precision=s["precision"], compute_dtype=s.get("compute_dtype", "bfloat16"),
+                      gradient_checkpointing=None if s["checkpointing"] == "default" else s["checkpointing"],
+                      max_seq_length=max(s["seqs"]))
     started = time.time()
-    dtype = getattr(torch, s.get("compute_dtype", "bfloat16"))
-    model, _ = load_for_training(ModelSource(s["size"], str(model_dir), "local"), trinity, s["backend"],
-                                 dtype, max(s["seqs"]), checkpointing, s["precision"] != "bf16")
+    model, _ = load_for_training(spec)
     load_seconds = time.time() - started
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SCENARIOS = [  # (name, model size, TrainingSetup settings, start)
+SCENARIOS = [  # (name, model size, run spec fields, start)
     ("4B, peft, Trinity 4096, source protocol", "4B", {"backend": "peft"}, "top"),
     ("12B, unsloth, Trinity 4096, source protocol", "12B", {"backend": "unsloth"}, "top"),
     ("12B, unsloth, Trinity 8192, source protocol", "12B", {"backend": "unsloth", "max_seq_length": 8192}, "top"),
@@ -36,7 +36,7 @@ def run_scenario(index: int, work: Path, budget_gib: float) -> dict:
         import unsloth  # noqa: F401
     import torch
 
-    from lib.memory import TrainingSetup
+    from lib.memory import gpu_run
     from lib.oom_ladder import probe_attempt, run_ladder
 
     torch.zeros(1, device="cuda")
@@ -45,7 +45,7 @@ def run_scenario(index: int, work: Path, budget_gib: float) -> dict:
     cap = budget_gib - context
     torch.cuda.set_per_process_memory_fraction(cap * 2**30 / total)
     started = time.time()
-    result = run_ladder(TrainingSetup(model=size, **settings), budget_gib,
+    result = run_ladder(gpu_run(size, **settings), budget_gib,
                         probe_attempt(str(work / "models" / size)), start=start)
     return {"scenario": name, "start": start, "budget_gib": budget_gib, "allocator_cap_gib": round(cap, 3),
             "cuda_context_gib": round(context, 3), "device_total_gib": total / 2**30,

@@ -30,25 +30,23 @@ def check(preset_name: str, data: Path, tiny: Path, steps: int, work: Path) -> d
 
     from lib.fast_dora import fast_dora_layers
     from lib.ghost_dataset import INSTRUCTION, load_examples
-    from lib.training import TrainingConfig, train_dataset
+    from lib.training import train_dataset
     from lib.vision import (Conversations, adapted_towers, collator_for, generate_ddl, load_vision_for_inference,
                             load_vision_model, preset)
 
-    settings = preset(preset_name)
+    spec = preset(preset_name, model=str(tiny), backend="unsloth", compute_dtype="bfloat16", max_steps=steps,
+                  warmup_steps=0, save_steps=steps, optim="adamw_8bit").spec
     started = time.monotonic()
-    model, processor = load_vision_model(str(tiny), settings, "unsloth", torch.bfloat16)
+    model, processor = load_vision_model(spec)
     progress(f"{preset_name}: loaded", started)
     examples = load_examples(data)
     train = Conversations([e for e in examples if e.split == "train"], data)
-    collator = collator_for("unsloth", model, processor, settings.max_seq_length)
+    collator = collator_for("unsloth", model, processor, spec.optimisation.max_seq_length)
     batch = collator([train[0]])
     labels = batch["labels"][0]
     answer = processor.tokenizer.decode(labels[labels != -100])
-    config = TrainingConfig(max_steps=steps, batch_size=settings.batch_size,
-                            gradient_accumulation_steps=settings.gradient_accumulation_steps, warmup_steps=0,
-                            max_seq_length=settings.max_seq_length, save_steps=steps, optim="adamw_8bit")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    result = train_dataset(model, processor, train, collator, config, work / preset_name, "cuda", torch.bfloat16)
+    result = train_dataset(model, processor, train, collator, spec, work / preset_name, "cuda")
     progress(f"{preset_name}: trained {steps} steps", started)
     moved = [n for n, p in model.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])]
     images = [data / e.image for e in examples[:2]]
