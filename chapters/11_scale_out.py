@@ -167,8 +167,25 @@ print(f"stopped after step {len(first_half['log'])}, resumed to step {len(resume
 resume_table.round(6)
 
 # %% [markdown]
-# ## 5. On several GPUs
+# ## 5. On a GPU, and on several
 #
+# On one GPU the launch is `accelerate launch --num_processes 1 -m lib.adapter_runs SPEC` (no
+# `--multi_gpu`). A stored measurement on an H200 (`python -m tools.launch_gpu_check`, a
+# random-init 270M because no weights travel to that offline machine; the file holds its
+# versions and command) ran one short spec as a plain process and under that launch:
+
+# %%
+from lib.artifacts import read_json
+
+gpu_check = read_json(Path("data/measurements/launch-gpu.json"))
+launch = gpu_check["launch"]
+print(f"{gpu_check['provenance']['gpu']}, {gpu_check['provenance']['date']}: {len(launch['losses']['plain'])} steps, "
+      f"plain process vs accelerate launch: largest relative loss difference "
+      f"{launch['largest_relative_loss_difference']:.1e}, same adapter: {launch['same_adapter']}, "
+      f"peak {launch['peak_memory_gib'][0]:.2f} GiB reserved")
+pd.DataFrame(gpu_check["backends"]).set_index("backend")
+
+# %% [markdown]
 # The commands are the same on a multi-GPU machine: `--num_processes` GPUs, NCCL instead of gloo.
 # What this course has not measured yet, because no machine with several GPUs has been available
 # to it: tokens per second and memory per GPU for the 4B and 12B at 1, 2 and 4 GPUs (the scaling

@@ -196,10 +196,12 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
             "median_step_seconds": statistics.median(step_seconds[1:]) if len(step_seconds) > 1 else None}
 
 
-def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1) -> dict:
+def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1,
+                         accelerate: bool | None = None) -> dict:
     """Train `run` in a new Python process (`python -m lib.adapter_runs`) and return its result;
     with `processes` > 1, in that many data-parallel processes (`lib.distributed`: accelerate, DDP),
     each at `run.spec.optimisation.batch_size`, so the global batch is processes x batch_size.
+    `accelerate` True launches even one process through accelerate (`launch_command`).
 
     The workers' output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
     log's last lines when a worker fails.
@@ -210,8 +212,8 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 
     (run_dir / "result.json").unlink(missing_ok=True)
     log_path = run_dir / "worker.log"
     with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.run(launch_command("lib.adapter_runs", [str(spec)], processes), cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(launch_command("lib.adapter_runs", [str(spec)], processes, accelerate), cwd=ROOT,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = "\n".join(log_path.read_text(encoding="utf-8").splitlines()[-15:])
         raise RuntimeError(f"adapter run {run.name!r} failed (exit {code}); {log_path} ends with:\n{tail}")

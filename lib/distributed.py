@@ -49,17 +49,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_command(module: str, arguments: list[str], processes: int = 1) -> list[str]:
-    """The command that runs `python -m module arguments...` in `processes` data-parallel processes
-    (accelerate's torchrun launcher on a free port), or in this interpreter alone for 1. Raises
-    ValueError for fewer than 1 process."""
+def launch_command(module: str, arguments: list[str], processes: int = 1, accelerate: bool | None = None) -> list[str]:
+    """The command that runs `python -m module arguments...` in `processes` data-parallel processes:
+    through accelerate's launcher (its torchrun path for several processes, on a free port), or,
+    for one process, in a plain interpreter unless `accelerate` is True (the one-process launch a
+    user of a single GPU runs). Raises ValueError for fewer than 1 process."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
-    if processes == 1:
+    if not (processes > 1 if accelerate is None else accelerate):
         return [sys.executable, "-m", module, *arguments]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), "-m", module, *arguments]
+    several = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
+    return [sys.executable, "-m", "accelerate.commands.launch", *several, "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *arguments]
 
 
 def gather(value) -> list:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .memory import GPUProfile, MemoryEstimate, estimate, gpu_profile, gpu_run
-from .run_spec import RunSpec
+from .run_spec import OPTIMIZERS, RunSpec
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=bounded(1, 1024), default=1, help="per-device batch size (1-1024)")
     parser.add_argument("--rank", type=bounded(1, 4096), default=64, help="LoRA rank (1-4096)")
     parser.add_argument("--no-dora", action="store_true")
-    parser.add_argument("--optimizer", default="adamw_8bit")
+    parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
+                        help="default: the run spec's, 8-bit AdamW on a GPU")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table

@@ -158,18 +158,20 @@ def language_and_vision_targets() -> str:
 def load_vision_model(spec: RunSpec):
     """(peft model, processor): the Gemma 3 vision checkpoint `spec.model` (hub id, folder or
     `TINY_RANDOM`), NF4 if `spec.loading` says so, with LoRA (rank, alpha, rsLoRA, DoRA from
-    `spec.adapter`) on the language and vision layers, ready to train with gradient checkpointing.
+    `spec.adapter`) on the language and vision layers, ready to train with the spec's gradient
+    checkpointing (unsloth's offloaded by default, standard under peft). Raises ValueError as
+    `lib.training.compute_dtype_of` does.
 
     backend "unsloth" (CUDA only: unsloth's CPU fallback raises NotImplementedError for vision
     models) uses FastVisionModel; "peft" uses transformers + bitsandbytes + peft. DoRA layers get
     `lib.fast_dora` unless spec.loading.dora_implementation is "peft", as in the text path.
     """
     from .fast_dora import use_fast_dora
-    from .precision import resolve_compute_dtype
+    from .training import compute_dtype_of
 
     path = resolve_vision_model(spec.model)
-    trinity, loading = spec.adapter, spec.loading
-    compute_dtype = resolve_compute_dtype(loading.compute_dtype)
+    trinity, loading, mode = spec.adapter, spec.loading, spec.loading.checkpointing
+    compute_dtype = compute_dtype_of(spec)
     if loading.backend == "unsloth":
         from unsloth import FastVisionModel
 
@@ -179,7 +181,7 @@ def load_vision_model(spec: RunSpec):
             model, finetune_vision_layers=True, finetune_language_layers=True, finetune_attention_modules=True,
             finetune_mlp_modules=True, r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
             use_dora=trinity.use_dora, lora_dropout=trinity.dropout, bias="none",
-            use_gradient_checkpointing="unsloth")
+            use_gradient_checkpointing={"off": False, "standard": True, "offloaded": "unsloth"}[mode])
         FastVisionModel.for_training(model)
     else:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -191,7 +193,7 @@ def load_vision_model(spec: RunSpec):
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=compute_dtype, quantization_config=quantization)
         if loading.load_in_4bit and not torch.cuda.is_available():
             keep_4bit_layout_on_cpu(model)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=mode != "off",
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
         config = LoraConfig(r=trinity.rank, lora_alpha=trinity.alpha, use_rslora=trinity.use_rslora,
                             use_dora=trinity.use_dora, target_modules=language_and_vision_targets(),

@@ -66,6 +66,9 @@ def test_launch_command_runs_one_process_plainly_and_several_through_accelerate(
     several = launch_command("lib.adapter_runs", ["spec.json"], processes=2)
     assert several[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
     assert several[several.index("--num_processes") + 1] == "2" and several[-3:] == ["-m", "lib.adapter_runs", "spec.json"]
+    one = launch_command("lib.adapter_runs", ["spec.json"], accelerate=True)  # a single GPU's launch
+    assert one[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" not in one
+    assert one[one.index("--num_processes") + 1] == "1"
     with pytest.raises(ValueError, match="processes must be >= 1"):
         launch_command("lib.adapter_runs", [], processes=0)
 
