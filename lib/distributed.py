@@ -58,9 +58,11 @@ def launch_command(module: str, arguments: list[str], processes: int = 1, accele
         raise ValueError(f"processes must be >= 1, got {processes}")
     if not (processes > 1 if accelerate is None else accelerate):
         return [sys.executable, "-m", module, *arguments]
-    several = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
-    return [sys.executable, "-m", "accelerate.commands.launch", *several, "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module, *arguments]
+    several = processes > 1
+    return [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if several else []),
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", *(["--main_process_port", str(free_port())] if several else []),
+            "-m", module, *arguments]
 
 
 def gather(value) -> list:
