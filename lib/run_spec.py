@@ -176,10 +176,14 @@ class RunSpec:
                        **{section: replace(getattr(self, section), **values)
                           for section, values in parts.items() if values})
 
+    @property
+    def model_name(self) -> str:
+        """`model` as text: itself, or a Gemma3Shape's name."""
+        return self.model if isinstance(self.model, str) else getattr(self.model, "name", str(self.model))
+
     def to_dict(self) -> dict:
         """JSON-ready: {"model", "adapter", "optimisation", "loading"} (the inverse of `from_dict`)."""
-        model = self.model if isinstance(self.model, str) else getattr(self.model, "name", str(self.model))
-        return {"model": model, **{section: asdict(getattr(self, section)) for section in SECTIONS}}
+        return {"model": self.model_name, **{section: asdict(getattr(self, section)) for section in SECTIONS}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunSpec":
@@ -193,8 +197,7 @@ class RunSpec:
     def describe(self) -> str:
         """One line: "12B nf4-dq r=64 DoRA [all linear] seq=4096 batch=1x1 adamw_8bit ckpt=offloaded ..."."""
         a, o, lo = self.adapter, self.optimisation, self.loading
-        name = self.model if isinstance(self.model, str) else getattr(self.model, "name", "custom")
-        return (f"{name} {lo.precision} r={a.rank} {'DoRA' if a.use_dora else 'LoRA'} [{_targets(a, 'all linear')}] "
+        return (f"{self.model_name} {lo.precision} r={a.rank} {'DoRA' if a.use_dora else 'LoRA'} [{_targets(a, 'all linear')}] "
                 f"seq={o.max_seq_length} batch={o.batch_size}x{o.gradient_accumulation_steps} "
                 f"{o.optimizer_for('cuda')} ckpt={lo.checkpointing} loss={lo.loss} ({lo.backend})"
                 + ("" if lo.compute_dtype in ("auto", "bfloat16") else f" {lo.compute_dtype}"))
