@@ -4,13 +4,19 @@ Each run trains the course's NF4 base with a peft adapter through `lib.training.
 Python process, so that its peak memory is its own and no state leaks from one run into the next.
 Same data, order, seed and learning rate in every run: the curves differ only by the setting.
 
-    python -m lib.adapter_runs RUN_DIR/spec.json     # what `run_in_fresh_process` calls
+    python -m lib.adapter_runs RUN_DIR/spec.json     # a run in its own interpreter, as several processes run
+
+A one-process run is a fork of a server that has imported the training stack once (Python's
+multiprocessing "forkserver"), not a new interpreter: the imports cost each fresh interpreter about
+8 s, which is most of a smoke-sized run. Each fork is still a clean process: the server imports
+modules and runs nothing, so no run sees another's state or the caller's.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -196,11 +202,36 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
             "median_step_seconds": statistics.median(step_seconds[1:]) if len(step_seconds) > 1 else None}
 
 
+# What every short run imports: the fork server imports these once (see the module docstring).
+PRELOADED = ["lib.environment", "torch", "transformers", "peft", "trl", "lib.training", "lib.adapter_runs"]
+
+
+def _forkserver():
+    """The multiprocessing context whose processes fork from the preloading server (started on
+    first use, kept for the life of this process)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOADED)
+    return context
+
+
+def _forked_main(spec_path: str, log_path: str) -> None:
+    """A forked run's body: its output (Python's and the libraries' own) to the log, then `main`."""
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+        stream.flush()
+        os.dup2(log, fd)
+    os.chdir(ROOT)  # as the subprocess path runs it: dataset_dir is relative to the repository
+    sys.exit(main([spec_path]))
+
+
 def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1,
                          accelerate: bool | None = None) -> dict:
-    """Train `run` in a new Python process (`python -m lib.adapter_runs`) and return its result;
-    with `processes` > 1, in that many data-parallel processes (`lib.distributed`: accelerate, DDP),
-    each at `run.spec.optimisation.batch_size`, so the global batch is processes x batch_size.
+    """Train `run` in a new process and return its result: for one process, a fork of the preloading
+    server (module docstring); with `processes` > 1, `python -m lib.adapter_runs` in that many
+    data-parallel processes (`lib.distributed`: accelerate, DDP), each at
+    `run.spec.optimisation.batch_size`, so the global batch is processes x batch_size.
     `accelerate` True launches even one process through accelerate (`launch_command`).
 
     The workers' output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
@@ -211,9 +242,16 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 
     spec = write_json(run_dir / "spec.json", run.to_dict())
     (run_dir / "result.json").unlink(missing_ok=True)
     log_path = run_dir / "worker.log"
-    with open(log_path, "w", encoding="utf-8") as log:
-        code = subprocess.run(launch_command("lib.adapter_runs", [str(spec)], processes, accelerate), cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT).returncode
+    log_path.write_text("", encoding="utf-8")
+    command = launch_command("lib.adapter_runs", [str(spec)], processes, accelerate)
+    if processes == 1 and not accelerate:
+        worker = _forkserver().Process(target=_forked_main, args=(str(spec), str(log_path)), name=run.name)
+        worker.start()
+        worker.join()
+        code = worker.exitcode
+    else:
+        with open(log_path, "a", encoding="utf-8") as log:
+            code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = "\n".join(log_path.read_text(encoding="utf-8").splitlines()[-15:])
         raise RuntimeError(f"adapter run {run.name!r} failed (exit {code}); {log_path} ends with:\n{tail}")

@@ -38,6 +38,25 @@ def make_tiny_gemma(folder: Path) -> Path:
     return folder
 
 
+def make_tiny_gemma_with_system_prompt(folder: Path, prompt: str = "You write careful, tested Python.") -> Path:
+    """The tiny Gemma of `make_tiny_gemma` whose chat template opens every conversation with a fixed
+    system turn, as many instruct checkpoints' templates do: the same vocabulary, longer records."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    if (folder / "config.json").exists():
+        return folder
+    shutil.copytree(make_tiny_gemma(folder.with_name(folder.name + "-base")), folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    opening = "{{ bos_token }}"
+    assert tokenizer.chat_template.startswith(opening), "Gemma 3's template no longer opens with the BOS token"
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        opening, opening + f"<start_of_turn>system\n{prompt}<end_of_turn>\n", 1)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def code_records(n: int) -> list[Record]:
     """n short, distinct code conversations."""
     return [Record([{"role": "user", "content": f"Write add_{i}(x) returning x plus {i}."},

@@ -1,9 +1,12 @@
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
-from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process, summarize, train_adapter
+from lib.adapter_runs import ROOT, SHORT_RUN, AdapterRun, run_in_fresh_process, summarize, train_adapter
+from lib.artifacts import read_json
 
 
 def log(losses):
@@ -44,3 +47,17 @@ def test_a_run_round_trips_through_its_spec_file_and_refuses_what_short_runs_do_
     checkpointed = AdapterRun("ckpt", SHORT_RUN.replace(gradient_checkpointing="standard"))
     with pytest.raises(ValueError, match="short runs support"):
         train_adapter(checkpointed, tmp_path)
+
+
+def test_a_forked_run_gives_what_a_new_interpreter_gives(tiny_source, tmp_path):
+    """The one-process path forks from the preloading server; `python -m lib.adapter_runs` is a
+    new interpreter. Same spec, same seed: the same losses to the bit, the same thread count."""
+    run = AdapterRun("twin", SHORT_RUN.replace(model=tiny_source.path_or_id, rank=4, max_steps=3), track_every=0,
+                     eval_records=2)
+    forked = run_in_fresh_process(run, tmp_path / "forked")
+    subprocess.run([sys.executable, "-m", "lib.adapter_runs", str(tmp_path / "forked" / "spec.json")], cwd=ROOT,
+                   check=True, capture_output=True)
+    fresh = read_json(tmp_path / "forked" / "result.json")
+    assert [e["loss"] for e in forked["log"]] == [e["loss"] for e in fresh["log"]]
+    assert forked["test_loss"] == fresh["test_loss"] and forked["adapter_sha256_by_process"] == fresh["adapter_sha256_by_process"]
+    assert forked["threads_by_process"] == fresh["threads_by_process"]

@@ -82,3 +82,19 @@ def test_switching_adapters_is_timed_and_their_bytes_counted(tmp_path, ids):
     assert [r["adapter"] for r in rows] == ["a", "b"] and all(r["forward_s"] > 0 for r in rows)
     # q (32x32) and v (16x32) and down (32x64) at rank 4, 2 layers, float32
     assert adapter_bytes(model, "a") == 2 * 4 * 4 * ((32 + 32) + (32 + 16) + (64 + 32))
+
+
+@pytest.mark.parametrize("method", ["svd", "ties", "dare_ties", "magnitude_prune"])
+def test_the_svd_methods_blend_two_adapters_into_a_third_one(tmp_path, ids, method):
+    """peft's SVD-based methods (the chapter's smoke run blends with linear and cat only): each
+    adds an active adapter whose outputs are neither input adapter's."""
+    model = load_adapters(base(), {"a": saved_adapter(tmp_path / "a", 1), "b": saved_adapter(tmp_path / "b", 2)})
+    model.set_adapter("a")
+    first = outputs(model, ids)
+    model.set_adapter("b")
+    second = outputs(model, ids)
+    assert blend(model, ["a", "b"], [0.5, 0.5], method, "blended") is None
+    assert model.active_adapter == "blended" and model.peft_config["blended"].r == 4
+    blended = outputs(model, ids)
+    assert torch.isfinite(blended).all()
+    assert not torch.allclose(blended, first, atol=1e-4) and not torch.allclose(blended, second, atol=1e-4)
