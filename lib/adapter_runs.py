@@ -235,7 +235,9 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 
     `accelerate` True launches even one process through accelerate (`launch_command`).
 
     The workers' output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
-    log's last lines when a worker fails.
+    log's last lines when a worker fails. The server (about 0.5 GB of imported libraries) lives as
+    long as the caller. As for any multiprocessing start method but fork, a calling script guards
+    its top level with `if __name__ == "__main__":` (a notebook needs nothing).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
