@@ -245,13 +245,13 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 
     (run_dir / "result.json").unlink(missing_ok=True)
     log_path = run_dir / "worker.log"
     log_path.write_text("", encoding="utf-8")
-    command = launch_command("lib.adapter_runs", [str(spec)], processes, accelerate)
     if processes == 1 and not accelerate:
         worker = _forkserver().Process(target=_forked_main, args=(str(spec), str(log_path)), name=run.name)
         worker.start()
         worker.join()
         code = worker.exitcode
     else:
+        command = launch_command("lib.adapter_runs", [str(spec)], processes, accelerate)
         with open(log_path, "a", encoding="utf-8") as log:
             code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
