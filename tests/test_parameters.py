@@ -51,30 +51,40 @@ def test_the_check_finds_an_unread_parameter(tmp_path):
 
 # ------------------------------------------------------------------ dynamic: a changed value changes what the chapter shows
 
-# Chapters cheap enough to run once per parameter. Every parameter of each must be listed here
-# (or in COLAB_ONLY), so a new one cannot slip past; the training chapters are checked statically above.
-def changed_values(tmp_path):
-    from helpers import make_tiny_gemma, make_tiny_gemma_with_system_prompt
+# Chapters cheap enough to run once per parameter: a builder of changed values each, run only for
+# its own chapter. Every parameter must be listed (or in COLAB_ONLY), so a new one cannot slip past;
+# the training chapters are checked statically above.
+def setup_changes(tmp_path):
+    return {"backend": "peft", "compute_dtype": "float32"}
+
+
+def memory_budget_changes(tmp_path):
+    from helpers import make_tiny_gemma
     from lib.artifacts import read_json, write_json
 
     grid = read_json("data/measurements/gpu-memory-grid.json")
     other = tmp_path / "grid-other.json"  # the same points, as if measured 5% higher (the claims need every point)
     write_json(other, grid | {"rows": [r | {"peak_allocated_gib": 1.05 * r["peak_allocated_gib"]} if "peak_allocated_gib"
                                        in r else r for r in grid["rows"]]})
+    return {"model_name": str(make_tiny_gemma(tmp_path / "tiny-gemma")), "run_name": "other",
+            "output_dir": str(tmp_path / "elsewhere"), "sizes": ["1B", "12B"], "max_seq_length": 2048,
+            "rank": 16, "gpus": ["T4", "L4"], "measurements": str(other)}
+
+
+def data_changes(tmp_path):
+    from helpers import make_tiny_gemma_with_system_prompt
+
     fewer = tmp_path / "python-stdlib-fewer"  # the course's dataset less its last 100 training records
     fewer.mkdir()
     for split in ("train", "val", "test"):
         lines = (ROOT / "data" / "python-stdlib" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
         (fewer / f"{split}.jsonl").write_text("".join(lines[:-100] if split == "train" else lines), encoding="utf-8")
-    return {
-        "00_setup": {"backend": "peft", "compute_dtype": "float32"},
-        "03_data": {"model_name": str(make_tiny_gemma_with_system_prompt(tmp_path / "tiny-gemma-system")),
-                    "dataset_dir": str(fewer), "run_name": "other", "output_dir": str(tmp_path / "elsewhere"),
-                    "max_seq_length": 256},
-        "02_memory_budget": {"model_name": str(make_tiny_gemma(tmp_path / "tiny-gemma")), "run_name": "other",
-                             "output_dir": str(tmp_path / "elsewhere"), "sizes": ["1B", "12B"], "max_seq_length": 2048,
-                             "rank": 16, "gpus": ["T4", "L4"], "measurements": str(other)},
-    }
+    return {"model_name": str(make_tiny_gemma_with_system_prompt(tmp_path / "tiny-gemma-system")),
+            "dataset_dir": str(fewer), "run_name": "other", "output_dir": str(tmp_path / "elsewhere"),
+            "max_seq_length": 256}
+
+
+CHANGED_VALUES = {"00_setup": setup_changes, "02_memory_budget": memory_budget_changes, "03_data": data_changes}
 
 
 COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test_colab_boot.py boots it
@@ -102,13 +112,13 @@ def observed(notebook_path, output_dir):
     return cells, files
 
 
-@pytest.mark.parametrize("stem", ["00_setup", "02_memory_budget", "03_data"])
+@pytest.mark.parametrize("stem", CHANGED_VALUES)
 def test_changing_each_parameter_changes_what_the_chapter_shows(stem, tmp_path):
     from tools.course import ROOT, execute_chapter
 
     source = ROOT / "chapters" / f"{stem}.py"
     names, _ = split(source)
-    changes = changed_values(tmp_path)[stem]
+    changes = CHANGED_VALUES[stem](tmp_path)
     assert set(changes) | COLAB_ONLY == set(names), f"{stem}: list a changed value for {set(names) - set(changes)}"
     base = {"output_dir": str(tmp_path / "output")} if "output_dir" in names else {}
 
