@@ -67,6 +67,7 @@ quiet_library_logs()
 # %%
 import pandas as pd
 import torch
+from lib.adapter_runs import start_server
 from lib.artifacts import read_json
 from lib.claims import ClaimsLedger, check, hardware, ledger_table
 from lib.model import load_causal_lm, load_tokenizer, resolve_model
@@ -75,6 +76,7 @@ torch.manual_seed(seed)
 run_dir = Path(output_dir) / run_name
 ledger = ClaimsLedger("01_concepts", run_dir)
 source = resolve_model(model_name)
+start_server(model_name)  # section 3's short runs fork from it; it imports and loads while sections 1-2 run
 tokenizer = load_tokenizer(source)
 # float32 copy of the real weights: the reference every quantized version is compared with
 model = load_causal_lm(source, torch.float32, load_in_4bit=False)

@@ -256,17 +256,21 @@ pd.DataFrame([{"size": r["shape"], "seq": r["max_seq_length"], "DoRA": r["dora"]
 # with its own DoRA (`lib.fast_dora.use_fast_dora`, the default of `load_for_training`): the same
 # adapter, numerically equal to peft's, with the norm computed once per optimizer step. Its GPU
 # benchmark is a stored measurement (`data/measurements/dora-benchmark.json`, H100, provenance
-# inside; README "Fast DoRA"). The estimator's DoRA terms still follow peft's DoRA, so for the
+# inside; README "Fast DoRA"); the 27B rows are a later run on an H200
+# (`data/measurements/dora-27b-h200.json`, the 27B stored in NF4), uncapped here and under an
+# L4's memory in the next section. The estimator's DoRA terms still follow peft's DoRA, so for the
 # course's default they err on the high side:
 
 # %%
 from lib.fast_dora import compare_with_lora
 
 dora_benchmark = json.loads(Path("data/measurements/dora-benchmark.json").read_text())
-dora_rows = dora_benchmark["rows"] + [r for run in dora_benchmark["other_runs"][:1] for r in run["rows"]]
+dora_27b = json.loads(Path("data/measurements/dora-27b-h200.json").read_text())["rows"]
+dora_rows = (dora_benchmark["rows"] + [r for run in dora_benchmark["other_runs"][:1] for r in run["rows"]]
+             + [r for r in dora_27b if r["cap"] is None])
 pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
                "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],
-               "over LoRA (GiB)": r["gib_over_lora"]}
+               "peak reserved (GiB)": r["peak_reserved_gib"], "over LoRA (GiB)": r["gib_over_lora"]}
               for r in compare_with_lora(dora_rows)]).round(2)
 
 # %% [markdown]
@@ -281,7 +285,8 @@ pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step
 # %%
 from lib.oom_ladder import recommend
 
-measured_cells = {("T4", "12B")}  # chapter 5's capped run of the unsloth Trinity
+measured_cells = {("T4", "12B"),  # chapter 5's capped run of the unsloth Trinity
+                  ("L4", "27B")}  # dora-27b-h200.json: LoRA and the Trinity at 4096 under the L4's cap
 fit_table = {}
 for gpu in gpus:
     profile = memory.gpu_profile(gpu)
@@ -296,6 +301,21 @@ pd.DataFrame(fit_table)
 # %% [markdown]
 # GPU memory comes from what PyTorch reports on each card (sources in `lib.memory.GPU_PROFILES`;
 # the A10G is assumed equal to the L4, not measured).
+#
+# The 27B on an L4, measured with the allocator capped to the L4's 22.03 GiB less the CUDA
+# context (as chapter 5 does):
+
+# %%
+pd.DataFrame([{"variant": r["variant"], "allocator cap (GiB)": r["allocator_cap_gib"],
+               "result": "ran" if "step_seconds" in r else f"out of memory after {r['steps_done']} steps",
+               "peak allocated (GiB)": r.get("peak_allocated_gib", r.get("peak_allocated_gib_before_error"))}
+              for r in dora_27b if r["cap"] == "L4"]).round(2)
+
+# %% [markdown]
+# LoRA at 4096 tokens fits, as the estimator's "DoRA off" says; the Trinity does not. Its peak
+# allocated, 21.2 GiB uncapped, is under the L4's 22.03, but the allocator's reserve on top of it
+# (0.7 GiB with fast DoRA's CUDA graph, 0.4 without) and the CUDA context (0.67 GiB) take it past
+# the card: it ran out of memory after one step with the CUDA graph and after three without.
 #
 # **A T4 has no bfloat16**, and float16 overflows Gemma 3, so what a step holds depends on the
 # backend (`lib.precision.gpu_precision`): unsloth loads Gemma 3 in 16 bits with float32 for the

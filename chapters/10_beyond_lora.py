@@ -74,10 +74,11 @@ quiet_library_logs()
 import time
 
 import pandas as pd
-from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
+from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process, start_server
 from lib.environment import validate_environment
 
 started = time.monotonic()
+start_server(model_name)  # the short runs' fork server imports and loads while this cell checks the machine
 env = validate_environment(compute_dtype)
 run_dir = Path(output_dir) / run_name
 runs_dir = run_dir / "beyond-lora"

@@ -8,8 +8,10 @@ Same data, order, seed and learning rate in every run: the curves differ only by
 
 A one-process run is a fork of a server that has imported the training stack once (Python's
 multiprocessing "forkserver"), not a new interpreter: the imports cost each fresh interpreter about
-8 s, which is most of a smoke-sized run. Each fork is still a clean process: the server imports
-modules and runs nothing, so no run sees another's state or the caller's.
+8 s, which is most of a smoke-sized run. The server also loads the first run's tokenizer (about
+6 s: transformers parses tokenizer.json twice), which each fork takes as its own copy. Each fork is
+still a clean process: the server imports modules and loads that tokenizer, nothing else, so no run
+sees another's state or the caller's.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
 
     from .data import prepare_dataset, split_files
     from .dora import update_norms
-    from .model import load_causal_lm, load_tokenizer, resolve_model
+    from .model import PRELOADED_TOKENIZERS, load_causal_lm, load_tokenizer, resolve_model
     from .precision import default_device
     from .relora import snapshot, total_update_ranks
     from .training import compute_dtype_of, current_memory_gib, peak_memory_gib, read_log, train
@@ -138,6 +140,7 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     dtype = compute_dtype_of(spec, device)
     torch.manual_seed(spec.optimisation.seed)
     source = resolve_model(spec.model)
+    preloaded = source.path_or_id in PRELOADED_TOKENIZERS
     tokenizer = load_tokenizer(source)
     prepared = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, spec.optimisation.max_seq_length).records
     model = load_causal_lm(source, dtype, load_in_4bit=loading.load_in_4bit, double_quant=loading.precision == "nf4-dq")
@@ -161,7 +164,7 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
                    extra_callbacks=callbacks)
     peak, peak_kind = peak_memory_gib(device)
     summary = {"run": run.to_dict(), "device": device, "compute_dtype": str(dtype).removeprefix("torch."),
-               "peft_scaling": peft_scaling,
+               "peft_scaling": peft_scaling, "tokenizer_preloaded": preloaded,
                "trainable_parameters": result.stats["trainable_parameters"]["trainable"],
                "train_seconds": result.stats["train_seconds_this_session"],
                "log": read_log(run_dir), "update_norms": update_norms(model), "magnitude_direction": changes,
@@ -202,18 +205,43 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
             "median_step_seconds": statistics.median(step_seconds[1:]) if len(step_seconds) > 1 else None}
 
 
-# What every short run imports: the fork server imports these once (see the module docstring).
-PRELOADED = ["lib.environment", "torch", "transformers", "peft", "trl", "lib.training", "lib.adapter_runs"]
+# What every short run imports: the fork server imports these once (see the module docstring);
+# the last loads the tokenizer of the model named in WARM_MODEL in the server's environment
+# (`start_server`).
+PRELOADED = ["lib.environment", "torch", "transformers", "peft", "trl", "lib.training", "lib.adapter_runs",
+             "lib.forkserver_warmup"]
+WARM_MODEL = "COURSE_FORKSERVER_MODEL"
 
 
-def _forkserver():
-    """The multiprocessing context whose processes fork from the preloading server (started on
-    first use, kept for the life of this process)."""
+def start_server(model: str) -> None:
+    """Start the fork server that one-process runs fork from, if it is not running, warming the
+    tokenizer of `model` (an embedded alias, folder or hub id, as in a run spec). It imports and
+    loads in its own process while the caller goes on: a chapter calls this first, so that those
+    15 s overlap its own setup. It lives as long as the caller; a dead one is started again."""
+    import multiprocessing.forkserver as forkserver
+
+    forkserver.set_forkserver_preload(PRELOADED)
+    before = os.environ.get(WARM_MODEL)
+    os.environ[WARM_MODEL] = model  # the server inherits the environment it starts with; set only for that
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            del os.environ[WARM_MODEL]
+        else:
+            os.environ[WARM_MODEL] = before
+
+
+def _start_forked(run: AdapterRun, spec_path: Path, log_path: Path):
+    """Start `run` as a fork of the preloading server (started here, for this run's model, unless
+    `start_server` or an earlier run started it)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOADED)
-    return context
+    start_server(run.spec.model)
+    worker = multiprocessing.get_context("forkserver").Process(target=_forked_main, name=run.name,
+                                                               args=(str(spec_path), str(log_path)))
+    worker.start()
+    return worker
 
 
 def _forked_main(spec_path: str, log_path: str) -> None:
@@ -246,8 +274,7 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 
     log_path = run_dir / "worker.log"
     log_path.write_text("", encoding="utf-8")
     if processes == 1 and not accelerate:
-        worker = _forkserver().Process(target=_forked_main, args=(str(spec), str(log_path)), name=run.name)
-        worker.start()
+        worker = _start_forked(run, spec, log_path)
         worker.join()
         code = worker.exitcode
     else:

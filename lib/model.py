@@ -214,10 +214,17 @@ def resolve_model(name: str, cache_dir: str | Path = DEFAULT_CACHE) -> ModelSour
     raise ModelNotFoundError(name, tried)
 
 
+# Tokenizers a fork server loaded before forking (`lib.adapter_runs`), by path or hub id; each is
+# handed out once, so no two loads in one process share an object. Empty in any other process.
+PRELOADED_TOKENIZERS: dict = {}
+
+
 def load_tokenizer(source: ModelSource):
     """The tokenizer, with the Gemma 3 chat template if the checkpoint has none (base models)."""
     from transformers import AutoTokenizer
 
+    if source.path_or_id in PRELOADED_TOKENIZERS:
+        return PRELOADED_TOKENIZERS.pop(source.path_or_id)
     tokenizer = AutoTokenizer.from_pretrained(source.path_or_id)
     if not tokenizer.chat_template:
         tokenizer.chat_template = gemma3_chat_template()

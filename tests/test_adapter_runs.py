@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from lib.adapter_runs import ROOT, SHORT_RUN, AdapterRun, run_in_fresh_process, summarize, train_adapter
-from lib.artifacts import read_json
+from lib.artifacts import read_json, write_json
 
 
 def log(losses):
@@ -50,14 +50,22 @@ def test_a_run_round_trips_through_its_spec_file_and_refuses_what_short_runs_do_
 
 
 def test_a_forked_run_gives_what_a_new_interpreter_gives(tiny_source, tmp_path):
-    """The one-process path forks from the preloading server; `python -m lib.adapter_runs` is a
-    new interpreter. Same spec, same seed: the same losses to the bit, the same thread count."""
+    """The one-process path forks from the preloading server, which has loaded the first run's
+    tokenizer; `python -m lib.adapter_runs` is a new interpreter that loads its own. Same spec, same
+    seed: the same losses to the bit, the same thread count. The caller is a new interpreter too, so
+    that its server starts for this run (pytest's own may have started for another model)."""
     run = AdapterRun("twin", SHORT_RUN.replace(model=tiny_source.path_or_id, rank=4, max_steps=3), track_every=0,
                      eval_records=2)
-    forked = run_in_fresh_process(run, tmp_path / "forked")
+    spec = write_json(tmp_path / "spec.json", run.to_dict())
+    caller = ("import sys; from lib.adapter_runs import AdapterRun, run_in_fresh_process; from lib.artifacts import "
+              "read_json; run_in_fresh_process(AdapterRun.from_dict(read_json(sys.argv[1])), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", caller, str(spec), str(tmp_path / "forked")], cwd=ROOT, check=True,
+                   capture_output=True)
+    forked = read_json(tmp_path / "forked" / "result.json")
     subprocess.run([sys.executable, "-m", "lib.adapter_runs", str(tmp_path / "forked" / "spec.json")], cwd=ROOT,
                    check=True, capture_output=True)
     fresh = read_json(tmp_path / "forked" / "result.json")
+    assert forked["tokenizer_preloaded"] and not fresh["tokenizer_preloaded"]
     assert [e["loss"] for e in forked["log"]] == [e["loss"] for e in fresh["log"]]
     assert forked["test_loss"] == fresh["test_loss"] and forked["adapter_sha256_by_process"] == fresh["adapter_sha256_by_process"]
     assert forked["threads_by_process"] == fresh["threads_by_process"]

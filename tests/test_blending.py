@@ -98,3 +98,23 @@ def test_the_svd_methods_blend_two_adapters_into_a_third_one(tmp_path, ids, meth
     blended = outputs(model, ids)
     assert torch.isfinite(blended).all()
     assert not torch.allclose(blended, first, atol=1e-4) and not torch.allclose(blended, second, atol=1e-4)
+
+
+def test_top_singular_is_near_the_exact_truncation_and_leaves_the_rng_alone():
+    from lib.blending import top_singular
+
+    torch.manual_seed(1)
+    m, n, k = 640, 2048, 128
+    u, _ = torch.linalg.qr(torch.randn(m, m))
+    v, _ = torch.linalg.qr(torch.randn(n, m))
+    matrix = (u / torch.arange(1, m + 1).float().sqrt()) @ v.T  # singular values i^-1/2: a slow decay
+    state = torch.random.get_rng_state()
+    U, S, Vh = top_singular(matrix, k)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert U.shape == (m, k) and S.shape == (k,) and Vh.shape == (k, n)
+    exact_u, exact_s, exact_vh = torch.linalg.svd(matrix, full_matrices=False)
+    best = (matrix - (exact_u[:, :k] * exact_s[:k]) @ exact_vh[:k]).norm()
+    assert (matrix - (U * S) @ Vh).norm() < 1.01 * best
+    assert float(S.square().sum()) == pytest.approx(float(exact_s[:k].square().sum()), rel=0.01)
+    narrow = matrix[:, :200]  # k + oversample over half its width: the exact SVD
+    assert torch.allclose(top_singular(narrow, k)[1], torch.linalg.svdvals(narrow)[:k])

@@ -242,14 +242,17 @@ def test_decoder_layers_compile_without_graph_breaks(tiny_source):
                 TOLERANCE[torch.float32])
 
 
-def test_compare_with_lora_pairs_rows_of_the_same_size_and_backend():
+def test_compare_with_lora_pairs_rows_of_the_same_size_backend_and_cap():
     from lib.fast_dora import compare_with_lora
 
     rows = [{"size": "4B", "backend": "unsloth", "variant": "LoRA", "step_seconds": 0.5, "peak_allocated_gib": 4.0},
             {"size": "4B", "backend": "unsloth", "variant": "DoRA (fast)", "step_seconds": 0.6, "peak_allocated_gib": 4.25},
             {"size": "4B", "backend": "peft", "variant": "DoRA (fast)", "step_seconds": 0.9, "peak_allocated_gib": 5.0},
-            {"size": "12B", "backend": "unsloth", "variant": "LoRA", "error": "out of memory"}]
+            {"size": "12B", "backend": "unsloth", "variant": "LoRA", "error": "out of memory"},
+            {"size": "4B", "backend": "unsloth", "variant": "DoRA (fast)", "cap": "L4", "step_seconds": 0.7,
+             "peak_allocated_gib": 4.25}]
     compared = compare_with_lora(rows)
     assert compared[1]["time_vs_lora"] == pytest.approx(1.2) and compared[1]["gib_over_lora"] == pytest.approx(0.25)
     assert compared[0]["time_vs_lora"] == pytest.approx(1.0)
     assert compared[2]["time_vs_lora"] is None and compared[3]["gib_over_lora"] is None
+    assert compared[4]["time_vs_lora"] is None  # no LoRA row under the L4 cap

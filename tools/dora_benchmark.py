@@ -3,7 +3,8 @@
     python -m tools.dora_benchmark TOKENIZER_DIR --out data/measurements/dora-benchmark.json
 
 The reference table's shapes (gpu-anchor-measurements.md): random-init Gemma 3 1B and 4B at 2048
-tokens and 12B at 4096, QLoRA (NF4, double quant), r=64, alpha=32, rsLoRA, 7 target modules, batch 1,
+tokens, 12B and 27B at 4096 (the 27B stored already in NF4, `random_init_checkpoint(nf4=True)`: 17 GB
+where bf16 would be 54 GB of the device's disk), QLoRA (NF4, double quant), r=64, alpha=32, rsLoRA, 7 target modules, batch 1,
 8-bit AdamW, gradient checkpointing, loaded by the course's `lib.training.load_for_training`.
 Each (size, backend, variant) runs in its own process, one after another on one GPU: `--warmup`
 steps, then `--steps` timed steps of random tokens (forward with labels, backward, optimizer step),
@@ -11,7 +12,9 @@ each timed between CUDA synchronisations; step time is their median, peak is
 torch.cuda.max_memory_allocated over all steps. The fast DoRA process also checks its numerics on
 the GPU: every DoRA layer run with the fast forward and with peft's on one random bf16 input
 (B random, as if trained), relative error of outputs and of the gradients of A, B and m.
-`--profile` adds a torch.profiler table of the CUDA kernels of one step. Rows are appended to a
+`--profile` adds a torch.profiler table of the CUDA kernels of one step. `--cap L4` caps each
+process's allocator to what that GPU leaves PyTorch (`tools.memory_grid.cap_allocator`), so a row
+either fits that card or records its "CUDA out of memory". Rows are appended to a
 JSON-lines file as they finish (a rerun skips those done); the JSON output carries provenance.
 """
 
@@ -29,16 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.memory_grid import cuda_context_gib, provenance, random_init_checkpoint  # noqa: E402
+from tools.memory_grid import cuda_context_gib, provenance, random_init_checkpoint_apart  # noqa: E402
 
-SHAPES = (("1B", 2048), ("4B", 2048), ("12B", 4096))
-VARIANTS = {"LoRA": (False, "peft"), "DoRA (peft)": (True, "peft"), "DoRA (fast)": (True, "fast")}
+SHAPES = (("1B", 2048), ("4B", 2048), ("12B", 4096), ("27B", 4096))
+STORED_NF4 = {"27B"}  # checkpoints written already quantized (disk), loaded as the same NF4 weights
+VARIANTS = {"LoRA": (False, "peft"), "DoRA (peft)": (True, "peft"), "DoRA (fast)": (True, "fast"),
+            "DoRA (fast, eager norms)": (True, "fast")}  # no CUDA graph, so no private memory pool for it
 
 
 def gpu_parity(model, tokens: int = 64) -> dict:
     """Worst relative error, fast vs peft DoRA forward, over every DoRA layer of `model` on the GPU."""
-    import copy
-
     import torch
     from peft.tuners.lora.variants import DoraLinearVariant
 
@@ -119,12 +122,19 @@ def profile_step(model, step, rows: int = 15) -> list[dict]:
 
 
 def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, steps: int, warmup: int,
-            profile: bool) -> dict:
-    """One row: this (size, backend, variant) trained in this process."""
+            profile: bool, cap: str | None = None) -> dict:
+    """One row: this (size, backend, variant) trained in this process, under `cap`'s memory if given."""
     started = time.perf_counter()
     if backend == "unsloth":
         import unsloth  # noqa: F401  (patches transformers; must come first)
     import torch
+
+    from tools.memory_grid import cap_allocator
+
+    if cap:
+        memory = {k: v for k, v in cap_allocator(cap).items() if k != "capped_to"}
+    else:
+        memory = {"cuda_context_gib": round(cuda_context_gib(), 3)}
 
     from lib.oom_ladder import make_optimizer
     from lib.run_spec import RunSpec
@@ -134,6 +144,13 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
     model, _ = load_for_training(RunSpec.of(str(model_dir), rank=64, use_dora=use_dora, backend=backend,
                                             compute_dtype="bfloat16", max_seq_length=seq,
                                             dora_implementation=implementation))
+    if variant == "DoRA (fast, eager norms)":
+        from lib.fast_dora import NormRefresh
+
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, NormRefresh):
+                    hook.cuda_graph = False
     model.train()
     load_seconds = time.perf_counter() - started
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -154,20 +171,25 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    row = {"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": cap, **memory, "rank": 64,
+           "batch": 1, "trainable_parameters": sum(p.numel() for p in trainable)}
     times = []
-    for i in range(warmup + steps):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    row = {"size": size, "seq": seq, "backend": backend, "variant": variant, "rank": 64, "batch": 1,
-           "trainable_parameters": sum(p.numel() for p in trainable),
-           "step_seconds": round(statistics.median(times[warmup:]), 4),
-           "step_seconds_all": [round(t, 4) for t in times], "warmup_steps": warmup,
-           "import_and_load_seconds": round(load_seconds, 1),
-           "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-           "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+    try:
+        for i in range(warmup + steps):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    except torch.OutOfMemoryError as error:  # the row says how far it got: "needs more than this"
+        return row | {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}", "steps_done": len(times),
+                      "peak_allocated_gib_before_error": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                      "import_and_load_seconds": round(load_seconds, 1)}
+    row |= {"step_seconds": round(statistics.median(times[warmup:]), 4),
+            "step_seconds_all": [round(t, 4) for t in times], "warmup_steps": warmup,
+            "import_and_load_seconds": round(load_seconds, 1),
+            "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
     row["optimizer_step_seconds"] = round(statistics.median(optimizer_times[warmup:]), 4)
     if implementation == "fast" and use_dora:
         row["norm_refresh_seconds"] = norm_refresh_seconds(model, cuda_graph=True)
@@ -183,15 +205,19 @@ def table(rows: list[dict]) -> str:
     """Markdown: one line per row, time and memory also relative to LoRA of the same shape/backend."""
     from lib.fast_dora import compare_with_lora
 
-    lines = ["| shape | seq | backend | variant | s/step | x LoRA time | optimizer s | norms s | peak allocated GiB "
-             "| - LoRA GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| shape | seq | backend | variant | memory cap | s/step | x LoRA time | optimizer s | norms s "
+             "| peak allocated GiB | - LoRA GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in compare_with_lora(rows):
         if "step_seconds" not in r:
-            lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r.get('error', '?')} ||||||")
+            failed = (f"out of memory after {r['steps_done']} steps, > {r['peak_allocated_gib_before_error']:.2f} GiB"
+                      if "peak_allocated_gib_before_error" in r else r.get("error", "?"))
+            lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r.get('cap') or ''} | "
+                         f"{failed} ||||||")
             continue
         ratio = f"{r['time_vs_lora']:.2f}" if r["time_vs_lora"] is not None else ""
         extra = f"{r['gib_over_lora']:+.2f}" if r["gib_over_lora"] is not None else ""
-        lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r['step_seconds']:.3f} | "
+        lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r.get('cap') or ''} | "
+                     f"{r['step_seconds']:.3f} | "
                      f"{ratio} | {r.get('optimizer_step_seconds', '')} | {r.get('norm_refresh_seconds', '')} | "
                      f"{r['peak_allocated_gib']:.2f} | {extra} |")
     return "\n".join(lines)
@@ -209,26 +235,28 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="add a kernel table per row")
     parser.add_argument("--deadline", type=float, default=540, help="seconds; no new row starts after")
+    parser.add_argument("--cap", help="a GPU of lib.memory.GPU_PROFILES (e.g. L4): cap every row's allocator to it")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         job = json.loads(args.one)
-        print("ROW " + json.dumps(measure(**job, model_dir=args.work / "models" / job["size"], steps=args.steps,
-                                          warmup=args.warmup, profile=args.profile)), flush=True)
+        model_dir = args.work / "models" / (job["size"] + ("-nf4" if job["size"] in STORED_NF4 else ""))
+        print("ROW " + json.dumps(measure(**job, model_dir=model_dir, steps=args.steps, warmup=args.warmup,
+                                          profile=args.profile)), flush=True)
         return 0
     started = time.time()
     results = args.work / "rows.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
-    key = lambda r: (r["size"], r["backend"], r["variant"])  # noqa: E731
+    key = lambda r: (r["size"], r["backend"], r["variant"], r.get("cap"))  # noqa: E731
     done = {key(json.loads(line)) for line in results.read_text().splitlines()} if results.exists() else set()
-    context = cuda_context_gib()
+    # This process never touches CUDA (checkpoints are made apart): each row measures its own context.
     for size, seq in SHAPES:
         for backend in args.backends:
             for variant in args.variants:
-                job = {"size": size, "seq": seq, "backend": backend, "variant": variant}
+                job = {"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": args.cap}
                 if size not in args.sizes or key(job) in done or time.time() - started > args.deadline:
                     continue
-                random_init_checkpoint(size, args.tokenizer_dir, args.work / "models")
+                random_init_checkpoint_apart(size, args.tokenizer_dir, args.work / "models", nf4=size in STORED_NF4)
                 ran = subprocess.run([sys.executable, "-m", "tools.dora_benchmark", str(args.tokenizer_dir), "--work",
                                       str(args.work), "--out", str(args.out), "--one", json.dumps(job), "--steps",
                                       str(args.steps), "--warmup", str(args.warmup)]
@@ -243,7 +271,7 @@ def main(argv=None) -> int:
                 print(f"{time.time() - started:5.0f} s  {json.dumps({k: v for k, v in rows[0].items() if k not in ('step_seconds_all', 'profile')})}", flush=True)
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     command = "python -m tools.dora_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
-    measured = {"provenance": provenance(command) | {"cuda_context_gib": context}, "rows": rows}
+    measured = {"provenance": provenance(command), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(measured, indent=1))

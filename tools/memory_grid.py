@@ -89,22 +89,30 @@ def setup_key(s: dict) -> str:
 
 # ------------------------------------------------------------------ models
 
-def random_init_checkpoint(size: str, tokenizer_dir: Path, models: Path) -> Path:
-    """A bf16 safetensors checkpoint of a random-init Gemma 3 text model of `size`, made once."""
+def random_init_checkpoint(size: str, tokenizer_dir: Path, models: Path, nf4: bool = False) -> Path:
+    """A safetensors checkpoint of a random-init Gemma 3 text model of `size`, made once.
+
+    bf16 by default. nf4=True stores it already quantized, NF4 with double quantization in
+    bitsandbytes' serialized form (as the hub's "-bnb-4bit" checkpoints): a 27B is then 17 GB on disk
+    instead of 54, and every loader (unsloth, transformers) reads it as the same NF4 weights that
+    quantizing on load would give. Folder: models/<size> or models/<size>-nf4.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     from lib.gemma3 import shape_of
 
-    target = models / size
+    target = models / (f"{size}-nf4" if nf4 else size)
     if (target / "config.json").exists():
         return target
-    partial = models / f".{size}.partial"
+    partial = models / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(shape_of(size).to_config(), dtype=torch.bfloat16)
+    if nf4:
+        quantize_linears_nf4(model)
     model.save_pretrained(partial)
     del model
     gc.collect()
@@ -119,6 +127,47 @@ def random_init_checkpoint(size: str, tokenizer_dir: Path, models: Path) -> Path
                 shutil.copy(item, partial / item.name)
     partial.rename(target)
     return target
+
+
+def random_init_checkpoint_apart(size: str, tokenizer_dir: Path, models: Path, nf4: bool = False) -> Path:
+    """`random_init_checkpoint` in a child process, so that the calling process never holds a CUDA
+    context: a measuring process that caps its allocator (`cap_allocator`) counts every process's
+    memory on the device as its own context, and a card of that size would not have the caller's."""
+    code = ("import sys; from pathlib import Path; from tools.memory_grid import random_init_checkpoint; "
+            "random_init_checkpoint(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), nf4=sys.argv[4] == 'nf4')")
+    subprocess.run([sys.executable, "-c", code, size, str(tokenizer_dir), str(models), "nf4" if nf4 else "bf16"],
+                   cwd=ROOT, check=True)
+    return models / (f"{size}-nf4" if nf4 else size)
+
+
+def quantize_linears_nf4(model) -> int:
+    """Replace every nn.Linear of `model` except the output head by a bitsandbytes Linear4bit (NF4,
+    double quantization, bf16 compute), in place and one at a time: each bf16 weight is freed once
+    its NF4 copy exists, so memory stays near the bf16 model's. Sets the config's
+    quantization_config as transformers writes it for a 4-bit model. Returns the number replaced.
+    QLoRA's storage format (Dettmers et al. 2023, section 3)."""
+    import bitsandbytes as bnb
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    # (parent, attribute name) only: holding the Linear modules themselves would keep every bf16 weight alive
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is torch.nn.Linear and name != "lm_head"]
+    for parent, name in targets:
+        child = getattr(parent, name)
+        layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4",
+                                  device="meta")
+        layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                         quant_type="nf4", module=layer).to(child.weight.device)
+        if child.bias is not None:
+            layer.bias = child.bias
+        setattr(parent, name, layer)
+        del child
+    model.config.quantization_config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16).to_dict()
+    return len(targets)
 
 
 # ------------------------------------------------------------------ one setup, in this process
@@ -203,6 +252,24 @@ def cuda_context_gib() -> float | None:
     torch.zeros(1, device="cuda")
     free, total = torch.cuda.mem_get_info()
     return (total - free - torch.cuda.memory_reserved()) / 2**30
+
+
+def cap_allocator(gpu: str) -> dict:
+    """Cap this process's PyTorch allocator to what GPU `gpu` (`lib.memory.GPU_PROFILES`) leaves it:
+    its total memory minus the CUDA context measured here, so that "CUDA out of memory" is raised
+    where that card would raise it (torch.cuda.set_per_process_memory_fraction). Returns the
+    numbers used (GiB). Raises KeyError for an unknown GPU."""
+    import torch
+
+    from lib.memory import gpu_profile
+
+    budget = gpu_profile(gpu).memory_gib
+    context = cuda_context_gib()
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = budget - context
+    torch.cuda.set_per_process_memory_fraction(cap * 2**30 / total)
+    return {"capped_to": gpu, "budget_gib": budget, "allocator_cap_gib": round(cap, 3),
+            "cuda_context_gib": round(context, 3), "device_total_gib": total / 2**30}
 
 
 def provenance(command: str) -> dict:

@@ -30,25 +30,20 @@ SCENARIOS = [  # (name, model size, run spec fields, start)
 ]
 
 
-def run_scenario(index: int, work: Path, budget_gib: float) -> dict:
+def run_scenario(index: int, work: Path, gpu: str) -> dict:
     name, size, settings, start = SCENARIOS[index]
     if settings["backend"] == "unsloth":
         import unsloth  # noqa: F401
-    import torch
 
     from lib.memory import gpu_run
     from lib.oom_ladder import probe_attempt, run_ladder
+    from tools.memory_grid import cap_allocator
 
-    torch.zeros(1, device="cuda")
-    free, total = torch.cuda.mem_get_info()
-    context = (total - free - torch.cuda.memory_reserved()) / 2**30
-    cap = budget_gib - context
-    torch.cuda.set_per_process_memory_fraction(cap * 2**30 / total)
+    cap = cap_allocator(gpu)
     started = time.time()
-    result = run_ladder(gpu_run(size, **settings), budget_gib,
+    result = run_ladder(gpu_run(size, **settings), cap["budget_gib"],
                         probe_attempt(str(work / "models" / size)), start=start)
-    return {"scenario": name, "start": start, "budget_gib": budget_gib, "allocator_cap_gib": round(cap, 3),
-            "cuda_context_gib": round(context, 3), "device_total_gib": total / 2**30,
+    return {"scenario": name, "start": start, **{k: v for k, v in cap.items() if k != "capped_to"},
             "seconds": round(time.time() - started, 1), "attempts": result.rows()}
 
 
@@ -61,16 +56,13 @@ def main(argv=None) -> int:
     parser.add_argument("--scenarios", type=int, nargs="*", help="indexes into SCENARIOS (default: all)")
     parser.add_argument("--scenario", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from lib.memory import gpu_profile
-
-    budget = gpu_profile(args.gpu).memory_gib
     if args.scenario is not None:
-        print("SCENARIO " + json.dumps(run_scenario(args.scenario, args.work, budget)), flush=True)
+        print("SCENARIO " + json.dumps(run_scenario(args.scenario, args.work, args.gpu)), flush=True)
         return 0
-    from tools.memory_grid import provenance, random_init_checkpoint
+    from tools.memory_grid import provenance, random_init_checkpoint_apart
 
-    for size in dict.fromkeys(s[1] for s in SCENARIOS):
-        random_init_checkpoint(size, args.tokenizer_dir, args.work / "models")
+    for size in dict.fromkeys(s[1] for s in SCENARIOS):  # apart: this process holds no CUDA context
+        random_init_checkpoint_apart(size, args.tokenizer_dir, args.work / "models")
     # one line per scenario as soon as it ends, so a run cut short keeps what it measured
     lines_file = args.out.with_suffix(".jsonl")
     args.out.parent.mkdir(parents=True, exist_ok=True)
