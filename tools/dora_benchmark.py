@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.memory_grid import cuda_context_gib, provenance, random_init_checkpoint_apart  # noqa: E402
+from tools.memory_grid import (checkpoint_dir, cuda_context_gib, provenance,  # noqa: E402
+                               random_init_checkpoint_apart)
 
 SHAPES = (("1B", 2048), ("4B", 2048), ("12B", 4096), ("27B", 4096))
 STORED_NF4 = {"27B"}  # checkpoints written already quantized (disk), loaded as the same NF4 weights
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.one:
         job = json.loads(args.one)
-        model_dir = args.work / "models" / (job["size"] + ("-nf4" if job["size"] in STORED_NF4 else ""))
+        model_dir = checkpoint_dir(args.work / "models", job["size"], nf4=job["size"] in STORED_NF4)
         print("ROW " + json.dumps(measure(**job, model_dir=model_dir, steps=args.steps, warmup=args.warmup,
                                           profile=args.profile)), flush=True)
         return 0

@@ -89,20 +89,25 @@ def setup_key(s: dict) -> str:
 
 # ------------------------------------------------------------------ models
 
+def checkpoint_dir(models: Path, size: str, nf4: bool = False) -> Path:
+    """Where `random_init_checkpoint` keeps the checkpoint of `size`: models/<size>[-nf4]."""
+    return models / (f"{size}-nf4" if nf4 else size)
+
+
 def random_init_checkpoint(size: str, tokenizer_dir: Path, models: Path, nf4: bool = False) -> Path:
     """A safetensors checkpoint of a random-init Gemma 3 text model of `size`, made once.
 
     bf16 by default. nf4=True stores it already quantized, NF4 with double quantization in
     bitsandbytes' serialized form (as the hub's "-bnb-4bit" checkpoints): a 27B is then 17 GB on disk
     instead of 54, and every loader (unsloth, transformers) reads it as the same NF4 weights that
-    quantizing on load would give. Folder: models/<size> or models/<size>-nf4.
+    quantizing on load would give. Folder: `checkpoint_dir`.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     from lib.gemma3 import shape_of
 
-    target = models / (f"{size}-nf4" if nf4 else size)
+    target = checkpoint_dir(models, size, nf4)
     if (target / "config.json").exists():
         return target
     partial = models / f".{target.name}.partial"
@@ -137,7 +142,7 @@ def random_init_checkpoint_apart(size: str, tokenizer_dir: Path, models: Path, n
             "random_init_checkpoint(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), nf4=sys.argv[4] == 'nf4')")
     subprocess.run([sys.executable, "-c", code, size, str(tokenizer_dir), str(models), "nf4" if nf4 else "bf16"],
                    cwd=ROOT, check=True)
-    return models / (f"{size}-nf4" if nf4 else size)
+    return checkpoint_dir(models, size, nf4)
 
 
 def quantize_linears_nf4(model) -> int:
