@@ -208,7 +208,8 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
 # What every short run imports: the fork server imports these once (see the module docstring);
 # the last loads the tokenizer of the model named in WARM_MODEL in the server's environment
 # (`start_server`).
-PRELOADED = ["lib.environment", "torch", "transformers", "peft", "trl", "lib.training", "lib.adapter_runs",
+PRELOADED = ["lib.environment", "torch", "transformers", "transformers.data.data_collator", "peft", "trl",
+             "datasets", "lib.data", "lib.dora", "lib.relora", "lib.evaluation", "lib.training", "lib.adapter_runs",
              "lib.forkserver_warmup"]
 WARM_MODEL = "COURSE_FORKSERVER_MODEL"
 

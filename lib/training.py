@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -236,6 +237,8 @@ class StatusCallback(TrainerCallback):
 
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (a notebook, papermill), False in a plain Python process."""
+    if "IPython" not in sys.modules:  # a kernel has imported it; importing it here costs a short run 0.2 s
+        return False
     try:
         from IPython import get_ipython
     except ImportError:

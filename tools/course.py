@@ -43,9 +43,9 @@ SMOKE_PARAMETERS = {
                          "held_out_every": 1, "held_out_records": 2, "capacity_hidden_sizes": [8, 16],
                          "capacity_dataset_multiples": [0.5, 1.0], "capacity_steps": 20, "capacity_lora_ranks": [2],
                          "real_lora_ranks": [1], "real_lora_sequences": 2, "real_lora_steps": 2},
-    "10_beyond_lora": {"steps": 3, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
+    "10_beyond_lora": {"steps": 2, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
                        "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
-                       "blend_methods": ["linear", "cat"], "blend_eval_records": 2},
+                       "blend_methods": ["linear", "cat"], "blend_eval_records": 1},
     "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4},
 }
 
