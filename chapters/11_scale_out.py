@@ -23,14 +23,16 @@
 #   averaged across processes after each backward. Tokens per second grow with the number of
 #   GPUs; memory per GPU does not shrink.
 # * **FSDP2** (fully sharded data parallel) when it does not fit: parameters, gradients and
-#   optimizer states are sharded across the GPUs and gathered layer by layer. With QLoRA the 4-bit
-#   weights must be stored in a float dtype for FSDP to shard them (bitsandbytes' FSDP-QLoRA
-#   guide: FSDP only shards float tensors; `bnb_4bit_quant_storage` sets the storage dtype).
+#   optimizer states are sharded across the GPUs and gathered layer by layer. bitsandbytes'
+#   FSDP-QLoRA guide stores the 4-bit weights in a float dtype (`bnb_4bit_quant_storage`), because
+#   FSDP1 shards one flat buffer of one dtype per layer; section 5 runs FSDP2 with both storages.
 #
 # This chapter runs DDP for real, on whatever machine it is on: on a CPU the same launch command
 # starts processes that talk over gloo instead of NCCL (`lib.distributed`). It checks the three
 # things that make data parallelism trustworthy: the loss follows a single process with the same
-# global batch, every process ends with the same adapter, and a stopped run resumes exactly.
+# global batch, every process ends with the same adapter, and a stopped run resumes exactly. Then
+# it shards the 4-bit base with FSDP2 over the same CPU processes and checks the same loss and
+# what each process holds.
 
 # %% tags=["parameters"]
 model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
@@ -44,6 +46,8 @@ max_seq_length = 256
 rank = 16
 learning_rate = 2e-4
 seed = 3407
+fsdp_steps = 3                       # FSDP2 + QLoRA check: steps, and tokens per training window
+fsdp_window = 64
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
 # %% tags=["hide-input"]
@@ -167,7 +171,45 @@ print(f"stopped after step {len(first_half['log'])}, resumed to step {len(resume
 resume_table.round(6)
 
 # %% [markdown]
-# ## 5. On a GPU, and on several
+# ## 5. FSDP2 + QLoRA: the 4-bit base sharded
+#
+# DDP keeps a whole model in every process. FSDP2 keeps 1/N of every parameter in each process,
+# the NF4 codes included, and gathers one decoder layer's weights just before that layer runs
+# (`lib.fsdp.shard`: torch's `fully_shard` on every decoder layer, then on the whole model, the
+# units accelerate's `TRANSFORMER_BASED_WRAP` picks). On GPUs accelerate does this inside
+# Trainer (`launch_command(..., fsdp=True)` adds its FSDP2 flags; not run yet, section 6). It has
+# no FSDP on a CPU, so this check calls `fully_shard` itself and trains the Trinity (rsLoRA + DoRA
+# on the NF4 base, float32 compute) with a plain AdamW loop over gloo. It stands in for the GPU path: it shows
+# that the sharded 4-bit base computes and trains what one process does, and that each process
+# really holds only its share, not that Trainer's FSDP integration works (a GPU run shows that).
+# bitsandbytes stores the packed codes as `uint8` by default; FSDP-QLoRA guides (written for FSDP1,
+# which flattens a layer's parameters into one buffer of one dtype) store them in a float dtype.
+# Both are run here:
+
+# %%
+from lib.data import split_files, validate_files
+from lib.fsdp import compare_with_one_process
+from lib.model import load_tokenizer, resolve_model
+
+train_records = validate_files(split_files("data/python-stdlib"))["train"]
+sharded = compare_with_one_process(model_name, train_records, load_tokenizer(resolve_model(model_name)),
+                                   processes=processes, steps=fsdp_steps, global_batch=processes * batch_size,
+                                   length=fsdp_window, rank=rank, learning_rate=learning_rate, seed=seed)
+MiB = 2 ** 20
+fsdp_table = pd.DataFrame([{
+    "storage": row["storage"], "processes": row["processes"],
+    "first loss": row["losses"][0], "last loss": row["losses"][-1],
+    "largest relative difference": row["largest_relative_difference"],
+    **{f"{kind} MiB per process": row["bytes"][kind]["this process"] / MiB for kind in row["bytes"]},
+} for row in sharded])
+fsdp_table.round(7)
+
+# %% [markdown]
+# With FSDP2 both storages train the same losses as one process, and each process holds half of
+# the NF4 codes and of the adapter ("other" is the embedding table and the norms, sharded too). The
+# failure reported for the `uint8` storage is FSDP1's; the course has not run FSDP1.
+#
+# ## 6. On a GPU, and on several
 #
 # On one GPU the launch is `accelerate launch --num_processes 1 -m lib.adapter_runs SPEC` (no
 # `--multi_gpu`). A stored measurement on an H200 (`python -m tools.launch_gpu_check`, a
@@ -190,13 +232,18 @@ pd.DataFrame(gpu_check["backends"]).set_index("backend")
 # What this course has not measured yet, because no machine with several GPUs has been available
 # to it: tokens per second and memory per GPU for the 4B and 12B at 1, 2 and 4 GPUs (the scaling
 # efficiency), and the 27B Trinity sharded by FSDP2 across two GPUs capped to 24 GB each. Until
-# then this chapter states no number for them. The failure modes to test for there (reported
-# for FSDP + QLoRA, not reproduced here):
+# then this chapter states no number for them. The failure modes to test for there:
 #
-# * the 4-bit weights kept in bitsandbytes' default `uint8` storage: FSDP only shards float
-#   tensors (bitsandbytes' FSDP-QLoRA guide), and runs crash or train with a loss of 0 or NaN
-#   gradient norms; the weights must be stored in the compute dtype (`bnb_4bit_quant_storage`);
-# * a sharded run that silently saves no memory, because the 4-bit layers were not sharded;
+# * the 4-bit weights kept in bitsandbytes' default `uint8` storage: FSDP1 flattens a layer's
+#   parameters into one buffer of one dtype (bitsandbytes' FSDP-QLoRA guide), and runs are reported
+#   to crash or train with a loss of 0 or NaN gradient norms; the guides store them in the compute
+#   dtype (`bnb_4bit_quant_storage`, `lib.model.nf4_config(quant_storage=...)`). Under FSDP2 on a
+#   CPU both storages trained correctly (section 5);
+# * a sharded run that silently saves no memory, because the 4-bit layers were not sharded
+#   (`lib.fsdp.bytes_per_process` counts what each process holds; section 5);
+# * an adapter saved from shards: `lib.training` saves the adapter on the main process from the
+#   parameters it holds, which under FSDP2 are its shards; the full state has to be gathered on
+#   every process first. Not built yet, so the FSDP2 launch has not been run through Trainer;
 # * checkpoints and status files written by every process at once: the course writes them on the
 #   main process only, and transformers writes each process's RNG state beside them (section 4).
 #
@@ -204,9 +251,14 @@ pd.DataFrame(gpu_check["backends"]).set_index("backend")
 
 # %%
 worst = curves["relative difference"].max()
+fsdp_worst = fsdp_table.loc[fsdp_table.processes > 1, "largest relative difference"].max()
+base_mib = fsdp_table.groupby("processes")["4-bit base MiB per process"].max()
 print(f"""Measured in {time.monotonic() - started:.0f} s ({env.device}, {env.compute_dtype}, {os.cpu_count()} CPU cores):
 * {processes} data-parallel processes at batch {batch_size} vs 1 process at batch {processes * batch_size}, {steps} steps of the {model_name}:
   loss {losses['1 process'][0]:.4f} -> {losses['1 process'][-1]:.4f}, largest relative difference per step {worst:.1e};
 * adapters identical across the {parallel['processes']} processes: {identical}; peak RSS per process {', '.join(f'{g:.2f}' for g in parallel['peak_memory_gib_by_process'])} GiB (1 process: {reference['peak_memory_gib_by_process'][0]:.2f} GiB);
 * stopped at step {len(first_half['log'])} and resumed: the same adapter, bit for bit, as the uninterrupted run: {same_adapter};
-* multi-GPU scaling and FSDP2 + QLoRA: not measured (no multi-GPU machine).""")
+* FSDP2 + QLoRA on {processes} CPU processes (torch's fully_shard over gloo, the Trinity on the NF4 base, {fsdp_steps} steps):
+  largest relative loss difference from one process {fsdp_worst:.1e} ({' and '.join(fsdp_table.storage.unique())} storage);
+  the 4-bit base takes {base_mib[processes]:.1f} MiB per process against {base_mib[1]:.1f} MiB in one;
+* multi-GPU scaling and FSDP2 on GPUs: not measured (no multi-GPU machine).""")

@@ -17,6 +17,7 @@ data            reading, validating, deduplicating and tokenizing conversations 
 loss            response-only loss by chunks, without the full logits
 training        SFT with response-only loss, status file, checkpoints and resume (chapter 04)
 distributed     data-parallel runs through accelerate launch: ranks, launch command, digests (chapter 11)
+fsdp            FSDP2 + QLoRA: the 4-bit base sharded (fully_shard), bytes per process, accelerate's flags
 evaluation      base vs fine-tuned: loss, code metrics, degeneration, names, doctests, gates (chapters 06, 07)
 code_sandbox    running model-written Python (doctests) in a limited subprocess
 export          adapter, merged model, GGUF, Ollama Modelfile (chapter 07)

@@ -49,20 +49,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_command(module: str, arguments: list[str], processes: int = 1, accelerate: bool | None = None) -> list[str]:
+def launch_command(module: str, arguments: list[str], processes: int = 1, accelerate: bool | None = None,
+                   fsdp: bool = False) -> list[str]:
     """The command that runs `python -m module arguments...` in `processes` data-parallel processes:
     through accelerate's launcher (its torchrun path for several processes, on a free port), or,
-    for one process, in a plain interpreter unless `accelerate` is True (the one-process launch a
-    user of a single GPU runs). Raises ValueError for fewer than 1 process."""
+    for one process, in a plain interpreter unless `accelerate` or `fsdp` is True (the one-process
+    launch a user of a single GPU runs). `fsdp` shards the model with FSDP2 instead of DDP
+    (`lib.fsdp.launch_arguments`; accelerate runs FSDP on GPUs only). Raises ValueError for fewer
+    than 1 process."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
-    if not (processes > 1 if accelerate is None else accelerate):
+    if not (processes > 1 if accelerate is None else accelerate) and not fsdp:
         return [sys.executable, "-m", module, *arguments]
     several = processes > 1
+    from .fsdp import launch_arguments
+
     return [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if several else []),
             "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
             "--dynamo_backend", "no", *(["--main_process_port", str(free_port())] if several else []),
-            "-m", module, *arguments]
+            *(launch_arguments() if fsdp else []), "-m", module, *arguments]
 
 
 def gather(value) -> list:

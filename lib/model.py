@@ -233,12 +233,14 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
-def nf4_config(compute_dtype: torch.dtype, double_quant: bool = True):
-    """bitsandbytes 4-bit NormalFloat config: QLoRA's storage format (paper section 3)."""
+def nf4_config(compute_dtype: torch.dtype, double_quant: bool = True, quant_storage: torch.dtype = torch.uint8):
+    """bitsandbytes 4-bit NormalFloat config: QLoRA's storage format (paper section 3). The packed
+    codes live in tensors of `quant_storage` (bitsandbytes' default uint8; FSDP guides use the
+    model's float dtype, see `lib.fsdp`)."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=quant_storage)
 
 
 def keep_4bit_layout_on_cpu(model) -> int:
@@ -259,11 +261,12 @@ def keep_4bit_layout_on_cpu(model) -> int:
 
 
 def load_causal_lm(source: ModelSource, compute_dtype: torch.dtype, load_in_4bit: bool = True,
-                   double_quant: bool = True):
-    """Gemma 3 as a causal LM: NF4-quantized (QLoRA) or in `compute_dtype` when not 4-bit."""
+                   double_quant: bool = True, quant_storage: torch.dtype = torch.uint8):
+    """Gemma 3 as a causal LM: NF4-quantized (QLoRA; codes stored as `quant_storage`, see
+    `nf4_config`) or in `compute_dtype` when not 4-bit."""
     from transformers import AutoModelForCausalLM
 
-    quantization = nf4_config(compute_dtype, double_quant) if load_in_4bit else None
+    quantization = nf4_config(compute_dtype, double_quant, quant_storage) if load_in_4bit else None
     model = AutoModelForCausalLM.from_pretrained(source.path_or_id, quantization_config=quantization,
                                                  dtype=compute_dtype)
     if load_in_4bit and not torch.cuda.is_available():

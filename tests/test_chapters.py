@@ -97,6 +97,7 @@ def test_pages_show_their_figures_in_a_browser(executed, html):
                 text = page.inner_text("main")
                 assert "accelerate launch --multi_gpu --num_processes" in text and "adapter SHA-256" in text
                 assert "bit-identical to the uninterrupted run's: True" in text and "not measured" in text
+                assert "FSDP2 + QLoRA on 2 CPU processes" in text and "4-bit base MiB per process" in text
         browser.close()
     assert image_outputs(executed / "chapters" / "01_concepts.ipynb") >= 5
     assert image_outputs(executed / "chapters" / "02_memory_budget.ipynb") >= 3

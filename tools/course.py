@@ -46,7 +46,7 @@ SMOKE_PARAMETERS = {
     "10_beyond_lora": {"steps": 2, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
                        "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
                        "blend_methods": ["linear", "cat"], "blend_eval_records": 1},
-    "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4},
+    "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4, "fsdp_steps": 2, "fsdp_window": 32},
 }
 
 
