@@ -62,12 +62,15 @@ def launch_command(module: str, arguments: list[str], processes: int = 1, accele
     if not (processes > 1 if accelerate is None else accelerate) and not fsdp:
         return [sys.executable, "-m", module, *arguments]
     several = processes > 1
-    from .fsdp import launch_arguments
+    sharding = []
+    if fsdp:
+        from .fsdp import launch_arguments
 
+        sharding = launch_arguments()
     return [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if several else []),
             "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
             "--dynamo_backend", "no", *(["--main_process_port", str(free_port())] if several else []),
-            *(launch_arguments() if fsdp else []), "-m", module, *arguments]
+            *sharding, "-m", module, *arguments]
 
 
 def gather(value) -> list:
