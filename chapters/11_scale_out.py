@@ -179,12 +179,12 @@ resume_table.round(6)
 # units accelerate's `TRANSFORMER_BASED_WRAP` picks). On GPUs accelerate does this inside
 # Trainer (`launch_command(..., fsdp=True)` adds its FSDP2 flags; not run yet, section 6). It has
 # no FSDP on a CPU, so this check calls `fully_shard` itself and trains the Trinity (rsLoRA + DoRA
-# on the NF4 base, float32 compute) with a plain AdamW loop over gloo. It stands in for the GPU path: it shows
-# that the sharded 4-bit base computes and trains what one process does, and that each process
-# really holds only its share, not that Trainer's FSDP integration works (a GPU run shows that).
-# bitsandbytes stores the packed codes as `uint8` by default; FSDP-QLoRA guides (written for FSDP1,
-# which flattens a layer's parameters into one buffer of one dtype) store them in a float dtype.
-# Both are run here:
+# on the NF4 base, float32 compute) with a plain AdamW loop over gloo. It stands in for the GPU
+# path: it shows that the sharded 4-bit base computes and trains what one process does, and that
+# each process really holds only its share, not that Trainer's FSDP integration works (a GPU run
+# shows that). bitsandbytes stores the packed codes as `uint8` by default; FSDP-QLoRA guides
+# (written for FSDP1, which flattens a layer's parameters into one buffer of one dtype) store them
+# in a float dtype. Both are run here:
 
 # %%
 from lib.data import split_files, validate_files

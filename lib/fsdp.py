@@ -56,8 +56,8 @@ def bytes_per_process(model) -> dict[str, dict[str, int]]:
     """{"4-bit base" | "adapter" | "other": {"this process": bytes, "whole model": bytes}}.
     "4-bit base" is the packed NF4 codes of bitsandbytes' Linear4bit layers (their quantization
     constants, an attribute of each layer and not a parameter, stay whole on every process and are
-    not counted), "adapter" the trainable parameters, "other" the rest
-    (embeddings, norms). A sharded parameter (a DTensor) counts its local shard for this process."""
+    not counted), "adapter" the trainable parameters, "other" the rest (embeddings, norms). A
+    sharded parameter (a DTensor) counts its local shard for this process."""
     import bitsandbytes as bnb
 
     packed = {id(m.weight) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)}
