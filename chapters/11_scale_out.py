@@ -225,6 +225,12 @@ print(f"{gpu_check['provenance']['gpu']}, {gpu_check['provenance']['date']}: {le
       f"plain process vs accelerate launch: largest relative loss difference "
       f"{launch['largest_relative_loss_difference']:.1e}, same adapter: {launch['same_adapter']}, "
       f"peak {launch['peak_memory_gib'][0]:.2f} GiB reserved")
+fsdp_gpu = launch.get("fsdp", {})
+print("FSDP2 launch on the same GPU: " + (f"failed: {fsdp_gpu['error']}\n  reached: {fsdp_gpu.get('reached', '')}"
+                                          if "error" in fsdp_gpu else
+                                          f"largest relative loss difference {fsdp_gpu['largest_relative_loss_difference']:.1e}, "
+                                          f"saved adapter {fsdp_gpu['adapter_relative_difference']:.1e} from the plain run's"))
+print(f"backends ({gpu_check.get('backends_provenance', gpu_check['provenance'])['date']}):")
 pd.DataFrame(gpu_check["backends"]).set_index("backend")
 
 # %% [markdown]
@@ -236,14 +242,20 @@ pd.DataFrame(gpu_check["backends"]).set_index("backend")
 #
 # * the 4-bit weights kept in bitsandbytes' default `uint8` storage: FSDP1 flattens a layer's
 #   parameters into one buffer of one dtype (bitsandbytes' FSDP-QLoRA guide), and runs are reported
-#   to crash or train with a loss of 0 or NaN gradient norms; the guides store them in the compute
-#   dtype (`bnb_4bit_quant_storage`, `lib.model.nf4_config(quant_storage=...)`). Under FSDP2 on a
-#   CPU both storages trained correctly (section 5);
+#   to crash or train with a loss of 0 or NaN gradient norms. Under FSDP2 on a CPU both storages
+#   trained correctly (section 5), but accelerate's FSDP2 preparation (1.15) leaves `uint8` codes
+#   out of the sharding, with a warning: every GPU would keep the whole 4-bit base. So under an FSDP
+#   launch the course stores them in the compute dtype (`lib.fsdp.quant_storage_for_launch`);
 # * a sharded run that silently saves no memory, because the 4-bit layers were not sharded
 #   (`lib.fsdp.bytes_per_process` counts what each process holds; section 5);
-# * an adapter saved from shards: `lib.training` saves the adapter on the main process from the
-#   parameters it holds, which under FSDP2 are its shards; the full state has to be gathered on
-#   every process first. Not built yet, so the FSDP2 launch has not been run through Trainer;
+# * reading whole tensors from shards: after training each process holds DTensor shards, so the
+#   saved adapter is gathered on every process first (`lib.fsdp.full_trainable_state`, then rank 0
+#   saves), and analyses that read base weights or call a module below the root (the update norms,
+#   the chunked test loss) run inside `lib.fsdp.unsharded`. On the H200, one process under
+#   accelerate's FSDP2 trained, checkpointed (sharded) and saved its adapter; its evaluation then
+#   failed on a shard, the fix is checked on a CPU (section 5's test) and not yet rerun on a GPU;
+# * bitsandbytes' 8-bit AdamW takes no DTensors (it raised on the H200): under an FSDP launch the
+#   course trains with torch's AdamW (`TrainingConfig.optimizer_for`);
 # * checkpoints and status files written by every process at once: the course writes them on the
 #   main process only, and transformers writes each process's RNG state beside them (section 4).
 #
@@ -251,6 +263,8 @@ pd.DataFrame(gpu_check["backends"]).set_index("backend")
 
 # %%
 worst = curves["relative difference"].max()
+fsdp_gpu_outcome = (f"failed in {fsdp_gpu['where'].split(',')[0]}" if "error" in fsdp_gpu else
+                    f"losses within {fsdp_gpu['largest_relative_loss_difference']:.1e} of the plain run's")
 fsdp_worst = fsdp_table.loc[fsdp_table.processes > 1, "largest relative difference"].max()
 base_mib = fsdp_table.groupby("processes")["4-bit base MiB per process"].max()
 print(f"""Measured in {time.monotonic() - started:.0f} s ({env.device}, {env.compute_dtype}, {os.cpu_count()} CPU cores):
@@ -261,4 +275,5 @@ print(f"""Measured in {time.monotonic() - started:.0f} s ({env.device}, {env.com
 * FSDP2 + QLoRA on {processes} CPU processes (torch's fully_shard over gloo, the Trinity on the NF4 base, {fsdp_steps} steps):
   largest relative loss difference from one process {fsdp_worst:.1e} ({' and '.join(fsdp_table.storage.unique())} storage);
   the 4-bit base takes {base_mib[processes]:.1f} MiB per process against {base_mib[1]:.1f} MiB in one;
-* multi-GPU scaling and FSDP2 on GPUs: not measured (no multi-GPU machine).""")
+* FSDP2 through Trainer on one GPU ({gpu_check['provenance']['gpu']}, {gpu_check['provenance']['date']}): {fsdp_gpu_outcome};
+* multi-GPU scaling: not measured (no multi-GPU machine).""")

@@ -10,6 +10,7 @@ lora            the Trinity adapter config (rank/alpha, rsLoRA, DoRA, target mod
 dora            DoRA's magnitude/direction analysis (chapter 01)
 fast_dora       the DoRA forward the course trains with: the norm once per optimizer step
 adapter_runs    short comparison runs in fresh processes (chapter 01)
+forkserver_warmup what the short runs' fork server loads once: the first run's tokenizer
 memory          the memory estimator, GPU profiles, full fine-tuning accounting (chapter 02)
 oom_ladder      the OOM ladder and "will it fit?" (chapter 05)
 stdlib_dataset  the default dataset, built from Python's standard library

@@ -11,7 +11,9 @@ multiprocessing "forkserver"), not a new interpreter: the imports cost each fres
 8 s, which is most of a smoke-sized run. The server also loads the first run's tokenizer (about
 6 s: transformers parses tokenizer.json twice), which each fork takes as its own copy. Each fork is
 still a clean process: the server imports modules and loads that tokenizer, nothing else, so no run
-sees another's state or the caller's.
+sees another's state or the caller's. On a machine with a CUDA GPU every run is a new interpreter:
+the stack's imports initialize CUDA in the server, and CUDA cannot be used again in a forked child
+(`fork_server_usable`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def _callbacks(track_every: int, changes: list, step_seconds: list):
     from transformers import TrainerCallback
 
     from .dora import adapted_weights, layer_changes
+    from .fsdp import unsharded
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
@@ -109,14 +112,17 @@ def _callbacks(track_every: int, changes: list, step_seconds: list):
     class MagnitudeDirectionTracker(TrainerCallback):
         """Delta M / Delta D of q_proj and v_proj against the weights at step 0, every N steps."""
 
+        # Under FSDP2 the weights are shards between steps: read them whole (every process does).
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self.reference = adapted_weights(model)
+            with unsharded(model):
+                self.reference = adapted_weights(model)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if track_every > 0 and state.global_step % track_every == 0:
-                changes.extend({"step": state.global_step, **row} for row in layer_changes(model, self.reference))
+            if state.global_step % track_every == 0:
+                with unsharded(model):
+                    changes.extend({"step": state.global_step, **row} for row in layer_changes(model, self.reference))
 
-    return [StepTimer(), MagnitudeDirectionTracker()]
+    return [StepTimer(), *([MagnitudeDirectionTracker()] if track_every > 0 else [])]
 
 
 def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
@@ -126,6 +132,7 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
 
     from .data import prepare_dataset, split_files
     from .dora import update_norms
+    from .fsdp import quant_storage_for_launch, unsharded
     from .model import PRELOADED_TOKENIZERS, load_causal_lm, load_tokenizer, resolve_model
     from .precision import default_device
     from .relora import snapshot, total_update_ranks
@@ -143,7 +150,8 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
     preloaded = source.path_or_id in PRELOADED_TOKENIZERS
     tokenizer = load_tokenizer(source)
     prepared = prepare_dataset(split_files(ROOT / run.dataset_dir), tokenizer, spec.optimisation.max_seq_length).records
-    model = load_causal_lm(source, dtype, load_in_4bit=loading.load_in_4bit, double_quant=loading.precision == "nf4-dq")
+    model = load_causal_lm(source, dtype, load_in_4bit=loading.load_in_4bit, double_quant=loading.precision == "nf4-dq",
+                           quant_storage=quant_storage_for_launch(dtype))
     memory_after_load = current_memory_gib(device)
     model = get_peft_model(model, spec.adapter.to_peft())
     peft_scaling = next(m.scaling["default"] for m in model.modules() if hasattr(m, "scaling")
@@ -167,18 +175,21 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
                "peft_scaling": peft_scaling, "tokenizer_preloaded": preloaded,
                "trainable_parameters": result.stats["trainable_parameters"]["trainable"],
                "train_seconds": result.stats["train_seconds_this_session"],
-               "log": read_log(run_dir), "update_norms": update_norms(model), "magnitude_direction": changes,
+               "log": read_log(run_dir), "magnitude_direction": changes,
                "memory_after_load_gib": round(memory_after_load, 3), "peak_memory_gib": round(peak, 3),
                "peak_memory_measure": peak_kind}
     if relora:
         summary |= {"merges": relora.merges, "learning_rates": relora.learning_rates}
-    if before is not None:
-        summary["total_update_ranks"] = total_update_ranks(model, before, spec.adapter.rank)
+    with unsharded(model):  # whole weights on every process under FSDP2; nothing changes otherwise
+        summary["update_norms"] = update_norms(model)
+        if before is not None:
+            summary["total_update_ranks"] = total_update_ranks(model, before, spec.adapter.rank)
     if run.eval_records:
         from .evaluation import response_loss
 
         model.eval()
-        with torch.no_grad():
+        # response_loss calls the decoder inside the model, below FSDP2's root unit: gather it all first
+        with torch.no_grad(), unsharded(model):
             summary["test_loss"] = response_loss(model, tokenizer, prepared["test"][:run.eval_records])
     summary |= summarize(summary["log"], seconds)
     # Every process's view, so a data-parallel run can show that all processes hold one adapter.
@@ -214,12 +225,24 @@ PRELOADED = ["lib.environment", "torch", "transformers", "transformers.data.data
 WARM_MODEL = "COURSE_FORKSERVER_MODEL"
 
 
+def fork_server_usable() -> bool:
+    """Whether one-process runs fork from the server: not where torch sees a CUDA GPU
+    (`torch.cuda.is_available` asks the driver without initializing CUDA in this process)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def start_server(model: str) -> None:
     """Start the fork server that one-process runs fork from, if it is not running, warming the
     tokenizer of `model` (an embedded alias, folder or hub id, as in a run spec). It imports and
     loads in its own process while the caller goes on: a chapter calls this first, so that those
-    15 s overlap its own setup. It lives as long as the caller; a dead one is started again."""
+    15 s overlap its own setup. It lives as long as the caller; a dead one is started again. Does
+    nothing where `fork_server_usable` is False."""
     import multiprocessing.forkserver as forkserver
+
+    if not fork_server_usable():
+        return
 
     forkserver.set_forkserver_preload(PRELOADED)
     before = os.environ.get(WARM_MODEL)
@@ -256,12 +279,13 @@ def _forked_main(spec_path: str, log_path: str) -> None:
 
 
 def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1,
-                         accelerate: bool | None = None) -> dict:
+                         accelerate: bool | None = None, fsdp: bool = False) -> dict:
     """Train `run` in a new process and return its result: for one process, a fork of the preloading
-    server (module docstring); with `processes` > 1, `python -m lib.adapter_runs` in that many
+    server (module docstring; a new interpreter on a CUDA machine); with `processes` > 1, `python -m lib.adapter_runs` in that many
     data-parallel processes (`lib.distributed`: accelerate, DDP), each at
     `run.spec.optimisation.batch_size`, so the global batch is processes x batch_size.
-    `accelerate` True launches even one process through accelerate (`launch_command`).
+    `accelerate` True launches even one process through accelerate (`launch_command`); `fsdp`
+    shards the model over the processes with FSDP2 instead (GPUs only: `lib.fsdp`).
 
     The workers' output goes to <run_dir>/worker.log. Raises RuntimeError naming the run and the
     log's last lines when a worker fails. The server (about 0.5 GB of imported libraries) lives as
@@ -274,12 +298,12 @@ def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 
     (run_dir / "result.json").unlink(missing_ok=True)
     log_path = run_dir / "worker.log"
     log_path.write_text("", encoding="utf-8")
-    if processes == 1 and not accelerate:
+    if processes == 1 and not accelerate and not fsdp and fork_server_usable():
         worker = _start_forked(run, spec, log_path)
         worker.join()
         code = worker.exitcode
     else:
-        command = launch_command("lib.adapter_runs", [str(spec)], processes, accelerate)
+        command = launch_command("lib.adapter_runs", [str(spec)], processes, accelerate, fsdp)
         with open(log_path, "a", encoding="utf-8") as log:
             code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:

@@ -60,20 +60,37 @@ def passes(measured: float, check: dict) -> bool:
     return rules[check["rule"]]()
 
 
-def check(claim_id: str, claims: dict[str, dict] | None = None, **measured: float) -> str:
+def check(claim_id: str, claims: dict[str, dict] | None = None, not_measured: tuple[str, ...] = (),
+          **measured: float) -> str:
     """The verdict on a claim from its stated checks: "holds" when every check passes for the
     measured value of the same name (`check("C10", dora_extra_gib=1.2)`), else "does not hold".
+    `not_measured` names stated checks that could not be measured here: if the others pass the
+    verdict is "depends" (a claim is not confirmed in part).
 
     Raises KeyError for an unknown claim or one that states no checks, ValueError when the measured
-    names are not exactly the claim's check names.
+    names plus `not_measured` are not exactly the claim's check names.
     """
     claims = claims or source_claims()
     if claim_id not in claims or not claims[claim_id].get("checks"):
         raise KeyError(f"{claim_id}: no stated checks in {SOURCE_CLAIMS}")
     stated = {c["name"]: c for c in claims[claim_id]["checks"]}
-    if set(measured) != set(stated):
-        raise ValueError(f"{claim_id}: measured {sorted(measured)}, the claim's checks are {sorted(stated)}")
-    return "holds" if all(passes(float(measured[name]), c) for name, c in stated.items()) else "does not hold"
+    if set(measured) | set(not_measured) != set(stated) or set(measured) & set(not_measured):
+        raise ValueError(f"{claim_id}: measured {sorted(measured)}, not measured {sorted(not_measured)}; "
+                         f"the claim's checks are {sorted(stated)}")
+    if not all(passes(float(measured[name]), stated[name]) for name in measured):
+        return "does not hold"
+    return "depends" if not_measured else "holds"
+
+
+def combine(verdicts: dict[str, str]) -> tuple[str, str]:
+    """One verdict from the verdicts of several settings ({setting: verdict}), and a note for a
+    mixed result: "holds" where every setting holds, "does not hold" where none does, else
+    "depends" with the note naming where it holds and where not."""
+    kinds = set(verdicts.values())
+    if len(kinds) == 1:
+        return kinds.pop(), ""
+    by_verdict = {v: [s for s, w in verdicts.items() if w == v] for v in VERDICTS if v in kinds}
+    return "depends", "; ".join(f"{v} for {', '.join(settings)}" for v, settings in by_verdict.items())
 
 
 @dataclass(frozen=True)
@@ -109,16 +126,32 @@ class ClaimsLedger:
         self.records = [r for r in self.records if not (r.claim_id == claim_id and r.section == section)] + [entry]
         write_json(self.path, [asdict(r) for r in self.records])
 
-    def measure(self, claim_id: str, measured: str, section: str, values: dict[str, float], note: str = "",
-                where: str | None = None, caveat: str | None = None) -> str:
+    def measure(self, claim_id: str, measured: str, section: str, values: dict, note: str = "",
+                where: str | None = None, caveat: str | None = None, proxy: str | None = None,
+                not_measured: tuple[str, ...] = ()) -> str:
         """Record a measurement whose verdict `check` computes from the claim's stated checks;
-        returns the verdict. `caveat`: why a passing measurement only bounds the claim (e.g. runs
-        that did not converge): "holds" becomes "depends" and the caveat joins the note. Raises as
-        `check` does."""
-        verdict = check(claim_id, self.claims, **values)
-        if caveat and verdict == "holds":
-            verdict, note = "depends", "; ".join(filter(None, [note, caveat]))
-        self.record(claim_id, measured, verdict, section, note, where)
+        returns the verdict.
+
+        `values`: {check name: measured value}, or {setting: {check name: value}} for a claim
+        measured in several settings (model sizes, GPUs): `combine` joins their verdicts.
+        `caveat`: why a passing measurement only bounds the claim (e.g. runs that did not
+        converge): "holds" becomes "depends". `proxy`: what the measured quantity stands in for
+        (another model size, an estimate): the verdict is "depends" whatever the checks give, and
+        the note says what they gave. `not_measured`: as in `check`. Raises as `check` does.
+        """
+        settings = values if all(isinstance(v, dict) for v in values.values()) else {"": values}
+        verdict, mixed = combine({setting: check(claim_id, self.claims, not_measured, **numbers)
+                                  for setting, numbers in settings.items()})
+        notes = [note, mixed]
+        if not_measured:
+            notes.append(f"not measured: {', '.join(not_measured)}")
+        if proxy:
+            notes.append(f"{proxy}; the stated checks alone: {verdict}")
+            verdict = "depends"
+        elif caveat and verdict == "holds":
+            verdict = "depends"
+            notes.append(caveat)
+        self.record(claim_id, measured, verdict, section, "; ".join(filter(None, notes)), where)
         return verdict
 
 

@@ -87,13 +87,15 @@ def gather(value) -> list:
 
 def trainable_digest(model) -> str:
     """SHA-256 of every trainable parameter's name, dtype, shape and bytes, in name order: equal
-    digests mean bit-identical adapters (the check that DDP kept every process in step)."""
+    digests mean bit-identical adapters (the check that DDP kept every process in step). For an
+    FSDP2-sharded model the whole tensors are gathered first (`lib.fsdp.full_trainable_state`),
+    so every process must call it."""
     import torch
 
+    from .fsdp import full_trainable_state
+
     digest = hashlib.sha256()
-    for name, parameter in sorted(model.named_parameters()):
-        if parameter.requires_grad:
-            tensor = parameter.detach().cpu().contiguous()
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    for name, tensor in full_trainable_state(model).items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

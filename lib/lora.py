@@ -76,7 +76,14 @@ def base_weight(lora_layer):
     """The frozen base weight of a peft LoRA layer as float32 (out x in), dequantized if 4-bit."""
     from peft.utils.integrations import dequantize_module_weight
 
-    return dequantize_module_weight(lora_layer.get_base_layer()).detach().float()
+    base = lora_layer.get_base_layer()
+    if type(base).__name__ == "Linear4bit":
+        # FSDP2 gathers a 4-bit weight as a plain tensor of packed codes; bitsandbytes' forward gives
+        # it its quantization state back from the layer before use, and so must a reader.
+        from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+        fix_4bit_weight_quant_state_from_module(base)
+    return dequantize_module_weight(base).detach().float()
 
 
 def lora_delta(lora_layer, adapter: str = "default"):

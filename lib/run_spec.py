@@ -88,10 +88,14 @@ class TrainingConfig:
         """`optim`, or where it is None the course's choice for `device` ("cuda" or "cpu"):
         bitsandbytes' 8-bit AdamW on a GPU, the QLoRA recipe's (its two states take 2 bytes per
         trainable parameter instead of 8; chapter 01 measures this); torch's AdamW on a CPU, where
-        the chapters' runs are small and bitsandbytes' optimizers are built for CUDA."""
+        the chapters' runs are small and bitsandbytes' optimizers are built for CUDA. Under an
+        FSDP launch torch's AdamW on GPUs too: bitsandbytes' 8-bit update takes plain tensors, not
+        FSDP2's sharded DTensors (it raises "got mixed torch.Tensor and DTensor")."""
+        from .fsdp import launched_with_fsdp
+
         if self.optim is not None:
             return self.optim
-        return "adamw_8bit" if device == "cuda" else "adamw_torch"
+        return "adamw_8bit" if device == "cuda" and not launched_with_fsdp() else "adamw_torch"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 from .artifacts import read_json, read_jsonl, write_json
 from .distributed import is_main_process, world_size
 from .fast_dora import use_fast_dora
+from .fsdp import full_trainable_state, is_sharded, quant_storage_for_launch
 from .lora import trainable_parameters
 from .loss import causal_lm_parts
 from .model import ModelSource, keep_4bit_layout_on_cpu, load_causal_lm, load_tokenizer, resolve_model
@@ -72,8 +73,11 @@ def checkpoint_state(folder: Path) -> dict | None:
         state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    weights = any((folder / name).exists() for name in ("adapter_model.safetensors", "model.safetensors"))
-    if state.get("global_step") != int(match.group(1)) or not weights or not (folder / "optimizer.pt").exists():
+    # FSDP's sharded checkpoints (accelerate's save_fsdp_model / save_fsdp_optimizer) are folders.
+    weights = any((folder / name).exists() for name in ("adapter_model.safetensors", "model.safetensors",
+                                                         "pytorch_model_fsdp_0"))
+    optimizer = any((folder / name).exists() for name in ("optimizer.pt", "optimizer_0"))
+    if state.get("global_step") != int(match.group(1)) or not weights or not optimizer:
         return None
     return state
 
@@ -172,7 +176,8 @@ def _load_peft_model(source: ModelSource, spec: RunSpec, compute_dtype: torch.dt
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model = load_causal_lm(source, compute_dtype, load_in_4bit=load_in_4bit,
-                           double_quant=spec.loading.precision == "nf4-dq")
+                           double_quant=spec.loading.precision == "nf4-dq",
+                           quant_storage=quant_storage_for_launch(compute_dtype))
     if load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=mode != "off",
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -474,15 +479,17 @@ class TrainingResult:
     log_history: list[dict]
 
 
-def save_adapter(model, tokenizer, folder: Path) -> Path:
-    """Save the adapter (peft format) and tokenizer to `folder`, replacing it only when complete."""
+def save_adapter(model, tokenizer, folder: Path, state_dict: dict | None = None) -> Path:
+    """Save the adapter (peft format) and tokenizer to `folder`, replacing it only when complete.
+    `state_dict`: the adapter's whole tensors where the model holds shards (FSDP2:
+    `lib.fsdp.full_trainable_state`, gathered on every process before rank 0 saves)."""
     import shutil
 
     from .artifacts import replace_folder
 
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     tokenizer.save_pretrained(staging)
     return replace_folder(staging, folder)
 
@@ -557,8 +564,10 @@ def train_dataset(model, processing_class, dataset, collator, spec: RunSpec, run
         status.write(running=False, step=trainer.state.global_step, error=f"{type(err).__name__}: {err}".strip(": "))
         raise
     wall = time.monotonic() - started
+    # Under FSDP2 each process holds shards: every process gathers the adapter, rank 0 saves it.
+    whole = full_trainable_state(trainer.model) if is_sharded(trainer.model) else None
     if is_main_process():
-        save_adapter(trainer.model, tokenizer, paths["adapter"])
+        save_adapter(trainer.model, tokenizer, paths["adapter"], whole)
     tokens = trainer.state.num_input_tokens_seen - (read_json(checkpoint / "trainer_state.json").get(
         "num_input_tokens_seen", 0) if checkpoint else 0)
     peak, peak_kind = peak_memory_gib(device)
@@ -585,7 +594,10 @@ def finished_run(model, tokenizer, checkpoint: Path, run_dir: Path, status: Stat
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(checkpoint / "adapter_model.safetensors"))
+    weights = checkpoint / "adapter_model.safetensors"
+    if not weights.exists():  # an FSDP checkpoint holds shards; the run's adapter/ is its last step, whole
+        weights = run_paths(run_dir)["adapter"] / "adapter_model.safetensors"
+    set_peft_model_state_dict(model, load_file(weights))
     if is_main_process():
         save_adapter(model, tokenizer, run_paths(run_dir)["adapter"])
     state = read_json(checkpoint / "trainer_state.json")

@@ -69,3 +69,25 @@ def test_a_forked_run_gives_what_a_new_interpreter_gives(tiny_source, tmp_path):
     assert [e["loss"] for e in forked["log"]] == [e["loss"] for e in fresh["log"]]
     assert forked["test_loss"] == fresh["test_loss"] and forked["adapter_sha256_by_process"] == fresh["adapter_sha256_by_process"]
     assert forked["threads_by_process"] == fresh["threads_by_process"]
+
+
+def test_on_a_cuda_machine_a_run_is_a_new_interpreter_not_a_fork(tmp_path, monkeypatch):
+    """peft initializes CUDA when imported (measured on an H200), so a fork of the preloading
+    server could not use the GPU: there every run starts its own interpreter."""
+    import torch
+
+    import lib.adapter_runs as adapter_runs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(adapter_runs, "_start_forked", lambda *a: pytest.fail("forked on a CUDA machine"))
+    commands = []
+
+    def fake_run(command, cwd, stdout, stderr):
+        commands.append(command)
+        write_json(tmp_path / "result.json", {"ran": True})
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(adapter_runs.subprocess, "run", fake_run)
+    adapter_runs.start_server("gemma-3-270m")  # does nothing there
+    assert run_in_fresh_process(AdapterRun("cuda", SHORT_RUN), tmp_path) == {"ran": True}
+    assert commands == [[sys.executable, "-m", "lib.adapter_runs", str(tmp_path / "spec.json")]]

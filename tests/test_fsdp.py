@@ -10,6 +10,7 @@ from lib.fsdp import compare_with_one_process, decoder_layers
 # Measured within 1e-7 relative (2026-12-03, AMD EPYC, torch 2.13 CPU, gloo): the same float32 sums
 # in another order (two half-batches, then an average).
 LOSS_TOLERANCE = 1e-5  # relative, per step
+ADAPTER_TOLERANCE = 1e-4  # ||a - b|| / ||b|| per tensor: AdamW's first steps scale tiny gradient differences up
 PROCESSES = 2
 
 
@@ -45,6 +46,22 @@ def test_each_process_holds_its_share_of_the_4bit_base_and_the_adapter(rows, sto
     assert by(rows, storage, 1)["bytes"]["4-bit base"]["this process"] == sizes["4-bit base"]["whole model"]
 
 
+@pytest.mark.parametrize("storage", ["uint8", "float32"])
+def test_after_training_the_shards_are_gathered_into_one_adapter(rows, storage):
+    one, sharded = by(rows, storage, 1), by(rows, storage, PROCESSES)
+    # every process computes one digest of the gathered adapter: the same on all of them
+    assert len(sharded["digests_by_process"]) == PROCESSES and len(set(sharded["digests_by_process"])) == 1
+    # rank 0 saved the whole adapter (names and shapes of the one-process one; inf if shards were saved)
+    assert one["adapter_relative_difference"] == 0
+    assert sharded["adapter_relative_difference"] <= ADAPTER_TOLERANCE
+    # the update norms read whole base weights inside `unsharded`
+    assert len(sharded["update_norms"]) == len(one["update_norms"]) > 0
+    assert sharded["update_norms"] == pytest.approx(one["update_norms"], rel=ADAPTER_TOLERANCE)
+    # the evaluation calls the decoder below FSDP2's root unit (on an H200 that raised "mixed
+    # torch.Tensor and DTensor" until it ran inside `unsharded`)
+    assert sharded["test_loss"] == pytest.approx(one["test_loss"], rel=ADAPTER_TOLERANCE)
+
+
 def test_the_units_are_the_decoder_layers(tiny_source):
     import torch
     from lib.model import load_causal_lm
@@ -67,3 +84,20 @@ def test_the_fsdp_launch_is_what_the_installed_accelerate_runs_as_fsdp2():
     assert environment["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
     one_gpu = launch_command("lib.adapter_runs", ["spec.json"], fsdp=True)
     assert "--use_fsdp" in one_gpu and "--multi_gpu" not in one_gpu
+
+
+def test_an_fsdp_launch_stores_the_4bit_codes_in_the_compute_dtype_and_trains_with_torch_adamw(monkeypatch):
+    """accelerate 1.15 leaves uint8 Params4bit out of FSDP2's sharding, and bitsandbytes' 8-bit
+    AdamW takes no DTensors (both met on an H200): under an FSDP launch the course avoids both."""
+    import torch
+
+    from lib.fsdp import quant_storage_for_launch
+    from lib.run_spec import TrainingConfig
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert quant_storage_for_launch(torch.bfloat16) == torch.uint8
+    assert TrainingConfig().optimizer_for("cuda") == "adamw_8bit"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as accelerate's launcher sets it
+    assert quant_storage_for_launch(torch.bfloat16) == torch.bfloat16
+    assert TrainingConfig().optimizer_for("cuda") == "adamw_torch"
+    assert TrainingConfig(optim="adamw_8bit").optimizer_for("cuda") == "adamw_8bit"  # an explicit choice stands

@@ -6,7 +6,9 @@
    the check and cannot travel to an offline GPU machine) twice: as a plain process and under
    `accelerate launch --num_processes 1` (`lib.distributed.launch_command(..., accelerate=True)`),
    the command a single-GPU user of chapter 11 runs. Same spec, data and seed: the losses and the
-   adapters (SHA-256 of the trainable tensors) are compared.
+   adapters (SHA-256 of the trainable tensors) are compared. Then once more under accelerate's
+   FSDP2 (`launch_command(..., fsdp=True)`): losses, saved adapter and update norms against the
+   plain run.
 2. `tools.gpu_benchmark` for unsloth and peft at a few steps: `lib.training.load_for_training(spec)`
    and `train(..., spec, ...)` on the GPU, where the CPU tests cannot go.
 
@@ -45,7 +47,33 @@ def launch_pair(model_dir: Path, work: Path, steps: int) -> dict:
             "peak_memory_gib": [plain["peak_memory_gib"], launched["peak_memory_gib"]],
             "peak_memory_measure": plain["peak_memory_measure"],
             "train_seconds": [plain["train_seconds"], launched["train_seconds"]],
-            "test_loss": [plain["test_loss"]["loss"], launched["test_loss"]["loss"]]}
+            "test_loss": [plain["test_loss"]["loss"], launched["test_loss"]["loss"]],
+            "fsdp": fsdp_run(run, plain, work)}
+
+
+def fsdp_run(run, plain: dict, work: Path) -> dict:
+    """The same run under `accelerate launch --use_fsdp --fsdp_version 2` in one process (the
+    Trainer's FSDP2 path: sharding, the 4-bit storage in the compute dtype, the gathered adapter
+    saved on rank 0), against the plain run. An error is recorded, not raised."""
+    from lib.adapter_runs import run_in_fresh_process
+    from lib.fsdp import adapter_difference
+
+    try:
+        sharded = run_in_fresh_process(replace(run, name="fsdp"), work / "fsdp", fsdp=True)
+    except RuntimeError as err:
+        # the launcher's last lines only say that rank 0 failed; the worker's own error is above them
+        log = (work / "fsdp" / "worker.log").read_text(encoding="utf-8", errors="replace").splitlines()
+        causes = [line for line in log if line.startswith("[rank0]: ") and "Error" in line]
+        return {"error": causes[-1].removeprefix("[rank0]: ") if causes else str(err)[-4000:]}
+    losses = [e["loss"] for e in sharded["log"]]
+    return {"losses": losses, "largest_relative_loss_difference": max(
+                abs(a - b) / abs(a) for a, b in zip([e["loss"] for e in plain["log"]], losses)),
+            "adapter_relative_difference": adapter_difference(work / "fsdp" / "adapter", work / "plain" / "adapter"),
+            "processes": sharded["processes"], "peak_memory_gib": sharded["peak_memory_gib"],
+            "train_seconds": sharded["train_seconds"], "test_loss": sharded["test_loss"]["loss"],
+            "update_norms_relative_difference": max(
+                abs(a["relative_update"] - b["relative_update"]) / abs(b["relative_update"])
+                for a, b in zip(sharded["update_norms"], plain["update_norms"]))}
 
 
 def benchmark(model_dir: Path, work: Path, steps: int) -> list[dict]:
@@ -73,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/launch-gpu-check"))
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--launch-only", action="store_true", help="the launches of step 1, not the benchmark")
     args = parser.parse_args(argv)
     import torch
 
@@ -81,18 +110,24 @@ def main(argv=None) -> int:
 
     model_dir = random_init_checkpoint("270M", args.tokenizer_dir, args.work / "models")
     pair = launch_pair(model_dir, args.work, args.steps)
-    rows = benchmark(model_dir, args.work, args.steps)
+    rows = [] if args.launch_only else benchmark(model_dir, args.work, args.steps)
     print(f"one GPU, plain vs accelerate launch: largest relative loss difference "
           f"{pair['largest_relative_loss_difference']:.2e}, same adapter: {pair['same_adapter']}, "
           f"peak {pair['peak_memory_gib']} GiB ({pair['peak_memory_measure']})")
+    print("one GPU, plain vs FSDP2 launch:", json.dumps(pair["fsdp"]))
     for row in rows:
         print(json.dumps(row))
     provenance = {"date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(0),
                   "python": platform.python_version(), "versions": package_versions(),
                   "command": "python -m tools.launch_gpu_check .gpu-tokenizer --out ... "
-                             f"--steps {args.steps}"}
+                             f"--steps {args.steps}" + (" --launch-only" if args.launch_only else "")}
+    record = {"provenance": provenance, "launch": pair, "backends": rows}
+    if args.launch_only and args.out.exists():  # keep the stored benchmark, under its own provenance
+        stored = json.loads(args.out.read_text())
+        record |= {"backends": stored["backends"],
+                   "backends_provenance": stored.get("backends_provenance", stored["provenance"])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"provenance": provenance, "launch": pair, "backends": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
