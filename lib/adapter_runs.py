@@ -281,9 +281,10 @@ def _forked_main(spec_path: str, log_path: str) -> None:
 def run_in_fresh_process(run: AdapterRun, run_dir: str | Path, processes: int = 1,
                          accelerate: bool | None = None, fsdp: bool = False) -> dict:
     """Train `run` in a new process and return its result: for one process, a fork of the preloading
-    server (module docstring; a new interpreter on a CUDA machine); with `processes` > 1, `python -m lib.adapter_runs` in that many
-    data-parallel processes (`lib.distributed`: accelerate, DDP), each at
-    `run.spec.optimisation.batch_size`, so the global batch is processes x batch_size.
+    server (module docstring; a new interpreter on a CUDA machine); with `processes` > 1,
+    `python -m lib.adapter_runs` in that many data-parallel processes (`lib.distributed`:
+    accelerate, DDP), each at `run.spec.optimisation.batch_size`, so the global batch is
+    processes x batch_size.
     `accelerate` True launches even one process through accelerate (`launch_command`); `fsdp`
     shards the model over the processes with FSDP2 instead (GPUs only: `lib.fsdp`).
 
