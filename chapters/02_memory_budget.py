@@ -416,8 +416,8 @@ ledger.measure("C11", f"12B Trinity seq 4096 (unsloth): peak {trinity_12b:.2f} G
                f"vs a T4's {memory.gpu_profile('T4').memory_gib} GiB", "1. The Trinity, term by term",
                {"weights_gib": e12.weights, "adapter_state_gib": adapter_state, "activations_gib": e12.activations,
                 "total_gib": e12.total},
-               note="the checks compare each term: the total agrees, the adapter-state and activation terms do "
-                    "not; it fits a T4 only just (chapter 5's capped runs fitted once and hit OOM once)",
+               note="every term is checked against the source's, not only the total; it fits a T4 only just "
+                    "(chapter 5's capped runs fitted once and hit OOM once)",
                where=provenance["gpu"])
 batch2 = estimate(gpu_run("12B", batch_size=2, max_seq_length=2048))
 ledger.record("C12", f"12B on a T4 (estimate): seq 4096 batch 1 {e12.total:.1f} GiB; seq 2048 batch 2 "
