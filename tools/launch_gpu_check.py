@@ -48,18 +48,22 @@ def launch_pair(model_dir: Path, work: Path, steps: int) -> dict:
             "peak_memory_measure": plain["peak_memory_measure"],
             "train_seconds": [plain["train_seconds"], launched["train_seconds"]],
             "test_loss": [plain["test_loss"]["loss"], launched["test_loss"]["loss"]],
-            "fsdp": fsdp_run(run, plain, work)}
+            "fsdp": fsdp_run(run, work)}
 
 
-def fsdp_run(run, plain: dict, work: Path) -> dict:
+def fsdp_run(run, work: Path) -> dict:
     """The same run under `accelerate launch --use_fsdp --fsdp_version 2` in one process (the
     Trainer's FSDP2 path: sharding, the 4-bit storage in the compute dtype, the gathered adapter
-    saved on rank 0), against the plain run. An error is recorded, not raised."""
+    saved on rank 0), against a plain run with the same optimizer: an FSDP launch trains with
+    torch's AdamW (`TrainingConfig.optimizer_for`), the plain run on a GPU with bitsandbytes' 8-bit
+    one, so `plain` itself would differ by the optimizer. An error is recorded, not raised."""
     from lib.adapter_runs import run_in_fresh_process
     from lib.fsdp import adapter_difference
 
+    same_optimizer = replace(run, name="plain-adamw", spec=run.spec.replace(optim="adamw_torch"))
+    plain = run_in_fresh_process(same_optimizer, work / "plain-adamw")
     try:
-        sharded = run_in_fresh_process(replace(run, name="fsdp"), work / "fsdp", fsdp=True)
+        sharded = run_in_fresh_process(replace(same_optimizer, name="fsdp"), work / "fsdp", fsdp=True)
     except RuntimeError as err:
         # the launcher's last lines only say that rank 0 failed; the worker's own error is above them
         log = (work / "fsdp" / "worker.log").read_text(encoding="utf-8", errors="replace").splitlines()
@@ -68,7 +72,8 @@ def fsdp_run(run, plain: dict, work: Path) -> dict:
     losses = [e["loss"] for e in sharded["log"]]
     return {"losses": losses, "largest_relative_loss_difference": max(
                 abs(a - b) / abs(a) for a, b in zip([e["loss"] for e in plain["log"]], losses)),
-            "adapter_relative_difference": adapter_difference(work / "fsdp" / "adapter", work / "plain" / "adapter"),
+            "compared_with": "a plain run with optim adamw_torch",
+            "adapter_relative_difference": adapter_difference(work / "fsdp" / "adapter", work / "plain-adamw" / "adapter"),
             "processes": sharded["processes"], "peak_memory_gib": sharded["peak_memory_gib"],
             "train_seconds": sharded["train_seconds"], "test_loss": sharded["test_loss"]["loss"],
             "update_norms_relative_difference": max(
