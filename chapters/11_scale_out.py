@@ -240,7 +240,17 @@ pd.DataFrame(gpu_check["backends"]).set_index("backend")
 # What this course has not measured yet, because no machine with several GPUs has been available
 # to it: tokens per second and memory per GPU for the 4B and 12B at 1, 2 and 4 GPUs (the scaling
 # efficiency), and the 27B Trinity sharded by FSDP2 across two GPUs capped to 24 GB each. Until
-# then this chapter states no number for them. The failure modes to test for there:
+# then this chapter states no number for them. The command that makes them, on a machine with
+# four GPUs, is
+#
+# ```bash
+# python -m tools.scale_out_gpu TOKENIZER_DIR --out data/measurements/scale-out-gpu.json \
+#     --sizes 4B 12B --gpus 1 2 4 --fsdp 27B --fsdp-gpus 2 --cap L4
+# ```
+#
+# (each row `lib.training` through `launch_command`; on the one GPU lent so far it ran both
+# launch paths for the 4B, one plain process and one under FSDP2 with an L4's cap). The failure
+# modes to test for there:
 #
 # * the 4-bit weights kept in bitsandbytes' default `uint8` storage: FSDP1 flattens a layer's
 #   parameters into one buffer of one dtype (bitsandbytes' FSDP-QLoRA guide), and runs are reported

@@ -83,3 +83,37 @@ def test_only_the_main_process_writes_the_status_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     StatusCallback(tmp_path / "run", "cpu").write(step=3)
     assert run_paths(tmp_path / "run")["status"].exists()
+
+
+def test_the_scale_out_tool_launches_each_row_as_its_mode_needs(monkeypatch, tmp_path):
+    """tools.scale_out_gpu (the multi-GPU measurement, GPU-only): DDP rows through accelerate for
+    several GPUs, the FSDP2 row with FSDP's flags, torch AdamW, peft's DoRA and the cap; an error
+    (out of memory) becomes the row's, and efficiency is against the one-GPU row of the size."""
+    import json
+    import subprocess
+
+    import tools.scale_out_gpu as tool
+
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        processes = int(command[command.index("--num_processes") + 1]) if "--num_processes" in command else 1
+        if "--cap" in command:
+            return subprocess.CompletedProcess(command, 1, "", "torch.OutOfMemoryError: CUDA out of memory.")
+        stats = {"steady_seconds_per_step": 1.0, "steady_tokens_per_second": 100.0 * processes * 0.9 ** (processes - 1),
+                 "first_step_seconds": 5.0, "peak_memory_gib": 8.0, "cap": {}}
+        return subprocess.CompletedProcess(command, 0, "".join(f"STATS {json.dumps(stats)}\n" for _ in range(processes)), "")
+
+    monkeypatch.setattr(tool.subprocess, "run", fake_run)
+    rows = [tool.run_row(tmp_path, "4B", n, 4, 1, tmp_path / str(n)) for n in (1, 2)]
+    rows.append(tool.run_row(tmp_path, "27B", 2, 4, 1, tmp_path / "fsdp", fsdp=True, cap="L4"))
+    rows = tool.with_efficiency(rows)
+
+    one, two, sharded = commands
+    assert "accelerate.commands.launch" not in one and "--multi_gpu" in two
+    assert {"--optim", "adamw_torch", "--dora", "peft", "--cap", "L4"} <= set(sharded)
+    assert "--use_fsdp" in sharded and sharded[sharded.index("--num_processes") + 1] == "2"
+    assert [r["scaling_efficiency"] for r in rows] == [1.0, 0.9, None]
+    assert rows[1]["peak_reserved_gib_by_process"] == [8.0, 8.0]
+    assert "out of memory" in rows[2]["error"] and rows[2]["mode"] == "FSDP2"

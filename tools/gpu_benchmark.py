@@ -42,9 +42,12 @@ def random_init_model(model_dir: Path, target: Path) -> Path:
     return target
 
 
-def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_length: int, run_dir: Path) -> dict:
+def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_length: int, run_dir: Path,
+            optim: str = "adamw_8bit", dora_implementation: str = "fast", cap: str | None = None) -> dict:
     """Train `steps` steps with one backend in this process; returns the training stats, with the
-    seconds of each phase before training (printed as they end: a killed run still shows them)."""
+    seconds of each phase before training (printed as they end: a killed run still shows them).
+    `cap` names a `lib.memory` GPU profile whose usable memory this process's allocator is capped
+    to (`tools.memory_grid.cap_allocator`). Under `accelerate launch` every process runs this."""
     import time
 
     phases, started = {}, time.perf_counter()
@@ -65,19 +68,29 @@ def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_
     from lib.training import load_for_training, read_log, train
 
     phase("import")
+    capped = {}
+    if cap:
+        import os
+
+        import torch
+
+        from tools.memory_grid import cap_allocator
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # the cap is per device: this process's
+        capped = cap_allocator(cap)
     source = ModelSource("gemma-3-270m (random init)", str(model_dir), "local")
     tokenizer = load_tokenizer(source)
     records = prepare_dataset(split_files(ROOT / "data" / "python-stdlib"), tokenizer, max_seq_length).records
     phase("dataset")
     spec = RunSpec.of(str(model_dir), backend=backend, compute_dtype="bfloat16", max_steps=steps,
                       batch_size=batch_size, max_seq_length=max_seq_length, save_steps=0, sample_every=0,
-                      optim="adamw_8bit", warmup_steps=2)
+                      optim=optim, warmup_steps=2, dora_implementation=dora_implementation)
     model, tokenizer = load_for_training(spec)
     phase("load_for_training")
     result = train(model, tokenizer, records["train"], spec, run_dir, "cuda", resume=False)
     first_step = read_log(run_dir)[0]["train_runtime"]
-    return (result.stats | {"first_step_seconds": round(first_step, 1), "phase_seconds": phases}
-            | steady_state(read_log(run_dir), warmup_steps=5) | {"compilation": compilation_report()})
+    return (result.stats | {"first_step_seconds": round(first_step, 1), "phase_seconds": phases, "cap": capped}
+            | steady_state(read_log(run_dir), warmup_steps=min(5, steps - 1)) | {"compilation": compilation_report()})
 
 
 def compilation_report() -> dict:
@@ -108,10 +121,13 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=["unsloth", "peft"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu-benchmark"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--optim", default="adamw_8bit", help="with --one: the optimizer (adamw_torch under FSDP)")
+    parser.add_argument("--dora", default="fast", choices=("fast", "peft"), help="with --one: the DoRA implementation")
+    parser.add_argument("--cap", help="with --one: cap the allocator to this GPU profile's memory (lib.memory)")
     args = parser.parse_args(argv)
     if args.one:
         stats = run_one(args.model_dir, args.one, args.steps, args.batch_size, args.max_seq_length,
-                        args.work / f"run-{args.one}")
+                        args.work / f"run-{args.one}", args.optim, args.dora, args.cap)
         print("STATS " + json.dumps(stats))
         return 0
     import torch
