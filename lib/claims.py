@@ -82,6 +82,29 @@ def check(claim_id: str, claims: dict[str, dict] | None = None, not_measured: tu
     return "depends" if not_measured else "holds"
 
 
+def failing_checks(claim_id: str, claims: dict[str, dict] | None = None, **measured: float) -> list[str]:
+    """What fails among the claim's stated checks for the `measured` values of the same names, as
+    text ("adapter_state_gib 2.47 GiB, stated within 5.122 +- 25%"), in the claims file's order;
+    [] when all pass. Raises KeyError as `check` does."""
+    claims = claims or source_claims()
+    if claim_id not in claims or not claims[claim_id].get("checks"):
+        raise KeyError(f"{claim_id}: no stated checks in {SOURCE_CLAIMS}")
+    return [f"{c['name']} {float(measured[c['name']]):.4g} {c['unit']}, stated {_stated(c)}"
+            for c in claims[claim_id]["checks"] if c["name"] in measured and not passes(float(measured[c["name"]]), c)]
+
+
+def _stated(c: dict) -> str:
+    """A stated check as text: "within 5.122 +- 25%", "at least 2", "between 30 and 60"."""
+    if c["rule"] == "between":
+        return f"between {c['low']:g} and {c['high']:g}"
+    text = f"{c['rule'].replace('_', ' ')} {c['value']:g}"
+    if c.get("tolerance"):
+        text += f" +- {c['tolerance']:g}"
+    if c.get("relative_tolerance"):
+        text += f" +- {c['relative_tolerance']:.0%}"
+    return text
+
+
 def combine(verdicts: dict[str, str]) -> tuple[str, str]:
     """One verdict from the verdicts of several settings ({setting: verdict}), and a note for a
     mixed result: "holds" where every setting holds, "does not hold" where none does, else
@@ -142,7 +165,9 @@ class ClaimsLedger:
         settings = values if all(isinstance(v, dict) for v in values.values()) else {"": values}
         verdict, mixed = combine({setting: check(claim_id, self.claims, not_measured, **numbers)
                                   for setting, numbers in settings.items()})
-        notes = [note, mixed]
+        failing = [f"{setting + ': ' if setting else ''}{text}" for setting, numbers in settings.items()
+                   for text in failing_checks(claim_id, self.claims, **numbers)]
+        notes = [note, mixed, "failing: " + "; ".join(failing) if failing else ""]
         if not_measured:
             notes.append(f"not measured: {', '.join(not_measured)}")
         if proxy:

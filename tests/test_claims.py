@@ -90,7 +90,7 @@ def test_settings_combine_and_a_proxy_never_decides(tmp_path):
     ledger = ClaimsLedger("04_trinity_training", tmp_path)
     hours = {"4B": {"hours": 1.7}, "12B": {"hours": 2.7}}  # between 2 and 3 h
     assert ledger.measure("C30", "1.7 h, 2.7 h", "GPU", hours) == "depends"
-    assert ledger.records[-1].note == "holds for 12B; does not hold for 4B"
+    assert ledger.records[-1].note == "holds for 12B; does not hold for 4B; failing: 4B: hours 1.7 h, stated between 2 and 3"
     assert ledger.measure("C30", "2.7 h", "GPU", {"12B": {"hours": 2.7}}) == "holds"
     # a stand-in measurement is reported with what its checks gave, and never decides the claim
     assert ledger.measure("C18", "130 tokens/s", "GPU", {"tokens_per_second": 130}, proxy="a T4 estimate") == "depends"
@@ -135,3 +135,12 @@ def test_measure_records_the_computed_verdict(tmp_path):
     ledger = ClaimsLedger("02_memory_budget", tmp_path)
     assert ledger.measure("C15", "8-bit AdamW: 74% less", "states", {"saving_percent": 74.0}) == "holds"
     assert [(r.claim_id, r.verdict) for r in read_records(tmp_path)] == [("C15", "holds")]
+
+
+def test_a_failing_measurement_names_the_checks_it_fails():
+    from lib.claims import failing_checks
+
+    terms = {"weights_gib": 7.0, "adapter_state_gib": 2.47, "activations_gib": 3.73, "total_gib": 15.62}
+    assert failing_checks("C11", **terms) == ["adapter_state_gib 2.47 GiB, stated within 5.122 +- 25%",
+                                              "activations_gib 3.73 GiB, stated within 2.328 +- 25%"]
+    assert failing_checks("C11", **(terms | {"adapter_state_gib": 5.0, "activations_gib": 2.4})) == []
