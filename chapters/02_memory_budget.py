@@ -452,13 +452,7 @@ ledger.measure("C16", f"12B QLoRA r=16 under transformers+peft, seq 4096: {stand
                caveat="'standard' read as transformers+peft QLoRA at r=16 and 4096 tokens; it grows with seq",
                where=provenance["gpu"])
 # Memory and speed of the two backends from the same runs: the stored H200 anchor (chapter 1's source).
-pairs = {(r["shape"], r["max_seq_length"], r["dora"]): {} for r in anchor_runs}
-for r in anchor_runs:
-    pairs[r["shape"], r["max_seq_length"], r["dora"]][r["backend"]] = r
-both = {f"{shape} {'Trinity' if dora else 'LoRA'} seq {seq}": {
-            "memory_ratio": pair["hf"]["peak_allocated_gib"] / pair["unsloth"]["peak_allocated_gib"],
-            "speedup": pair["hf"]["seconds_per_step"] / pair["unsloth"]["seconds_per_step"]}
-        for (shape, seq, dora), pair in pairs.items() if len(pair) == 2}
+both = memory.backend_ratios(anchor_runs)
 ledger.measure("C21", "transformers+peft over unsloth, r=64, batch 1: " + "; ".join(
     f"{setting}: {v['memory_ratio']:.1f}x memory, {v['speedup']:.1f}x step time" for setting, v in both.items()),
     "3. Estimate against measurement", both, where=f"{anchor_provenance['hardware']}, {anchor_provenance['date']}, "

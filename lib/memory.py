@@ -439,6 +439,20 @@ def measured_peak(rows: list[dict], size: str, backend: str = "unsloth", seq: in
                    f"{optimizer} {checkpointing} batch={batch}")
 
 
+def backend_ratios(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """transformers + peft over unsloth, from runs of the same shape, sequence and adapter (the GPU
+    anchor's rows: shape, max_seq_length, dora, backend "hf" or "unsloth", peak_allocated_gib,
+    seconds_per_step): {"12B Trinity seq 4096": {"memory_ratio", "speedup"}} for each setting run
+    with both backends. Ratios above 1 favour unsloth."""
+    pairs: dict[tuple, dict[str, dict]] = {}
+    for r in runs:
+        pairs.setdefault((r["shape"], r["max_seq_length"], r["dora"]), {})[r["backend"]] = r
+    return {f"{shape} {'Trinity' if dora else 'LoRA'} seq {seq}": {
+                "memory_ratio": pair["hf"]["peak_allocated_gib"] / pair["unsloth"]["peak_allocated_gib"],
+                "speedup": pair["hf"]["seconds_per_step"] / pair["unsloth"]["seconds_per_step"]}
+            for (shape, seq, dora), pair in pairs.items() if {"hf", "unsloth"} <= set(pair)}
+
+
 def exact_term_errors(rows: list[dict]) -> dict[str, dict[str, float]]:
     """For weights, adapter and optimizer: the largest difference between the estimate and what
     the GPU counted over `rows` (`measured_rows`), {"largest difference (MiB)", "relative"}."""

@@ -1,5 +1,8 @@
 """lib.memory: exact terms against real tensors, the fit against the stored GPU grid, input errors."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -149,3 +152,13 @@ def test_float32_activations_cost_twice_the_bytes_and_a_t4_run_picks_them_by_bac
     assert spec_for("4B", t4, backend="peft", compute_dtype="bfloat16").loading.compute_dtype == "bfloat16"
     with pytest.raises(ValueError, match="compute_dtype='fp8'"):
         gpu_run("4B", compute_dtype="fp8")
+
+
+def test_backend_ratios_pair_the_same_setting_only():
+    runs = [{"shape": "12B", "max_seq_length": 4096, "dora": True, "backend": b, "peak_allocated_gib": g,
+             "seconds_per_step": t} for b, g, t in (("hf", 20.0, 3.0), ("unsloth", 10.0, 1.5))]
+    runs.append({"shape": "27B", "max_seq_length": 4096, "dora": True, "backend": "unsloth",
+                 "peak_allocated_gib": 22.0, "seconds_per_step": 1.4})  # no hf run: no ratio
+    assert memory.backend_ratios(runs) == {"12B Trinity seq 4096": {"memory_ratio": 2.0, "speedup": 2.0}}
+    anchor = json.loads(Path("data/measurements/gpu-anchor-h200.json").read_text())
+    assert len(memory.backend_ratios(anchor["runs"])) == 3  # the anchor's settings run with both backends
