@@ -48,6 +48,7 @@ learning_rate = 2e-4
 seed = 3407
 fsdp_steps = 3                       # FSDP2 + QLoRA check: steps, and tokens per training window
 fsdp_window = 64
+fsdp_storages = ["uint8", "float32"]  # 4-bit storage dtypes to shard (bitsandbytes' default, and float32)
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
 
 # %% tags=["hide-input"]
@@ -194,7 +195,8 @@ from lib.model import load_tokenizer, resolve_model
 train_records = validate_files(split_files("data/python-stdlib"))["train"]
 sharded = compare_with_one_process(model_name, train_records, load_tokenizer(resolve_model(model_name)),
                                    processes=processes, steps=fsdp_steps, global_batch=processes * batch_size,
-                                   length=fsdp_window, rank=rank, learning_rate=learning_rate, seed=seed)
+                                   length=fsdp_window, rank=rank, learning_rate=learning_rate, seed=seed,
+                                   storages=tuple(fsdp_storages))
 MiB = 2 ** 20
 fsdp_table = pd.DataFrame([{
     "storage": row["storage"], "processes": row["processes"],

@@ -34,7 +34,8 @@ SMOKE_PARAMETERS = {
                             "sample_every": 2, "sample_max_new_tokens": 8},
     "05_oom_ladder": {"demo_steps": 1, "demo_seq_length": 64},
     "06_evaluate": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
-    "07_export": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
+    "07_export": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2,
+                  "quantizations": ["q4_k_m"]},  # q8_0's path is the same call (tests/test_export.py runs it)
     "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
                            "eval_n": 2, "max_new_tokens": 16, "eval_batch_size": 2, "vision_max_steps": 2,
                            "vision_eval_n": 1},
@@ -46,7 +47,8 @@ SMOKE_PARAMETERS = {
     "10_beyond_lora": {"steps": 2, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
                        "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
                        "blend_methods": ["linear", "cat"], "blend_eval_records": 1},
-    "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4, "fsdp_steps": 2, "fsdp_window": 32},
+    "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4, "fsdp_steps": 2, "fsdp_window": 32,
+                     "fsdp_storages": ["uint8"]},  # tests/test_fsdp.py shards both storages
 }
 
 
