@@ -70,27 +70,29 @@ def check(claim_id: str, claims: dict[str, dict] | None = None, not_measured: tu
     Raises KeyError for an unknown claim or one that states no checks, ValueError when the measured
     names plus `not_measured` are not exactly the claim's check names.
     """
-    claims = claims or source_claims()
-    if claim_id not in claims or not claims[claim_id].get("checks"):
-        raise KeyError(f"{claim_id}: no stated checks in {SOURCE_CLAIMS}")
-    stated = {c["name"]: c for c in claims[claim_id]["checks"]}
+    stated = {c["name"]: c for c in _stated_checks(claim_id, claims)}
     if set(measured) | set(not_measured) != set(stated) or set(measured) & set(not_measured):
         raise ValueError(f"{claim_id}: measured {sorted(measured)}, not measured {sorted(not_measured)}; "
                          f"the claim's checks are {sorted(stated)}")
-    if not all(passes(float(measured[name]), stated[name]) for name in measured):
+    if failing_checks(claim_id, claims, **measured):
         return "does not hold"
     return "depends" if not_measured else "holds"
+
+
+def _stated_checks(claim_id: str, claims: dict[str, dict] | None) -> list[dict]:
+    claims = claims or source_claims()
+    if claim_id not in claims or not claims[claim_id].get("checks"):
+        raise KeyError(f"{claim_id}: no stated checks in {SOURCE_CLAIMS}")
+    return claims[claim_id]["checks"]
 
 
 def failing_checks(claim_id: str, claims: dict[str, dict] | None = None, **measured: float) -> list[str]:
     """What fails among the claim's stated checks for the `measured` values of the same names, as
     text ("adapter_state_gib 2.47 GiB, stated within 5.122 +- 25%"), in the claims file's order;
     [] when all pass. Raises KeyError as `check` does."""
-    claims = claims or source_claims()
-    if claim_id not in claims or not claims[claim_id].get("checks"):
-        raise KeyError(f"{claim_id}: no stated checks in {SOURCE_CLAIMS}")
     return [f"{c['name']} {float(measured[c['name']]):.4g} {c['unit']}, stated {_stated(c)}"
-            for c in claims[claim_id]["checks"] if c["name"] in measured and not passes(float(measured[c["name"]]), c)]
+            for c in _stated_checks(claim_id, claims)
+            if c["name"] in measured and not passes(float(measured[c["name"]]), c)]
 
 
 def _stated(c: dict) -> str:

@@ -8,8 +8,9 @@ checkpointing, the course's data) on a random-init Gemma 3 of the reference tabl
 started through `lib.distributed.launch_command`: a plain process for one GPU, accelerate's DDP
 for several (NCCL, the batch per GPU fixed, so the global batch grows with the GPUs: weak
 scaling; the course's records are mostly shorter than the sequence length, so a step holds
-fewer tokens than batch x seq). Scaling efficiency = tokens/s at N GPUs / (N x tokens/s at one GPU); memory is each
-process's peak reserved (transformers' Trainer counts the tokens of every process).
+fewer tokens than batch x seq). Scaling efficiency = tokens/s at N GPUs / (N x tokens/s at one
+GPU), where transformers' Trainer counts the tokens of every process; memory is each process's
+peak reserved.
 
 `--fsdp SIZE` adds the run that does not fit one card: SIZE (27B) sharded by FSDP2 over
 `--fsdp-gpus` processes, each allocator capped to `--cap`'s usable memory (an L4's 24 GB, as
@@ -68,7 +69,8 @@ def with_efficiency(rows: list[dict]) -> list[dict]:
     one = {r["size"]: r.get("steady_tokens_per_second") for r in rows if r["mode"] == "DDP" and r["processes"] == 1}
     for r in rows:
         base, tps = one.get(r["size"]), r.get("steady_tokens_per_second")
-        r["scaling_efficiency"] = round(tps / (r["processes"] * base), 3) if base and tps and r["mode"] == "DDP" else None
+        ddp = r["mode"] == "DDP" and base and tps
+        r["scaling_efficiency"] = round(tps / (r["processes"] * base), 3) if ddp else None
     return rows
 
 
@@ -97,8 +99,8 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     if args.fsdp and args.fsdp_gpus <= available:
         model_dir = random_init_checkpoint_apart(args.fsdp, args.tokenizer_dir, models)
-        rows.append(run_row(model_dir, args.fsdp, args.fsdp_gpus, args.steps, args.batch_size, args.work / f"{args.fsdp}-fsdp",
-                            fsdp=True, cap=args.cap))
+        rows.append(run_row(model_dir, args.fsdp, args.fsdp_gpus, args.steps, args.batch_size,
+                            args.work / f"{args.fsdp}-fsdp", fsdp=True, cap=args.cap))
         print(json.dumps(rows[-1]), flush=True)
     skipped = sorted({n for n in args.gpus if n > available}
                      | ({args.fsdp_gpus} if args.fsdp and args.fsdp_gpus > available else set()))
