@@ -24,5 +24,8 @@ go:
 course: install browser
 	$(PY) -m tools.course all
 
+# Two pytest-xdist workers (2 cores here), whole files each, the longest first (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: install browser go
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

@@ -300,14 +300,16 @@ def screenshots_in(paths: list[str]) -> list[Path]:
 def show(console, name: str, answer: Answer) -> bool:
     """Print one result: which path answered, the SQL highlighted, the checks as a table, the tables
     if it executes. Returns whether every check passed."""
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.syntax import Syntax
     from rich.table import Table
 
     sql = answer.sql
     timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in answer.seconds.items())
-    console.print(Panel(Syntax(sql or "-- (no SQL)", "sql", word_wrap=True), title=name,
-                        subtitle=f"{answer.path}; {timing}", expand=False))
+    # A line of its own, whole however long: a panel's title and subtitle are cut to the panel's width.
+    console.print(f"[bold]{escape(name)}[/]: {escape(answer.path)}; {timing}", soft_wrap=True)
+    console.print(Panel(Syntax(sql or "-- (no SQL)", "sql", word_wrap=True), expand=False))
     checks = validity_checks(sql)
     table = Table("check", "result", "detail", title="validity checks", title_justify="left")
     marks = {True: "[green]pass[/]", False: "[red]fail[/]", None: "[dim]not run[/]"}

@@ -4,24 +4,24 @@ warnings as errors, and a real browser shows each chapter's figures."""
 import nbformat
 import pytest
 
-from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_chapter, repository
+from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_concurrently, repository
 
 CHROMIUM = "/usr/bin/chromium"
 
 # pytest.ini's 1500 s limit counts a test's fixture setup, and the module fixture below runs every
-# chapter: about 30 minutes of smoke runs on a 2-core CPU in float32. That limit interrupted this
+# chapter: 24 minutes of smoke runs on a 2-core AVX2 CPU in float32, two at a time beside the other
+# xdist worker (38 minutes one at a time on a slower VM of that kind). That limit interrupted this
 # module twice (a KeyboardInterrupt inside whichever chapter was running at 25 minutes).
 pytestmark = pytest.mark.timeout(3600)
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    """All chapters executed in order with smoke parameters; a failing cell fails here."""
+    """All chapters executed with smoke parameters, two at a time, each after the chapters it
+    reads from; a failing cell fails here."""
     folder = tmp_path_factory.mktemp("book")
     out = tmp_path_factory.mktemp("output")
-    for source in chapters():
-        parameters = SMOKE_PARAMETERS["*"] | SMOKE_PARAMETERS.get(source.stem, {}) | {"output_dir": str(out)}
-        execute_chapter(source, folder / "chapters" / f"{source.stem}.ipynb", parameters)
+    execute_concurrently(folder, SMOKE_PARAMETERS | {"*": SMOKE_PARAMETERS["*"] | {"output_dir": str(out)}})
     return folder
 
 

@@ -91,15 +91,19 @@ def test_screenshots_in_expands_folders_and_names_what_is_missing(screens, tmp_p
 
 
 def test_cli_reads_screenshots_through_ocr_by_default(screens, tiny_source, tmp_path, capsys):
+    import shutil
+
     folder, examples = screens
     text_file = tmp_path / "screen.txt"
     text_file.write_text(examples[0].screen_text)
-    status = main([str(folder / "images"), "--text", str(text_file), "--text-model", tiny_source.path_or_id,
+    images = tmp_path / ("screenshots-in-a-folder-with-a-long-name-" * 2)  # paths wider than the console
+    shutil.copytree(folder / "images", images)
+    status = main([str(images), "--text", str(text_file), "--text-model", tiny_source.path_or_id,
                    "--max-new-tokens", "4"])
     out = capsys.readouterr().out
     assert status == 1  # the random tiny model's 4 tokens are no valid DDL: not every screen passes
     for example in examples:
-        assert example.image.split("/")[-1] in out
+        assert str(images / example.image.split("/")[-1]) in out  # each path whole, however long
     assert out.count("OCR + text model") == len(examples) and "ocr " in out  # which path answered, timed
     assert str(text_file) in out and out.count("validity checks") == len(examples) + 1
     assert f"0 of {len(examples) + 1} screens gave DDL that passes every check" in out

@@ -52,6 +52,17 @@ SMOKE_PARAMETERS = {
 }
 
 
+# What a chapter reads from an earlier chapter's run folder (<output_dir>/<run_name>/): run those
+# first. Book order satisfies it; `execute_concurrently` waits for them.
+PREREQUISITES = {
+    "04_trinity_training": ("03_data",),                        # the prepared splits
+    "06_evaluate": ("04_trinity_training",),                    # the trained adapter
+    "07_export": ("04_trinity_training", "06_evaluate"),        # the adapter; 06's scores as the yardstick
+    "09_inside_gemma3": ("04_trinity_training",),               # the adapter and the splits
+    "10_beyond_lora": ("04_trinity_training", "08_ghost_architect"),  # the code and the SQL adapters
+}
+
+
 def chapters(root: Path = ROOT) -> list[Path]:
     """The chapter sources listed in _toc.yml, in book order."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
@@ -104,7 +115,9 @@ def execute_chapter(source: Path, output: Path, parameters: dict | None = None) 
     notebook = output.with_suffix(".source.ipynb")
     jupytext.write(jupytext.read(source), notebook)
     # The kernel must run this interpreter (the venv's), whatever `python` is on PATH.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    interpreter_dir = str(Path(sys.executable).parent)
+    if not os.environ["PATH"].startswith(interpreter_dir + os.pathsep):
+        os.environ["PATH"] = f"{interpreter_dir}{os.pathsep}{os.environ['PATH']}"
     started = time.monotonic()
     try:
         papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, cwd=str(ROOT),
@@ -145,6 +158,35 @@ def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None,
             "compute_dtype": str(choose_compute_dtype(default_device())[0]).removeprefix("torch."),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return timings
+
+
+def execute_concurrently(executed_dir: Path, parameters: dict[str, dict] | None = None,
+                         workers: int = 2) -> dict[str, float]:
+    """Execute every chapter into `executed_dir/chapters/`, `workers` at a time, each once the
+    chapters it reads from (PREREQUISITES) have finished; returns {chapter: seconds}.
+
+    For the tests, where the chapters run at smoke size and many of their seconds go to one thread
+    (imports, tokenizing, process starts): on a 2-core machine two at a time keep both cores busy.
+    A course run keeps book order (`execute_all`: its timings and peak memory are per chapter).
+    Raises the first failing chapter's error (papermill.PapermillExecutionError) once the running
+    chapters end; a chapter whose prerequisite failed is not run.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def after(needs, source, extra):
+        for need in needs:
+            need.result()  # raises the prerequisite's error: this chapter is not run
+        return execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
+
+    futures = {}
+    with ThreadPoolExecutor(workers) as pool:
+        # Book order lists prerequisites first, and the pool starts tasks in submission order, so a
+        # waiting task waits only for tasks already running: no deadlock, whatever `workers` is.
+        for source in chapters():
+            extra = (parameters or {}).get("*", {}) | (parameters or {}).get(source.stem, {})
+            needs = [futures[stem] for stem in PREREQUISITES.get(source.stem, ())]
+            futures[source.stem] = pool.submit(after, needs, source, extra)
+    return {stem: future.result() for stem, future in futures.items()}
 
 
 def build_book(executed_dir: Path, html_dir: Path | None = None) -> Path:
