@@ -166,7 +166,8 @@ if compare_original_merge:
 # llama.cpp's `convert_hf_to_gguf.py` writes the merged model as an f16 GGUF; llama.cpp's
 # quantizer then makes **q8_0** (8-bit blocks of 32 with one scale) and **q4_k_m** (4-bit
 # "k-quants" in super-blocks of 256, with some tensors kept at 6 bits). Each file is checked by
-# reading its header and tensor index before anything loads it.
+# reading its header and tensor index with llama.cpp's own GGUF reader before anything loads it
+# (`lib.export.check_gguf`).
 
 # %%
 import time
