@@ -14,6 +14,7 @@ Every artifact is written under a temporary name and renamed when complete.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import subprocess
@@ -297,13 +298,7 @@ def check_gguf(path: str | Path) -> dict:
         data_offset = lib.gguf_get_data_offset(context)
         end = max((data_offset + lib.gguf_get_tensor_offset(context, i) + lib.gguf_get_tensor_size(context, i)
                    for i in tensors), default=0)
-        parameters = 0
-        for i in tensors:
-            shape = lib.gguf_get_tensor_ne(context, i)
-            count = 1
-            for dim in range(GGML_MAX_DIMS):
-                count *= shape[dim]
-            parameters += count
+        parameters = sum(math.prod(lib.gguf_get_tensor_ne(context, i)[:GGML_MAX_DIMS]) for i in tensors)
         key = lib.gguf_find_key(context, b"general.architecture")
         architecture = lib.gguf_get_val_str(context, key).decode() if key >= 0 else None
     finally:

@@ -63,6 +63,11 @@ PREREQUISITES = {
 }
 
 
+def chapter_parameters(parameters: dict[str, dict] | None, stem: str) -> dict:
+    """One chapter's values from {"*": for every chapter, stem: for that one}: the chapter's own win."""
+    return (parameters or {}).get("*", {}) | (parameters or {}).get(stem, {})
+
+
 def chapters(root: Path = ROOT) -> list[Path]:
     """The chapter sources listed in _toc.yml, in book order."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
@@ -148,7 +153,7 @@ def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None,
     for source in sources:
         if only and source.stem not in only:
             continue
-        extra = (parameters or {}).get("*", {}) | (parameters or {}).get(source.stem, {})
+        extra = chapter_parameters(parameters, source.stem)
         with PeakMemory() as memory:
             seconds = execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
         timings[source.stem] = {"seconds": round(seconds, 1), "peak_rss_gib": round(memory.peak_gib, 2)}
@@ -183,7 +188,7 @@ def execute_concurrently(executed_dir: Path, parameters: dict[str, dict] | None 
         # Book order lists prerequisites first, and the pool starts tasks in submission order, so a
         # waiting task waits only for tasks already running: no deadlock, whatever `workers` is.
         for source in chapters():
-            extra = (parameters or {}).get("*", {}) | (parameters or {}).get(source.stem, {})
+            extra = chapter_parameters(parameters, source.stem)
             needs = [futures[stem] for stem in PREREQUISITES.get(source.stem, ())]
             futures[source.stem] = pool.submit(after, needs, source, extra)
     return {stem: future.result() for stem, future in futures.items()}
