@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .ghost_dataset import INSTRUCTION, GhostExample, text_messages
+from .ghost_dataset import INSTRUCTION, GhostExample
 from .precision import resolve_compute_dtype
 from .sql_eval import report, structure, validity_checks
 
