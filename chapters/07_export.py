@@ -93,8 +93,10 @@ print(f"exporting {trained_adapter} (base: {source.name}) into {export_dir}; {le
 #
 # The adapter is what training produced: a few MiB next to a base model of hundreds. Copied into
 # the export folder, then loaded back the way a user would (`AutoPeftModelForCausalLM`, which
-# reads the base model's name from `adapter_config.json`), and compared with the model as chapter
-# 06 loaded it: the same greedy answers, token for token.
+# reads the base model's name from `adapter_config.json`), and compared with the trained adapter
+# loaded on its NF4 base in memory, both running peft's own DoRA forward (what a user without this
+# course runs; chapter 06 evaluates with the course's faster one): the same greedy answers, token
+# for token.
 
 # %%
 from peft import AutoPeftModelForCausalLM
@@ -103,7 +105,7 @@ from lib.export import export_adapter
 from lib.model import keep_4bit_layout_on_cpu, nf4_config
 
 adapter_out = export_adapter(trained_adapter, export_dir / "adapter")
-in_memory = load_finetuned(source, trained_adapter, env.compute_dtype)
+in_memory = load_finetuned(source, trained_adapter, env.compute_dtype, fast_dora=False)  # peft's forward, as reloaded
 reloaded = AutoPeftModelForCausalLM.from_pretrained(str(adapter_out), dtype=env.compute_dtype,
                                                     quantization_config=nf4_config(env.compute_dtype))
 if env.device == "cpu":

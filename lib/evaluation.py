@@ -37,24 +37,32 @@ import torch
 
 from .artifacts import write_json
 from .data import Record, response_labels, tokenize_conversation
+from .model import dense_4bit_weights_on_cpu
 
 
 # ------------------------------------------------------------------ loading
 
-def load_finetuned(source, adapter_dir: str | Path, compute_dtype: torch.dtype, load_in_4bit: bool = True):
+def load_finetuned(source, adapter_dir: str | Path, compute_dtype: torch.dtype, load_in_4bit: bool = True,
+                   fast_dora: bool = True):
     """The NF4 base with a saved adapter on top, in eval mode: the model as it was trained.
 
     `source` is a `lib.model.ModelSource`; raises FileNotFoundError if `adapter_dir` holds no
-    adapter_config.json.
+    adapter_config.json. `fast_dora`: DoRA layers run the course's DoRA forward
+    (`lib.fast_dora`, what training ran; its norm is computed once, where peft's forward
+    dequantizes the base weight again for every generated token); False keeps peft's.
     """
     from peft import PeftModel
 
+    from .fast_dora import use_fast_dora
     from .model import load_causal_lm
 
     if not (Path(adapter_dir) / "adapter_config.json").exists():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; train first (chapter 04)")
     base = load_causal_lm(source, compute_dtype, load_in_4bit=load_in_4bit)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    if fast_dora:
+        use_fast_dora(model)
+    return model
 
 
 # ------------------------------------------------------------------ generation
@@ -109,7 +117,7 @@ def generate_with_details(model, tokenizer, prompts: list[list[dict]], max_new_t
     device = next(model.parameters()).device
     outputs = []
     try:
-        with dora_caching():
+        with dora_caching(), dense_4bit_weights_on_cpu(model):
             for start in range(0, len(prompts), batch_size):
                 batch = prompts[start:start + batch_size]
                 texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
@@ -150,28 +158,29 @@ def response_loss(model, tokenizer, records: list[Record], batch_size: int = 4, 
                                                        return_dict=True)["input_ids"])
             tokens["assistant_masks"] = [0] * prompt + tokens["assistant_masks"][prompt:]
         encoded.append(tokens)
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
-        width = max(len(e["input_ids"]) for e in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(batch):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.tensor(e["input_ids"])
-            attention[i, :n] = 1
-            labels[i, :n] = torch.tensor(response_labels(e))
-        ids, attention, labels = ids.to(device), attention.to(device), labels.to(device)
-        tokens = int((labels[:, 1:] != -100).sum())
-        if parts is not None:
-            decoder, head, softcap = parts
-            hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-            total += chunked_cross_entropy(hidden, labels, head.weight, chunk_tokens, softcap, num_items=1).item()
-        else:  # not a plain causal LM: its own logits
-            logits = model(input_ids=ids, attention_mask=attention).logits.float()
-            total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                       labels[:, 1:].reshape(-1), reduction="sum").item()
-        count += tokens
+    with dense_4bit_weights_on_cpu(model):
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            labels = torch.full((len(batch), width), -100)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, e in enumerate(batch):
+                n = len(e["input_ids"])
+                ids[i, :n] = torch.tensor(e["input_ids"])
+                attention[i, :n] = 1
+                labels[i, :n] = torch.tensor(response_labels(e))
+            ids, attention, labels = ids.to(device), attention.to(device), labels.to(device)
+            tokens = int((labels[:, 1:] != -100).sum())
+            if parts is not None:
+                decoder, head, softcap = parts
+                hidden = decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
+                total += chunked_cross_entropy(hidden, labels, head.weight, chunk_tokens, softcap, num_items=1).item()
+            else:  # not a plain causal LM: its own logits
+                logits = model(input_ids=ids, attention_mask=attention).logits.float()
+                total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                           labels[:, 1:].reshape(-1), reduction="sum").item()
+            count += tokens
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 

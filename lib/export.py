@@ -343,13 +343,14 @@ def gguf_response_loss(llm, tokenizer, records) -> dict:
             raise ValueError(f"{record.file}:{record.line}: {len(ids)} tokens > the GGUF context {llm.n_ctx()}")
         llm.reset()
         llm.eval(ids)
-        logits = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)  # row t predicts token t + 1
-        targets = np.array(ids[1:])
-        keep = np.array(mask[1:], dtype=bool)
-        rows = logits[keep]
-        log_norm = np.log(np.exp(rows - rows.max(axis=1, keepdims=True)).sum(axis=1)) + rows.max(axis=1)
-        total += float((log_norm - rows[np.arange(len(rows)), targets[keep]]).sum())
-        count += int(keep.sum())
+        # row t of the scores predicts token t + 1; only the assistant positions are read, and only
+        # they are widened to float64 (a 262k-wide row per prompt token was most of the time)
+        kept = np.flatnonzero(np.array(mask[1:], dtype=bool))
+        rows = llm.scores[kept].astype(np.float64)
+        top = rows.max(axis=1)
+        log_norm = np.log(np.exp(rows - top[:, None]).sum(axis=1)) + top
+        total += float((log_norm - rows[np.arange(len(kept)), np.array(ids[1:])[kept]]).sum())
+        count += len(kept)
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 

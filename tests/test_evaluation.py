@@ -145,3 +145,30 @@ def test_mcnemar_exact_p_values():
     assert mcnemar_exact_p(2, 0) == 0.5  # 2 * (1/4)
     assert mcnemar_exact_p(12, 0) == pytest.approx(2 / 2**12)
     assert mcnemar_exact_p(3, 5) == mcnemar_exact_p(5, 3)
+
+
+def test_load_finetuned_runs_the_course_dora_forward_with_peft_s_results(tiny_source, tokenizer, tmp_path):
+    """The adapter a training run saves, loaded for evaluation with the fast DoRA forward and with
+    peft's: the same loss (float32) and the same greedy answers."""
+    from peft import get_peft_model
+
+    from lib.evaluation import generate, load_finetuned
+    from lib.fast_dora import fast_dora_layers
+    from lib.lora import TrinityConfig
+
+    trained = get_peft_model(load_causal_lm(tiny_source, torch.float32), TrinityConfig(rank=8).to_peft())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B away from zero, as after training: otherwise DoRA's terms vanish
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+    trained.save_pretrained(tmp_path / "adapter")
+    records = code_records(3)
+    prompts = [r.prompt_messages for r in records]
+    results = {}
+    for fast in (True, False):
+        model = load_finetuned(tiny_source, tmp_path / "adapter", torch.float32, fast_dora=fast)
+        assert bool(fast_dora_layers(model)) == fast
+        results[fast] = response_loss(model, tokenizer, records)["loss"], generate(model, tokenizer, prompts, 12)
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-5)
+    assert results[True][1] == results[False][1]

@@ -60,3 +60,23 @@ def test_dora_eval_matches_train_mode_on_cpu(tiny_source):
         model.eval()
         eval_mode = model(input_ids=ids, labels=ids).loss.item()
     assert eval_mode == pytest.approx(train_mode, rel=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_4bit_weights_give_the_same_outputs_and_go_away_after(tiny_source, dtype):
+    """The dense copies hold what bitsandbytes' CPU forward computes: logits equal bit for bit."""
+    import bitsandbytes as bnb
+
+    from lib.model import dense_4bit_weights_on_cpu, load_causal_lm
+
+    model = load_causal_lm(tiny_source, dtype)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    ids = torch.randint(0, 5000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        with dense_4bit_weights_on_cpu(model) as switched:
+            dense = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert switched == len(layers) > 0
+    assert torch.equal(dense, reference) and torch.equal(after, reference)
+    assert not any("forward" in vars(layer) for layer in layers)  # Linear4bit.forward is back
