@@ -32,6 +32,13 @@
 # asked for), and where a prompt carries examples, **runs its doctests** against the generated
 # function in a limited subprocess. An answer that defines the function, whose names resolve,
 # that repeats no line and stops by itself is **clean**; the gate is on that, not on parsing.
+#
+# The adapter runs the course's DoRA forward, the one training ran (`lib.fast_dora`: its norm is
+# computed once, where peft's recomputes it, dequantizing the base weight, for every generated
+# token). On a CPU, `lib.evaluation` also runs the NF4 layers from dense copies of their
+# dequantized weights while it generates or scores (`lib.model.dense_4bit_weights_on_cpu`; the
+# same values bitsandbytes computes at every call, so the same logits): 1.7x the generation speed
+# on a 2-core AVX2 CPU (README, Benchmark).
 
 # %% tags=["parameters"]
 model_name = "gemma-3-270m"          # embedded alias, local folder or hub id
