@@ -110,16 +110,20 @@ def norm_refresh_seconds(model, cuda_graph: bool, repeats: int = 3) -> float:
     return round(statistics.median(times[1:]), 4)
 
 
-def profile_step(model, step, rows: int = 15) -> list[dict]:
-    """The CUDA kernels of one training step, most total time first."""
+def profile_step(model, step, rows: int = 15) -> dict[str, list[dict]]:
+    """One training step under torch.profiler: {'cuda': kernels by total GPU time, 'cpu': ops by
+    self CPU time (where launch and Python overhead show: a step longer than its kernels)}."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
-    table = []
-    for event in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:rows]:
-        table.append({"name": event.key[:90], "calls": event.count, "cuda_ms": round(event.device_time_total / 1e3, 2)})
-    return table
+    events = prof.key_averages()
+    cuda = [{"name": e.key[:90], "calls": e.count, "cuda_ms": round(e.device_time_total / 1e3, 2)}
+            for e in sorted(events, key=lambda e: -e.device_time_total)[:rows]]
+    cpu = [{"name": e.key[:90], "calls": e.count, "cpu_self_ms": round(e.self_cpu_time_total / 1e3, 2)}
+           for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]]
+    return {"cuda": cuda, "cpu": cpu, "cpu_self_ms_total": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
+            "cuda_ms_total": round(sum(e.self_device_time_total for e in events) / 1e3, 1)}
 
 
 def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, steps: int, warmup: int,
@@ -280,9 +284,14 @@ def main(argv=None) -> int:
     print(table(rows))
     for r in rows:
         if "profile" in r:
-            print(f"\n{r['size']} {r['backend']} {r['variant']}: CUDA time by kernel, one step")
-            for p in r["profile"]:
+            profile = r["profile"] if isinstance(r["profile"], dict) else {"cuda": r["profile"]}
+            print(f"\n{r['size']} {r['backend']} {r['variant']}: one step, CUDA kernels "
+                  f"({profile.get('cuda_ms_total', '?')} ms in all) and CPU self time "
+                  f"({profile.get('cpu_self_ms_total', '?')} ms in all)")
+            for p in profile["cuda"]:
                 print(f"  {p['cuda_ms']:9.2f} ms  {p['calls']:6d}  {p['name']}")
+            for p in profile.get("cpu", []):
+                print(f"  {p['cpu_self_ms']:9.2f} ms CPU  {p['calls']:6d}  {p['name']}")
     return 0
 
 
