@@ -280,7 +280,8 @@ def dense_4bit_weights_on_cpu(model):
 
     bitsandbytes' CPU forward dequantizes every NF4 weight, and with double quantization its
     absmax, at every call: greedy generation of 160 tokens dequantizes the whole model 160 times
-    (43% of chapter 06's generation time, sampled with py-spy on a 2-core AVX2 CPU). The copy holds
+    (43% of the time when the 270M with a DoRA adapter generates as chapter 06 does, sampled with
+    py-spy on a 2-core AVX2 CPU). The copy holds
     the values that forward computes (`dense_4bit_weight`), so outputs are the same, bit for bit;
     it costs the weights' size in the compute dtype (0.4 GB in float32 for the 270M) while open.
     Yields the number of layers switched (0 on a GPU, where bitsandbytes' kernels are fast and
