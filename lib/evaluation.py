@@ -363,7 +363,7 @@ def evaluate_model(model, tokenizer, records: list[Record], generate_n: int, max
     model.eval()
     subset = generation_subset(records, generate_n)
     asked = [with_examples(r, list(examples)) for r in subset] if examples else subset
-    with adapter_switch(model, adapter):
+    with adapter_switch(model, adapter), dense_4bit_weights_on_cpu(model):  # one set of copies for both
         metrics = {}
         if loss:
             scored = [with_examples(r, list(examples)) for r in records] if examples else records

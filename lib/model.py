@@ -281,11 +281,12 @@ def dense_4bit_weights_on_cpu(model):
     bitsandbytes' CPU forward dequantizes every NF4 weight, and with double quantization its
     absmax, at every call: greedy generation of 160 tokens dequantizes the whole model 160 times
     (43% of the time when the 270M with a DoRA adapter generates as chapter 06 does, sampled with
-    py-spy on a 2-core AVX2 CPU). The copy holds
-    the values that forward computes (`dense_4bit_weight`), so outputs are the same, bit for bit;
-    it costs the weights' size in the compute dtype (0.4 GB in float32 for the 270M) while open.
-    Yields the number of layers switched (0 on a GPU, where bitsandbytes' kernels are fast and
-    memory is what 4-bit is for). Gradients do not flow to the copies: for inference.
+    py-spy on a 2-core AVX2 CPU). The copy holds the values that forward computes
+    (`dense_4bit_weight`), so outputs are the same, bit for bit; it costs the weights' size in the
+    compute dtype (0.4 GB in float32 for the 270M) while open. Yields the number of layers switched
+    (0 on a GPU, where bitsandbytes' kernels are fast and memory is what 4-bit is for, and 0 inside
+    an enclosing use of this context, whose copies stay). Gradients do not flow to the copies: for
+    inference.
     """
     import bitsandbytes as bnb
     import torch.nn.functional as F
@@ -293,9 +294,10 @@ def dense_4bit_weights_on_cpu(model):
     switched = []
     try:
         for layer in model.modules():
-            state = getattr(getattr(layer, "weight", None), "quant_state", None)
-            if (not isinstance(layer, bnb.nn.Linear4bit) or layer.weight.device.type != "cpu" or state is None
-                    or getattr(state, "packing_format_for_cpu", False)):
+            if not isinstance(layer, bnb.nn.Linear4bit) or "forward" in vars(layer):  # not 4-bit, or switched
+                continue
+            state = getattr(layer.weight, "quant_state", None)
+            if layer.weight.device.type != "cpu" or state is None or getattr(state, "packing_format_for_cpu", False):
                 continue
             dense = dense_4bit_weight(layer, layer.compute_dtype or state.dtype)
 

@@ -75,8 +75,10 @@ def test_dense_4bit_weights_give_the_same_outputs_and_go_away_after(tiny_source,
     with torch.no_grad():
         reference = model(input_ids=ids).logits
         with dense_4bit_weights_on_cpu(model) as switched:
-            dense = model(input_ids=ids).logits
+            with dense_4bit_weights_on_cpu(model) as nested:  # the enclosing copies serve; none made twice
+                dense = model(input_ids=ids).logits
+            assert all("forward" in vars(layer) for layer in layers)
         after = model(input_ids=ids).logits
-    assert switched == len(layers) > 0
+    assert switched == len(layers) > 0 and nested == 0
     assert torch.equal(dense, reference) and torch.equal(after, reference)
     assert not any("forward" in vars(layer) for layer in layers)  # Linear4bit.forward is back
