@@ -89,31 +89,36 @@ def dora_weight_norm(module, adapter: str = "default") -> torch.Tensor:
 
 
 class ScaleChannels(torch.autograd.Function):
-    """y = z * m / norm per output channel: z (..., out) in the compute dtype, m (out,) the DoRA
+    """y = z * m / norm per output channel: z (tokens, out) in the compute dtype, m (out,) the DoRA
     magnitude (trainable), norm (out,) float32 (a constant, DoRA section 4.3); y in z's dtype.
 
     The product is taken in float32 and rounded once into z's dtype, as peft's float32 scale does:
     rounding m / norm itself to bfloat16 would move it in steps of 2^-7 near 1, coarser than what
     training changes it by. Saves y rather than z (dy/dm = z / norm = y / m): the next op of a
     decoder layer (an activation, a product, a norm) saves y anyway, so DoRA's scale adds no saved
-    activation (measured: +0.35 instead of +0.59 GiB over LoRA for the 12B at 4096 tokens). Needs
-    m != 0: m starts at ||W||_row > 0. The scaling is one kernel each way (the float32 product
-    written straight into z's dtype: no float32 temporary, no cast), and m / norm is no autograd
-    node of its own: fewer launches per layer, which is what a DoRA step spends beyond LoRA's.
+    activation (measured: +0.35 instead of +0.59 GiB over LoRA for the 12B at 4096 tokens).
+
+    Temporaries of z's size, each 168 MiB for the 27B's gate/up projections at 4096 tokens: none
+    in forward (z must be a fresh tensor no one else holds, the LoRA update's addmm output: it is
+    scaled in place), one in backward (y * dy, whose storage then takes dz). y and dy are not
+    written: a caller may hold the layer's output, and an add's backward hands one dy to both
+    branches. Needs m != 0: m starts at ||W||_row > 0.
     """
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, magnitude: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         scale = magnitude.detach().float() / norm
-        y = torch.mul(z, scale, out=torch.empty_like(z))  # float32 product, written in z's dtype
-        ctx.save_for_backward(y, scale, magnitude)
-        return y
+        z.mul_(scale)  # float32 product, rounded into z's dtype: z is y from here on
+        ctx.mark_dirty(z)
+        ctx.save_for_backward(z, scale, magnitude)
+        return z
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         y, scale, magnitude = ctx.saved_tensors
-        grad_z = torch.mul(grad_y, scale, out=torch.empty_like(grad_y))
-        grad_m = (grad_y * y).reshape(-1, y.shape[-1]).sum(dim=0, dtype=torch.float32) / magnitude.float()
+        products = grad_y * y
+        grad_m = products.sum(dim=0, dtype=torch.float32) / magnitude.float()
+        grad_z = torch.mul(grad_y, scale, out=products)  # float32 product, rounded into dy's dtype
         return grad_z, grad_m.to(magnitude.dtype), None
 
 
@@ -142,12 +147,13 @@ def _fast_variant_class():
                 base_result = base_layer(x.to(dtype))
             if base_layer.bias is not None:
                 base_result = base_result - base_layer.bias
-            # W x + s (x A^T) B^T in one addmm, as unsloth's LoRA forward adds its update
+            # W x + s (x A^T) B^T in one addmm, as unsloth's LoRA forward adds its update; a fresh
+            # (tokens, out) tensor, which ScaleChannels scales in place
             x_a = x.to(dtype) @ lora_a.to(dtype).T
             out = base_result.shape[-1]
             z = torch.addmm(base_result.reshape(-1, out), x_a.reshape(-1, x_a.shape[-1]), lora_b.to(dtype).T,
-                            alpha=module.scaling[active_adapter]).view(base_result.shape)
-            dora = ScaleChannels.apply(z, dora_layer.weight, dora_layer.weight_norm)
+                            alpha=module.scaling[active_adapter])
+            dora = ScaleChannels.apply(z, dora_layer.weight, dora_layer.weight_norm).view(base_result.shape)
             if base_result is result:
                 return dora
             return result - base_result + dora  # the bias (and, under dropout, W x - W dropout(x))
@@ -162,6 +168,34 @@ def fast_dora_layers(model):
             for adapter, variant in getattr(module, "lora_variant", {}).items() if isinstance(variant, fast)]
 
 
+# A CUDA graph keeps what its capture allocated (its private pool) for as long as it lives: for the
+# norm refresh, about one dequantized base weight of the largest layer (272 MiB for the 27B, whose
+# MLP weights are 21504 x 5376). Under an L4's memory that pool ran the 27B at 4096 tokens out of
+# memory; refreshed eagerly it fit (tools/dora_benchmark.py on an H100, 2026-12-07, data/
+# measurements/dora-benchmark-h100-2026-12-07.json). So the graph is used only where its pool is at most this share of what the
+# allocator may hold: 1.0% for the 27B on an L4 (eager), 0.27% on an 80 GB card (graph).
+GRAPH_POOL_SHARE = 0.005
+
+
+def norm_graph_fits(layers, capacity_bytes: int) -> bool:
+    """Whether a CUDA graph of the norm refresh of `layers` ((module, adapter) pairs) is worth its
+    private pool: the largest dequantized base weight (out x in, compute dtype) at most
+    GRAPH_POOL_SHARE of `capacity_bytes`, what the allocator may hold."""
+    def dense_bytes(module):
+        base = module.get_base_layer()
+        dtype = getattr(base, "compute_dtype", None) or base.weight.dtype
+        return base.in_features * base.out_features * dtype.itemsize
+
+    return max(dense_bytes(module) for module, _ in layers) <= GRAPH_POOL_SHARE * capacity_bytes
+
+
+def allocator_capacity(device: torch.device) -> int:
+    """Bytes the CUDA caching allocator may hold on `device`: its memory times the process's
+    fraction (torch.cuda.set_per_process_memory_fraction, as chapter 05 caps memory)."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return int(total * torch.cuda.get_per_process_memory_fraction(device))
+
+
 class NormRefresh:
     """The model's forward pre-hook: brings every fast DoRA layer's norm up to date.
 
@@ -169,12 +203,13 @@ class NormRefresh:
     dozen small kernel launches per layer, each with its Python overhead (0.18-0.26 s per step for
     the 12B on an H100, measured by tools/dora_benchmark.py). On a CUDA GPU the full refresh is
     captured once as a CUDA graph and replayed (0.05 s; recaptured if any tensor moves);
-    elsewhere, or if capture fails, layers are refreshed one by one.
+    elsewhere, if capture fails, or where the graph's memory is not to spare (cuda_graph="auto":
+    `norm_graph_fits`), layers are refreshed one by one.
     """
 
-    def __init__(self, layers, cuda_graph: bool = True):
+    def __init__(self, layers, cuda_graph: bool | str = "auto"):
         self.layers = layers  # (module, adapter) pairs
-        self.cuda_graph = cuda_graph
+        self.cuda_graph = cuda_graph  # True, False, or "auto": decided on the first refresh on a GPU
         self.graph, self.graph_pointers = None, None
 
     def _refresh_all(self) -> None:
@@ -203,6 +238,11 @@ class NormRefresh:
         """Refresh all norms through the CUDA graph; False where that is not possible."""
         if not (self.cuda_graph and self.layers and self.layers[0][0].lora_A[self.layers[0][1]].weight.is_cuda):
             return False
+        if self.cuda_graph == "auto":
+            device = self.layers[0][0].lora_A[self.layers[0][1]].weight.device
+            self.cuda_graph = norm_graph_fits(self.layers, allocator_capacity(device))
+            if not self.cuda_graph:
+                return False
         try:
             if self.graph is None or self.graph_pointers != self._pointers():
                 self._capture()
@@ -228,13 +268,13 @@ class NormRefresh:
             dora_weight_norm(*self.layers[i])
 
 
-def use_fast_dora(model, cuda_graph: bool = True) -> int:
+def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
     """Switch every peft DoRA Linear layer of `model` to the fast forward; returns how many.
 
     Parameters, state dict and adapter files are unchanged (a plain peft install loads what this
     model saves; the norm is a non-persistent buffer). Embedding and convolution DoRA layers keep
     peft's code. Requires peft >= 0.18 (LoRA variants). cuda_graph: refresh the norms through
-    a CUDA graph on a GPU (`NormRefresh`).
+    a CUDA graph on a GPU (`NormRefresh`): True, False, or "auto" (where its memory is to spare).
     """
     global _step_hook
     from peft.tuners.lora.variants import DoraLinearVariant

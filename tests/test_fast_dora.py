@@ -256,3 +256,20 @@ def test_compare_with_lora_pairs_rows_of_the_same_size_backend_and_cap():
     assert compared[0]["time_vs_lora"] == pytest.approx(1.0)
     assert compared[2]["time_vs_lora"] is None and compared[3]["gib_over_lora"] is None
     assert compared[4]["time_vs_lora"] is None  # no LoRA row under the L4 cap
+
+
+def test_norm_graph_is_kept_only_where_its_pool_is_a_small_share_of_the_allocator():
+    """The graph's private pool is about one dequantized weight of the largest layer: here the
+    float32 160 x 96 q_proj and v_proj, 61,440 bytes; the graph pays from 61,440 / GRAPH_POOL_SHARE
+    bytes of allocator up (an 80 GB card for the 27B), not below (the 27B under an L4's memory)."""
+    from lib.fast_dora import GRAPH_POOL_SHARE, fast_dora_layers, norm_graph_fits
+
+    config = TrinityConfig(rank=4, target_modules=("q_proj", "v_proj")).to_peft()
+    config.task_type = None
+    fast = get_peft_model(Block(), config)
+    use_fast_dora(fast)
+    layers = fast_dora_layers(fast)
+    assert len(layers) == 2
+    smallest_capacity = 160 * 96 * 4 / GRAPH_POOL_SHARE
+    assert norm_graph_fits(layers, int(smallest_capacity) + 1)
+    assert not norm_graph_fits(layers, int(smallest_capacity) - 1)

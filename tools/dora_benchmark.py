@@ -9,13 +9,15 @@ where bf16 would be 54 GB of the device's disk), QLoRA (NF4, double quant), r=64
 Each (size, backend, variant) runs in its own process, one after another on one GPU: `--warmup`
 steps, then `--steps` timed steps of random tokens (forward with labels, backward, optimizer step),
 each timed between CUDA synchronisations; step time is their median, peak is
-torch.cuda.max_memory_allocated over all steps. The fast DoRA process also checks its numerics on
-the GPU: every DoRA layer run with the fast forward and with peft's on one random bf16 input
+torch.cuda.max_memory_allocated over all steps. The fast DoRA process (uncapped) also checks its
+numerics on the GPU: every DoRA layer run with the fast forward and with peft's on one random bf16 input
 (B random, as if trained), relative error of outputs and of the gradients of A, B and m.
-`--profile` adds a torch.profiler table of the CUDA kernels of one step. `--cap L4` caps each
-process's allocator to what that GPU leaves PyTorch (`tools.memory_grid.cap_allocator`), so a row
-either fits that card or records its "CUDA out of memory". Rows are appended to a
-JSON-lines file as they finish (a rerun skips those done); the JSON output carries provenance.
+`--profile` adds a torch.profiler table of the CUDA kernels of one step; `--stacks DIR` has py-spy
+(on the PATH) sample the Python stacks of ten more steps into DIR, one collapsed-stack file per
+row. `--cap L4` caps each process's allocator to what that GPU leaves PyTorch
+(`tools.memory_grid.cap_allocator`), so a row either fits that card or records its "CUDA out of
+memory". Rows are appended to a JSON-lines file as they finish (a rerun skips those done); the
+JSON output carries provenance.
 """
 
 from __future__ import annotations
@@ -126,8 +128,23 @@ def profile_step(model, step, rows: int = 15) -> dict[str, list[dict]]:
             "cuda_ms_total": round(sum(e.self_device_time_total for e in events) / 1e3, 1)}
 
 
+def sample_stacks(step, path: Path, steps: int = 10, rate: int = 1000) -> dict:
+    """Python stacks of `steps` more training steps, sampled by py-spy (collapsed format, one line per
+    stack with its count) into `path`: where a step's CPU time goes when it exceeds its kernels'."""
+    import signal
+
+    recorder = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--format", "raw", "--rate", str(rate),
+                                 "--nonblocking", "--output", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(2)  # attach
+    for _ in range(steps):
+        step()
+    recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    output = recorder.communicate(timeout=60)[0].decode(errors="replace")
+    return {"file": path.name, "steps": steps, "rate_hz": rate, "py_spy": output.strip().splitlines()[-1:]}
+
+
 def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, steps: int, warmup: int,
-            profile: bool, cap: str | None = None) -> dict:
+            profile: bool, cap: str | None = None, stacks_dir: Path | None = None) -> dict:
     """One row: this (size, backend, variant) trained in this process, under `cap`'s memory if given."""
     started = time.perf_counter()
     if backend == "unsloth":
@@ -177,7 +194,9 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     row = {"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": cap, **memory, "rank": 64,
-           "batch": 1, "trainable_parameters": sum(p.numel() for p in trainable)}
+           "batch": 1, "trainable_parameters": sum(p.numel() for p in trainable),
+           "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF"),  # unsloth sets expandable_segments:True
+           "expandable_segments": any(s.get("is_expandable", False) for s in torch.cuda.memory_snapshot())}
     times = []
     try:
         for i in range(warmup + steps):
@@ -201,7 +220,10 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
         row["norm_refresh_seconds_eager"] = norm_refresh_seconds(model, cuda_graph=False)
     if profile:
         row["profile"] = profile_step(model, step)
-    if implementation == "fast" and use_dora:
+    if stacks_dir:
+        name = f"stacks-{size}-{variant.split()[0].lower()}{'-fast' if implementation == 'fast' and use_dora else ''}.txt"
+        row["stacks"] = sample_stacks(step, Path(stacks_dir) / name)
+    if implementation == "fast" and use_dora and not cap:  # peft's reference forward needs more than a capped card
         row["gpu_parity"] = gpu_parity(model)
     return row
 
@@ -241,13 +263,14 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="add a kernel table per row")
     parser.add_argument("--deadline", type=float, default=540, help="seconds; no new row starts after")
     parser.add_argument("--cap", help="a GPU of lib.memory.GPU_PROFILES (e.g. L4): cap every row's allocator to it")
+    parser.add_argument("--stacks", type=Path, help="a folder: py-spy samples 10 more steps of each row into it")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         job = json.loads(args.one)
         model_dir = checkpoint_dir(args.work / "models", job["size"], nf4=job["size"] in STORED_NF4)
         print("ROW " + json.dumps(measure(**job, model_dir=model_dir, steps=args.steps, warmup=args.warmup,
-                                          profile=args.profile)), flush=True)
+                                          profile=args.profile, stacks_dir=args.stacks)), flush=True)
         return 0
     started = time.time()
     results = args.work / "rows.jsonl"
@@ -265,7 +288,8 @@ def main(argv=None) -> int:
                 ran = subprocess.run([sys.executable, "-m", "tools.dora_benchmark", str(args.tokenizer_dir), "--work",
                                       str(args.work), "--out", str(args.out), "--one", json.dumps(job), "--steps",
                                       str(args.steps), "--warmup", str(args.warmup)]
-                                     + (["--profile"] if args.profile else []),
+                                     + (["--profile"] if args.profile else [])
+                                     + (["--stacks", str(args.stacks)] if args.stacks else []),
                                      cwd=ROOT, capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
                 rows = [json.loads(l[4:]) for l in ran.stdout.splitlines() if l.startswith("ROW ")]
                 if not rows:
