@@ -100,7 +100,9 @@ class ScaleChannels(torch.autograd.Function):
 
     Temporaries of z's size, each 168 MiB for the 27B's gate/up projections at 4096 tokens: none
     in forward (z must be a fresh tensor no one else holds, the LoRA update's addmm output: it is
-    scaled in place), one in backward (y * dy, whose storage then takes dz). y and dy are not
+    scaled in place), one in backward (y * dy, whose storage then takes dz): +0.31 GiB over LoRA
+    for the 27B at 4096 tokens (H100, 2026-12-07), +0.47 with a temporary each way (H200,
+    2026-12-03). y and dy are not
     written: a caller may hold the layer's output, and an add's backward hands one dy to both
     branches. Needs m != 0: m starts at ||W||_row > 0.
     """
@@ -172,8 +174,9 @@ def fast_dora_layers(model):
 # norm refresh, about one dequantized base weight of the largest layer (272 MiB for the 27B, whose
 # MLP weights are 21504 x 5376). Under an L4's memory that pool ran the 27B at 4096 tokens out of
 # memory; refreshed eagerly it fit (tools/dora_benchmark.py on an H100, 2026-12-07, data/
-# measurements/dora-benchmark-h100-2026-12-07.json). So the graph is used only where its pool is at most this share of what the
-# allocator may hold: 1.0% for the 27B on an L4 (eager), 0.27% on an 80 GB card (graph).
+# measurements/dora-benchmark-h100-2026-12-07.json). So the graph is used only where its pool is
+# at most this share of what the allocator may hold: 1.0% for the 27B on an L4 (eager), 0.27% on
+# an 80 GB card (graph).
 GRAPH_POOL_SHARE = 0.005
 
 
@@ -236,11 +239,11 @@ class NormRefresh:
 
     def _replay(self) -> bool:
         """Refresh all norms through the CUDA graph; False where that is not possible."""
-        if not (self.cuda_graph and self.layers and self.layers[0][0].lora_A[self.layers[0][1]].weight.is_cuda):
+        first = self.layers[0][0].lora_A[self.layers[0][1]].weight if self.layers else None
+        if not (self.cuda_graph and first is not None and first.is_cuda):
             return False
         if self.cuda_graph == "auto":
-            device = self.layers[0][0].lora_A[self.layers[0][1]].weight.device
-            self.cuda_graph = norm_graph_fits(self.layers, allocator_capacity(device))
+            self.cuda_graph = norm_graph_fits(self.layers, allocator_capacity(first.device))
             if not self.cuda_graph:
                 return False
         try:

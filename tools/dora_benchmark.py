@@ -133,8 +133,9 @@ def sample_stacks(step, path: Path, steps: int = 10, rate: int = 1000) -> dict:
     stack with its count) into `path`: where a step's CPU time goes when it exceeds its kernels'."""
     import signal
 
-    recorder = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--format", "raw", "--rate", str(rate),
-                                 "--nonblocking", "--output", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    recorder = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--format", "raw", "--rate",
+                                 str(rate), "--nonblocking", "--output", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(2)  # attach
     for _ in range(steps):
         step()
@@ -216,13 +217,17 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
     row["optimizer_step_seconds"] = round(statistics.median(optimizer_times[warmup:]), 4)
     if implementation == "fast" and use_dora:
+        from lib.fast_dora import NormRefresh
+
+        row["norm_cuda_graph"] = [hook.cuda_graph for module in model.modules()  # what the steps used
+                                  for hook in module._forward_pre_hooks.values() if isinstance(hook, NormRefresh)][0]
         row["norm_refresh_seconds"] = norm_refresh_seconds(model, cuda_graph=True)
         row["norm_refresh_seconds_eager"] = norm_refresh_seconds(model, cuda_graph=False)
     if profile:
         row["profile"] = profile_step(model, step)
     if stacks_dir:
-        name = f"stacks-{size}-{variant.split()[0].lower()}{'-fast' if implementation == 'fast' and use_dora else ''}.txt"
-        row["stacks"] = sample_stacks(step, Path(stacks_dir) / name)
+        fast = "-fast" if implementation == "fast" and use_dora else ""
+        row["stacks"] = sample_stacks(step, Path(stacks_dir) / f"stacks-{size}-{variant.split()[0].lower()}{fast}.txt")
     if implementation == "fast" and use_dora and not cap:  # peft's reference forward needs more than a capped card
         row["gpu_parity"] = gpu_parity(model)
     return row
