@@ -27,7 +27,8 @@ def main() -> None:
     for fraction in (1.0, 0.01):
         torch.cuda.set_per_process_memory_fraction(fraction)
         torch.manual_seed(0)
-        model = get_peft_model(OneLayer().cuda().to(torch.bfloat16), LoraConfig(r=8, target_modules=["q_proj"], use_dora=True))
+        config = LoraConfig(r=8, target_modules=["q_proj"], use_dora=True)
+        model = get_peft_model(OneLayer().cuda().to(torch.bfloat16), config)
         fd.use_fast_dora(model)
         layer = fd.fast_dora_layers(model)[0][0]
         with torch.no_grad():
