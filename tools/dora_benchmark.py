@@ -16,8 +16,8 @@ numerics on the GPU: every DoRA layer run with the fast forward and with peft's 
 (on the PATH) sample the Python stacks of ten more steps into DIR, one collapsed-stack file per
 row. `--cap L4` caps each process's allocator to what that GPU leaves PyTorch
 (`tools.memory_grid.cap_allocator`), so a row either fits that card or records its "CUDA out of
-memory". Rows are appended to a JSON-lines file as they finish (a rerun skips those done); the
-JSON output carries provenance.
+memory". Rows are appended to a JSON-lines file as they finish (a rerun skips those measured or
+out of memory, and runs again those whose process failed); the JSON output carries provenance.
 """
 
 from __future__ import annotations
@@ -281,7 +281,9 @@ def main(argv=None) -> int:
     results = args.work / "rows.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
     key = lambda r: (r["size"], r["backend"], r["variant"], r.get("cap"))  # noqa: E731
-    done = {key(json.loads(line)) for line in results.read_text().splitlines()} if results.exists() else set()
+    # A row is done when it measured or ran out of memory (a result); one whose process failed is run again.
+    finished = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    done = {key(r) for r in finished if "error" not in r or "steps_done" in r}
     # This process never touches CUDA (checkpoints are made apart): each row measures its own context.
     for size, seq in SHAPES:
         for backend in args.backends:
@@ -304,6 +306,7 @@ def main(argv=None) -> int:
                     f.write(json.dumps(rows[0]) + "\n")
                 print(f"{time.time() - started:5.0f} s  {json.dumps({k: v for k, v in rows[0].items() if k not in ('step_seconds_all', 'profile')})}", flush=True)
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    rows = list({key(r): r for r in rows}.values())  # a row run again replaces its failed try
     command = "python -m tools.dora_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     measured = {"provenance": provenance(command), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

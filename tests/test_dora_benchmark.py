@@ -1,0 +1,31 @@
+"""tools/dora_benchmark.py's bookkeeping, without a GPU: which rows a rerun runs again."""
+
+import json
+import subprocess
+
+import tools.dora_benchmark as benchmark
+
+
+def test_a_rerun_runs_again_only_the_rows_whose_process_failed(tmp_path, monkeypatch):
+    row = {"size": "4B", "seq": 2048, "backend": "unsloth", "cap": None}
+    finished = [row | {"variant": "LoRA", "step_seconds": 0.2, "peak_allocated_gib": 4.0},
+                row | {"variant": "DoRA (fast)", "error": "RuntimeError: the process failed"},
+                row | {"variant": "DoRA (peft)", "error": "OutOfMemoryError: ...", "steps_done": 1}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in finished))
+    ran = []
+
+    def measured_in_a_child(command, **kwargs):
+        job = json.loads(command[command.index("--one") + 1])
+        ran.append(job["variant"])
+        row = job | {"step_seconds": 0.3, "peak_allocated_gib": 4.1}
+        return subprocess.CompletedProcess(command, 0, f"ROW {json.dumps(row)}\n", "")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", measured_in_a_child)
+    monkeypatch.setattr(benchmark, "random_init_checkpoint_apart", lambda *args, **kwargs: None)
+    monkeypatch.setattr(benchmark, "provenance", lambda command: {"command": command})
+    benchmark.main([str(tmp_path), "--work", str(tmp_path), "--out", str(tmp_path / "out.json"), "--sizes", "4B",
+                    "--variants", "LoRA", "DoRA (fast)", "DoRA (peft)"])
+    assert ran == ["DoRA (fast)"]  # measured and out-of-memory rows are results; the failed one is not
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert [(r["variant"], r.get("step_seconds"), "error" in r) for r in rows] == [
+        ("LoRA", 0.2, False), ("DoRA (fast)", 0.3, False), ("DoRA (peft)", None, True)]
