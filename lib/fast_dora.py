@@ -102,9 +102,8 @@ class ScaleChannels(torch.autograd.Function):
     in forward (z must be a fresh tensor no one else holds, the LoRA update's addmm output: it is
     scaled in place), one in backward (y * dy, whose storage then takes dz): +0.31 GiB over LoRA
     for the 27B at 4096 tokens (H100, 2026-12-07), +0.47 with a temporary each way (H200,
-    2026-12-03). y and dy are not
-    written: a caller may hold the layer's output, and an add's backward hands one dy to both
-    branches. Needs m != 0: m starts at ||W||_row > 0.
+    2026-12-03). y and dy are not written: a caller may hold the layer's output, and an add's
+    backward hands one dy to both branches. Needs m != 0: m starts at ||W||_row > 0.
     """
 
     @staticmethod
@@ -299,6 +298,15 @@ def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
         if _step_hook is None:
             _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
     return len(switched)
+
+
+def norm_refresh_hook(model) -> NormRefresh:
+    """The NormRefresh pre-hook `use_fast_dora` registered on `model`. Raises ValueError if none."""
+    hooks = [hook for module in model.modules() for hook in module._forward_pre_hooks.values()
+             if isinstance(hook, NormRefresh)]
+    if not hooks:
+        raise ValueError("no fast DoRA norm refresh on this model: call lib.fast_dora.use_fast_dora(model) first")
+    return hooks[0]
 
 
 def compare_with_lora(rows: list[dict]) -> list[dict]:

@@ -262,7 +262,7 @@ def test_norm_graph_is_kept_only_where_its_pool_is_a_small_share_of_the_allocato
     """The graph's private pool is about one dequantized weight of the largest layer: here the
     float32 160 x 96 q_proj and v_proj, 61,440 bytes; the graph pays from 61,440 / GRAPH_POOL_SHARE
     bytes of allocator up (an 80 GB card for the 27B), not below (the 27B under an L4's memory)."""
-    from lib.fast_dora import GRAPH_POOL_SHARE, fast_dora_layers, norm_graph_fits
+    from lib.fast_dora import GRAPH_POOL_SHARE, fast_dora_layers, norm_graph_fits, norm_refresh_hook
 
     config = TrinityConfig(rank=4, target_modules=("q_proj", "v_proj")).to_peft()
     config.task_type = None
@@ -270,6 +270,9 @@ def test_norm_graph_is_kept_only_where_its_pool_is_a_small_share_of_the_allocato
     use_fast_dora(fast)
     layers = fast_dora_layers(fast)
     assert len(layers) == 2
+    assert norm_refresh_hook(fast).layers == layers and norm_refresh_hook(fast).cuda_graph == "auto"
+    with pytest.raises(ValueError, match="use_fast_dora"):
+        norm_refresh_hook(Block())
     smallest_capacity = 160 * 96 * 4 / GRAPH_POOL_SHARE
     assert norm_graph_fits(layers, int(smallest_capacity) + 1)
     assert not norm_graph_fits(layers, int(smallest_capacity) - 1)

@@ -168,12 +168,9 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
                                             compute_dtype="bfloat16", max_seq_length=seq,
                                             dora_implementation=implementation))
     if variant == "DoRA (fast, eager norms)":
-        from lib.fast_dora import NormRefresh
+        from lib.fast_dora import norm_refresh_hook
 
-        for module in model.modules():
-            for hook in module._forward_pre_hooks.values():
-                if isinstance(hook, NormRefresh):
-                    hook.cuda_graph = False
+        norm_refresh_hook(model).cuda_graph = False
     model.train()
     load_seconds = time.perf_counter() - started
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -217,10 +214,9 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
     row["optimizer_step_seconds"] = round(statistics.median(optimizer_times[warmup:]), 4)
     if implementation == "fast" and use_dora:
-        from lib.fast_dora import NormRefresh
+        from lib.fast_dora import norm_refresh_hook
 
-        row["norm_cuda_graph"] = [hook.cuda_graph for module in model.modules()  # what the steps used
-                                  for hook in module._forward_pre_hooks.values() if isinstance(hook, NormRefresh)][0]
+        row["norm_cuda_graph"] = norm_refresh_hook(model).cuda_graph  # what the steps used
         row["norm_refresh_seconds"] = norm_refresh_seconds(model, cuda_graph=True)
         row["norm_refresh_seconds_eager"] = norm_refresh_seconds(model, cuda_graph=False)
     if profile:

@@ -35,7 +35,7 @@ def main() -> None:
             layer.lora_B["default"].weight.normal_(0, 0.05)
         x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
         model(x).float().sum().backward()
-        hook = [h for h in model._forward_pre_hooks.values() if isinstance(h, fd.NormRefresh)][0]
+        hook = fd.norm_refresh_hook(model)
         a, b = layer.lora_A["default"].weight.float(), layer.lora_B["default"].weight.float()
         reference = (layer.get_base_layer().weight.float() + layer.scaling["default"] * b @ a).norm(dim=1)
         error = float((fd.dora_weight_norm(layer) - reference).norm() / reference.norm())
