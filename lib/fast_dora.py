@@ -199,7 +199,7 @@ def allocator_capacity(device: torch.device) -> int:
 
 
 class NormRefresh:
-    """The model's forward pre-hook: brings every fast DoRA layer's norm up to date.
+    """Brings every fast DoRA layer's norm up to date: `refresh` now, or `defer` + `before_block`.
 
     After an optimizer step all of them are stale, and recomputing them one by one is a few
     dozen small kernel launches per layer, each with its Python overhead (0.18-0.26 s per step for
@@ -207,12 +207,20 @@ class NormRefresh:
     captured once as a CUDA graph and replayed (0.05 s; recaptured if any tensor moves);
     elsewhere, if capture fails, or where the graph's memory is not to spare (cuda_graph="auto":
     `norm_graph_fits`), layers are refreshed one by one.
+
+    Where the refresh is queued matters on a GPU: a model's forward reads a value back to the host
+    before its first decoder layer (transformers' mask code does), and that read waits for every
+    kernel queued before it. Queued at the model's forward, the 4B's refresh (22 ms on an H100) was
+    such a wait (py-spy, 2026-12-07). So the model's pre-hook (`defer`) only finds what is stale, and
+    the pre-hook of every block holding DoRA layers (`before_block`) refreshes it at the first block
+    that runs, after that read, while the host is busy launching the layers' kernels.
     """
 
     def __init__(self, layers, cuda_graph: bool | str = "auto"):
         self.layers = layers  # (module, adapter) pairs
         self.cuda_graph = cuda_graph  # True, False, or "auto": decided on the first refresh on a GPU
         self.graph, self.graph_pointers = None, None
+        self.pending = None  # (keys, stale indices) found by `defer`, refreshed by `before_block`
 
     def _refresh_all(self) -> None:
         for module, adapter in self.layers:
@@ -257,17 +265,58 @@ class NormRefresh:
             self.cuda_graph, self.graph = False, None
             return False
 
-    @torch.compiler.disable
-    def __call__(self, *hook_args) -> None:
+    def _stale(self) -> tuple[list, list[int]]:
         keys = [_norm_key(module, adapter) for module, adapter in self.layers]
         stale = [i for i, ((module, adapter), key) in enumerate(zip(self.layers, keys))
                  if getattr(module.lora_magnitude_vector[adapter], "_norm_key", None) != key]
+        return keys, stale
+
+    def _refresh(self, keys: list, stale: list[int]) -> None:
         if len(stale) == len(self.layers) and self._replay():
             for (module, adapter), key in zip(self.layers, keys):
                 module.lora_magnitude_vector[adapter]._norm_key = key
             return
         for i in stale:
             dora_weight_norm(*self.layers[i])
+
+    @torch.compiler.disable
+    def refresh(self, *hook_args) -> None:
+        """Recompute every stale norm now (usable as a forward pre-hook)."""
+        self.pending = None
+        self._refresh(*self._stale())
+
+    __call__ = refresh
+
+    @torch.compiler.disable
+    def defer(self, *hook_args) -> None:
+        """The model's forward pre-hook: note the stale norms for `before_block` to refresh."""
+        keys, stale = self._stale()
+        self.pending = (keys, stale) if stale else None
+
+    @torch.compiler.disable
+    def before_block(self, *hook_args) -> None:
+        """A block's forward pre-hook: refresh what `defer` found stale, once (a gradient
+        checkpointing recompute of the block finds nothing pending)."""
+        if self.pending is not None:
+            keys, stale = self.pending
+            self.pending = None
+            self._refresh(keys, stale)
+
+
+def dora_blocks(model, layers) -> list | None:
+    """The blocks (decoder layers) holding `layers`: for each (module, adapter), its outermost
+    ancestor that is an element of a ModuleList. None if a layer has no such ancestor."""
+    path = {id(module): name for name, module in model.named_modules()}
+    modules = dict(model.named_modules())
+    blocks = {}
+    for module, _ in layers:
+        parts = path[id(module)].split(".")
+        block = next((modules[".".join(parts[:i + 1])] for i in range(len(parts))
+                      if isinstance(modules[".".join(parts[:i])], torch.nn.ModuleList)), None)
+        if block is None:
+            return None
+        blocks[id(block)] = block
+    return list(blocks.values())
 
 
 def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
@@ -294,7 +343,14 @@ def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
                     persistent=False)
                 switched.append((module, adapter))
     if switched:
-        model.register_forward_pre_hook(NormRefresh(switched, cuda_graph))
+        refresh = NormRefresh(switched, cuda_graph)
+        blocks = dora_blocks(model, switched)
+        if blocks is None:  # nowhere to defer to: refresh at the model's forward
+            model.register_forward_pre_hook(refresh.refresh)
+        else:
+            model.register_forward_pre_hook(refresh.defer)
+            for block in blocks:
+                block.register_forward_pre_hook(refresh.before_block)
         if _step_hook is None:
             _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
     return len(switched)
@@ -302,8 +358,8 @@ def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
 
 def norm_refresh_hook(model) -> NormRefresh:
     """The NormRefresh pre-hook `use_fast_dora` registered on `model`. Raises ValueError if none."""
-    hooks = [hook for module in model.modules() for hook in module._forward_pre_hooks.values()
-             if isinstance(hook, NormRefresh)]
+    hooks = [hook.__self__ for module in model.modules() for hook in module._forward_pre_hooks.values()
+             if isinstance(getattr(hook, "__self__", None), NormRefresh)]
     if not hooks:
         raise ValueError("no fast DoRA norm refresh on this model: call lib.fast_dora.use_fast_dora(model) first")
     return hooks[0]

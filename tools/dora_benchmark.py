@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -209,6 +211,7 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
                       "import_and_load_seconds": round(load_seconds, 1)}
     row |= {"step_seconds": round(statistics.median(times[warmup:]), 4),
             "step_seconds_all": [round(t, 4) for t in times], "warmup_steps": warmup,
+            "first_step_seconds": round(times[0], 2),  # with compilation into an empty inductor cache
             "import_and_load_seconds": round(load_seconds, 1),
             "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
@@ -216,7 +219,10 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
     if implementation == "fast" and use_dora:
         from lib.fast_dora import norm_refresh_hook
 
+        from lib.fast_dora import dora_blocks, fast_dora_layers
+
         row["norm_cuda_graph"] = norm_refresh_hook(model).cuda_graph  # what the steps used
+        row["norm_refresh_at"] = "model" if dora_blocks(model, fast_dora_layers(model)) is None else "first block"
         row["norm_refresh_seconds"] = norm_refresh_seconds(model, cuda_graph=True)
         row["norm_refresh_seconds_eager"] = norm_refresh_seconds(model, cuda_graph=False)
     if profile:
@@ -288,12 +294,17 @@ def main(argv=None) -> int:
                 if size not in args.sizes or key(job) in done or time.time() - started > args.deadline:
                     continue
                 random_init_checkpoint_apart(size, args.tokenizer_dir, args.work / "models", nf4=size in STORED_NF4)
+                # each row compiles into an empty cache of its own: first steps compare, kernels can be read
+                row_name = re.sub(r"[^A-Za-z0-9]+", "-", f"{size} {backend} {variant} {args.cap or ''}").strip("-")
+                cache = args.work / "inductor" / row_name
+                shutil.rmtree(cache, ignore_errors=True)
                 ran = subprocess.run([sys.executable, "-m", "tools.dora_benchmark", str(args.tokenizer_dir), "--work",
                                       str(args.work), "--out", str(args.out), "--one", json.dumps(job), "--steps",
                                       str(args.steps), "--warmup", str(args.warmup)]
                                      + (["--profile"] if args.profile else [])
                                      + (["--stacks", str(args.stacks)] if args.stacks else []),
-                                     cwd=ROOT, capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                                     cwd=ROOT, capture_output=True, text=True,
+                                     env=os.environ | {"PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": str(cache)})
                 rows = [json.loads(l[4:]) for l in ran.stdout.splitlines() if l.startswith("ROW ")]
                 if not rows:
                     print(ran.stderr[-4000:], flush=True)
