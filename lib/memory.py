@@ -53,7 +53,7 @@ from .run_spec import RunSpec
 GIB = 2**30
 # Modelled terms made of activations, whose bytes follow the compute dtype (2 bytes in bf16/fp16).
 ACTIVATION_TERMS = ("checkpoints", "layer_recompute", "no_checkpointing_peft", "no_checkpointing_unsloth",
-                    "dora_tokens", "dequantized_weight")
+                    "dora_tokens", "dequantized_weight", "fast_dora_backward", "norm_graph_pool")
 MEASUREMENTS = Path(__file__).resolve().parent.parent / "data" / "measurements" / "gpu-memory-grid.json"
 DTYPE_MEASUREMENTS = MEASUREMENTS.with_name("gpu-memory-dtype.json")  # the compute-dtype check
 
@@ -65,6 +65,16 @@ COEFFICIENTS = {
     "no_checkpointing_peft": 44.346, "no_checkpointing_unsloth": 31.8464, "dora_tokens": 8.41133,
     "dora_norm": 20.0351, "dequantized_weight": 0.596447,
 }
+# lib.fast_dora's memory over LoRA, counted rather than fitted (the grid measured peft's DoRA),
+# bytes per unit of its `features` (bf16; the activation terms double in float32):
+# - fast_dora_backward: ScaleChannels' one backward temporary, tokens x the largest targeted out;
+# - fast_dora_norms: the float32 norm buffers, one per output channel of every targeted layer;
+# - norm_graph_pool: the norm-refresh CUDA graph's private pool, per element of the largest targeted
+#   weight: 2 bytes of its dequantized copy, and 272 MiB measured for the 27B's 220.5 MiB weight
+#   (its pool also keeps the blocks of the smaller weights refreshed before: 2 x 1.234 bytes;
+#   data/measurements/dora-benchmark-h100-2026-12-07.json). Only where the graph is used
+#   (`lib.fast_dora.norm_graph_fits`: not under an L4's memory for the 27B).
+FAST_DORA_BYTES = {"fast_dora_backward": 2.0, "fast_dora_norms": 4.0, "norm_graph_pool": 2.0 * 1.234}
 # Reserved / allocated - 1 at the peak (90th percentile over the grid) and the CUDA context
 # (device memory PyTorch does not see), both measured with the grid (`overheads`).
 ALLOCATOR_SLACK = 0.1331
@@ -226,10 +236,12 @@ def optimizer_state_bytes(optimizer) -> int:
 
 # ------------------------------------------------------------------ modelled terms
 
-def features(spec: RunSpec) -> dict[str, dict[str, float]]:
+def features(spec: RunSpec, norm_graph_pool: bool = True) -> dict[str, dict[str, float]]:
     """Units of each modelled term, per phase: {"loss": {...}, "backward": {...}}.
 
-    tokens = batch x seq; V vocabulary, L layers, h hidden size, I MLP width.
+    tokens = batch x seq; V vocabulary, L layers, h hidden size, I MLP width. DoRA's terms depend
+    on spec.loading.dora_implementation: peft's are fitted (`COEFFICIENTS`); the fast DoRA's are
+    counted (`FAST_DORA_BYTES`), its norm-refresh graph pool only where `norm_graph_pool`.
     """
     s, adapter, loading = model_shape(spec.model), spec.adapter, spec.loading
     checkpointing = loading.checkpointing
@@ -245,22 +257,48 @@ def features(spec: RunSpec) -> dict[str, dict[str, float]]:
     else:
         logits = {"logits_chunked": s.vocab_size}
     backward = {"layer_recompute": tokens * s.intermediate_size * (checkpointing != "off"),
-                "dora_tokens": tokens * targeted_out if adapter.use_dora else 0.0,
-                "dora_norm": largest if adapter.use_dora else 0.0, "dequantized_weight": largest_any}
+                "dequantized_weight": largest_any}
+    persistent = {}  # held from the first forward on: in both phases
+    if adapter.use_dora and spec.loading.dora_implementation == "fast":
+        largest_out = max(s.linear_shapes()[m][0] for m in adapter.target_modules)
+        backward["fast_dora_backward"] = tokens * largest_out
+        persistent["fast_dora_norms"] = targeted_out * s.num_hidden_layers
+        if norm_graph_pool:
+            persistent["norm_graph_pool"] = largest
+    elif adapter.use_dora:
+        backward |= {"dora_tokens": tokens * targeted_out, "dora_norm": largest}
     scale = 2.0 if activation_dtype(spec) == "float32" else 1.0  # the coefficients are bytes in bf16
     return {phase: {k: v * scale if k in ACTIVATION_TERMS else v for k, v in units.items()}
-            for phase, units in (("loss", checkpoints | logits), ("backward", checkpoints | backward))}
+            for phase, units in (("loss", checkpoints | logits | persistent),
+                                 ("backward", checkpoints | backward | persistent))}
 
 
 def _modelled(units: dict[str, float], coefficients: dict[str, float]) -> tuple[float, float]:
     """(activations, logits) bytes of one phase."""
     logits = sum(units.get(k, 0.0) * coefficients[k] for k in ("logits_full", "logits_chunked"))
-    activations = sum(v * coefficients[k] for k, v in units.items() if not k.startswith("logits"))
+    per_unit = coefficients | FAST_DORA_BYTES
+    activations = sum(v * per_unit[k] for k, v in units.items() if not k.startswith("logits"))
     return activations, logits
 
 
-def estimate(spec: RunSpec, coefficients: dict[str, float] | None = None) -> MemoryEstimate:
+def norm_graph_used(spec: RunSpec, allocator_gib: float | None) -> bool:
+    """Whether fast DoRA refreshes its norms through a CUDA graph on a GPU whose allocator may hold
+    `allocator_gib` (None: a large card, where it always does): `lib.fast_dora.norm_graph_fits`'s rule."""
+    if allocator_gib is None:
+        return True
+    from .fast_dora import GRAPH_POOL_SHARE
+
+    s = model_shape(spec.model)
+    largest = max(out * inp for m, (out, inp) in s.linear_shapes().items() if m in spec.adapter.target_modules)
+    itemsize = 4 if activation_dtype(spec) == "float32" else 2
+    return largest * itemsize <= GRAPH_POOL_SHARE * allocator_gib * GIB
+
+
+def estimate(spec: RunSpec, coefficients: dict[str, float] | None = None,
+             allocator_gib: float | None = None) -> MemoryEstimate:
     """The memory of one training step of `spec` on a GPU, GiB by term (see the module docstring).
+    allocator_gib: what the GPU leaves PyTorch's allocator (decides fast DoRA's norm graph,
+    `norm_graph_used`); None for a large card.
 
     Raises ValueError for settings the estimator does not model (`estimable`), KeyError for an
     unknown model size.
@@ -268,7 +306,7 @@ def estimate(spec: RunSpec, coefficients: dict[str, float] | None = None) -> Mem
     coefficients = coefficients or COEFFICIENTS
     estimable(spec)
     weights, adapter, optimizer = weight_bytes(spec), adapter_bytes(spec), optimizer_bytes(spec)
-    phase_units = features(spec)
+    phase_units = features(spec, norm_graph_pool=norm_graph_used(spec, allocator_gib))
     loss_act, loss_logits = _modelled(phase_units["loss"], coefficients)
     back_act, back_logits = _modelled(phase_units["backward"], coefficients)
     loss_peak, back_peak = loss_act + loss_logits, adapter + back_act + back_logits
@@ -288,12 +326,14 @@ def load_measurements(path: str | Path = MEASUREMENTS) -> dict:
 
 
 def spec_of(row: dict) -> RunSpec:
-    """The run spec a measured row describes."""
+    """The run spec a measured row describes. A row without `dora_implementation` is peft's DoRA:
+    the grid (2026-11-22) was measured before the fast DoRA existed."""
     checkpointing = None if row["checkpointing"] == "default" else row["checkpointing"]
     return RunSpec.of(row["size"], backend=row["backend"], precision=row["precision"], rank=row["rank"],
                       target_modules=tuple(row["targets"]), use_dora=row["dora"], optim=row["optimizer"],
                       gradient_checkpointing=checkpointing, max_seq_length=row["seq"], batch_size=row["batch"],
-                      compute_dtype=row.get("compute_dtype", "bfloat16"))
+                      compute_dtype=row.get("compute_dtype", "bfloat16"),
+                      dora_implementation=row.get("dora_implementation", "peft"))
 
 
 def measured_rows(measurements: dict | None = None) -> list[dict]:
@@ -327,6 +367,7 @@ def _fit_from(rows: list[dict], phases: list[str], iterations: int) -> dict[str,
             static = weight_bytes(spec) + adapter_bytes(spec) + optimizer_bytes(spec)
             static += adapter_bytes(spec) if phase == "backward" else 0.0
             units = features(spec)[phase]
+            static += sum(units.get(k, 0.0) * FAST_DORA_BYTES[k] for k in FAST_DORA_BYTES)  # counted, not fitted
             weight = 1 / (row["peak_allocated_gib"] * GIB)
             matrix.append([units.get(k, 0.0) * weight for k in names])
             target.append((row["peak_allocated_gib"] * GIB - static) * weight)
@@ -423,7 +464,7 @@ def gpu_profile(name: str) -> GPUProfile:
 def fits(spec: RunSpec, gpu: GPUProfile | str) -> bool:
     """True when the estimated device memory (peak + slack + CUDA context) is within the GPU's."""
     gpu = gpu_profile(gpu) if isinstance(gpu, str) else gpu
-    return estimate(spec).total <= gpu.memory_gib
+    return estimate(spec, allocator_gib=gpu.memory_gib - CUDA_CONTEXT_GIB).total <= gpu.memory_gib
 
 
 def measured_peak(rows: list[dict], size: str, backend: str = "unsloth", seq: int = 4096, rank: int = 64,

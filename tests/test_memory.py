@@ -143,7 +143,12 @@ def test_float32_activations_cost_twice_the_bytes_and_a_t4_run_picks_them_by_bac
     fp32 = gpu_run("4B", backend="peft", max_seq_length=2048, compute_dtype="float32")
     units_bf16, units_fp32 = memory.features(bf16)["backward"], memory.features(fp32)["backward"]
     assert units_fp32["layer_recompute"] == 2 * units_bf16["layer_recompute"]
-    assert units_fp32["dora_norm"] == units_bf16["dora_norm"]  # materialised in fp32 either way
+    assert units_fp32["fast_dora_backward"] == 2 * units_bf16["fast_dora_backward"]
+    assert units_fp32["fast_dora_norms"] == units_bf16["fast_dora_norms"]  # float32 buffers either way
+    peft_dora = {dtype: memory.features(gpu_run("4B", backend="peft", max_seq_length=2048, compute_dtype=dtype,
+                                                 dora_implementation="peft"))["backward"]
+                 for dtype in ("bfloat16", "float32")}
+    assert peft_dora["float32"]["dora_norm"] == peft_dora["bfloat16"]["dora_norm"]  # materialised in fp32 either way
     assert estimate(fp32).activations > estimate(bf16).activations
     t4 = memory.gpu_profile("T4")
     assert spec_for("4B", t4, backend="peft").loading.compute_dtype == "float32"
@@ -162,3 +167,27 @@ def test_backend_ratios_pair_the_same_setting_only():
     assert memory.backend_ratios(runs) == {"12B Trinity seq 4096": {"memory_ratio": 2.0, "speedup": 2.0}}
     anchor = json.loads(Path("data/measurements/gpu-anchor-h200.json").read_text())
     assert len(memory.backend_ratios(anchor["runs"])) == 3  # the anchor's settings run with both backends
+
+
+def test_fast_dora_terms_against_the_benchmark():
+    """The fast DoRA's terms are counted, not fitted: checked against tools/dora_benchmark.py's rows
+    of the same code (H100, 2026-12-07): the peak within 2% and the memory over LoRA within
+    0.2 GiB, where the 27B's graph pool counts (uncapped) and where it does not (an L4's memory)."""
+    from lib.fast_dora import compare_with_lora
+
+    measured = json.loads((memory.MEASUREMENTS.parent / "dora-benchmark-h100-2026-12-07.json").read_text())
+    rows = [r for r in compare_with_lora(measured["rows"]) if r["variant"].startswith("DoRA (fast") and "step_seconds" in r]
+    lora_27b = estimate(gpu_run("27B", use_dora=False)).peak_allocated
+    assert {(r["size"], r.get("cap")) for r in rows} == {("4B", None), ("27B", None), ("27B", "L4")}
+    for row in rows:
+        spec = gpu_run(row["size"], max_seq_length=row["seq"])
+        predicted = estimate(spec, allocator_gib=row.get("allocator_cap_gib"))
+        lora = estimate(gpu_run(row["size"], max_seq_length=row["seq"], use_dora=False)).peak_allocated
+        assert predicted.peak_allocated == pytest.approx(row["peak_allocated_gib"], rel=0.02), row["size"]
+        if row["gib_over_lora"] is not None:
+            assert abs(predicted.peak_allocated - lora - row["gib_over_lora"]) <= 0.2, row["size"]
+    # the graph's pool is counted on a large card, not under an L4's memory (lib.fast_dora's rule)
+    on_l4 = estimate(gpu_run("27B"), allocator_gib=21.36).peak_allocated
+    assert estimate(gpu_run("27B")).peak_allocated - on_l4 == pytest.approx(
+        memory.FAST_DORA_BYTES["norm_graph_pool"] * 21504 * 5376 / 2**30)
+    assert on_l4 - lora_27b < estimate(gpu_run("27B", dora_implementation="peft")).peak_allocated - lora_27b
