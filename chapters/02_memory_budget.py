@@ -275,7 +275,8 @@ def dora_run(name: str) -> list[dict]:
     return [r | {"measured": where} for r in compare_with_lora(rows)]
 
 
-dora_rows = [r for name in ("dora-benchmark.json", "dora-27b-h200.json", "dora-benchmark-h100-2026-12-07.json")
+dora_rows = [r for name in ("dora-benchmark.json", "dora-27b-h200.json", "dora-benchmark-h100-2026-12-07.json",
+                         "dora-benchmark-h200-2026-12-07.json")
              for r in dora_run(name)]
 pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
                "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],
@@ -523,8 +524,8 @@ ledger_table(run_dir, only_measured=True).query(
 #   `gpu_run` builds one at the source's GPU setting): Gemma 3 size or config, precision, rank,
 #   targets, DoRA, optimizer, checkpointing, sequence, batch and loss.
 # * Weights, adapter and optimizer state are exact; activations and logits are fitted to 93 GPU
-#   measurements and within 10% of each. The course's fast DoRA adds counted terms, within 2% of
-#   its measured peaks (4B and 27B, with and without an L4's memory cap).
+#   measurements and within 10% of each. The course's fast DoRA adds counted terms, within 3% of
+#   its measured peaks (1B, 4B and 27B, with and without an L4's memory cap).
 # * The plain transformers + peft stack spends most of its memory on the logits of a
 #   262k-entry vocabulary; unsloth's chunked loss is why the same step takes 2-4x less.
 # * Full fine-tuning of the 12B needs 175 GiB of weights, gradients and AdamW states in mixed

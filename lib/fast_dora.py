@@ -226,12 +226,13 @@ class NormRefresh:
         for module, adapter in self.layers:
             module.lora_magnitude_vector[adapter].weight_norm.copy_(weight_norm_by_expansion(module, adapter))
 
-    def _pointers(self) -> tuple:
+    def _pointers(self, keys: list) -> tuple:
+        """Where the graph's tensors live: A, B (and s) from each layer's `_norm_key`, W and the norm buffer."""
         return tuple(key[3:] + (module.get_base_layer().weight.data_ptr(),
                                 module.lora_magnitude_vector[adapter].weight_norm.data_ptr())
-                     for module, adapter in self.layers for key in [_norm_key(module, adapter)])
+                     for (module, adapter), key in zip(self.layers, keys))
 
-    def _capture(self) -> None:
+    def _capture(self, keys: list) -> None:
         for module, _ in self.layers:
             _base_row_norms_squared(module)  # cached outside the graph
         side = torch.cuda.Stream()
@@ -242,10 +243,12 @@ class NormRefresh:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._refresh_all()
-        self.graph, self.graph_pointers = graph, self._pointers()
+        self.graph, self.graph_pointers = graph, self._pointers(keys)
 
-    def _replay(self) -> bool:
-        """Refresh all norms through the CUDA graph; False where that is not possible."""
+    def _replay(self, keys: list) -> bool:
+        """Refresh all norms through the CUDA graph; False where that is not possible. keys: each
+        layer's `_norm_key` now, from the staleness check (a second pass over the 4B's 238 layers
+        for the graph's pointers was half of ~5 ms of host time a step; py-spy on an H200)."""
         first = self.layers[0][0].lora_A[self.layers[0][1]].weight if self.layers else None
         if not (self.cuda_graph and first is not None and first.is_cuda):
             return False
@@ -254,8 +257,8 @@ class NormRefresh:
             if not self.cuda_graph:
                 return False
         try:
-            if self.graph is None or self.graph_pointers != self._pointers():
-                self._capture()
+            if self.graph is None or self.graph_pointers != self._pointers(keys):
+                self._capture(keys)
             self.graph.replay()
             return True
         except RuntimeError as error:  # e.g. an op that cannot be captured: eager from now on
@@ -272,7 +275,7 @@ class NormRefresh:
         return keys, stale
 
     def _refresh(self, keys: list, stale: list[int]) -> None:
-        if len(stale) == len(self.layers) and self._replay():
+        if len(stale) == len(self.layers) and self._replay(keys):
             for (module, adapter), key in zip(self.layers, keys):
                 module.lora_magnitude_vector[adapter]._norm_key = key
             return

@@ -18,6 +18,10 @@ row. `--cap L4` caps each process's allocator to what that GPU leaves PyTorch
 (`tools.memory_grid.cap_allocator`), so a row either fits that card or records its "CUDA out of
 memory". Rows are appended to a JSON-lines file as they finish (a rerun skips those measured or
 out of memory, and runs again those whose process failed); the JSON output carries provenance.
+`first_step_seconds` includes compilation, from whatever compile caches the machine holds:
+unsloth removes TORCHINDUCTOR_CACHE_DIR from the environment (inductor's cache is then
+/tmp/torchinductor_<user>) and keeps its own artifacts under ~/.cache/unsloth, so only a row
+whose graphs no earlier row compiled on that machine starts cold.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -211,7 +213,7 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
                       "import_and_load_seconds": round(load_seconds, 1)}
     row |= {"step_seconds": round(statistics.median(times[warmup:]), 4),
             "step_seconds_all": [round(t, 4) for t in times], "warmup_steps": warmup,
-            "first_step_seconds": round(times[0], 2),  # with compilation into an empty inductor cache
+            "first_step_seconds": round(times[0], 2),  # with compilation (see the module docstring)
             "import_and_load_seconds": round(load_seconds, 1),
             "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
@@ -294,17 +296,12 @@ def main(argv=None) -> int:
                 if size not in args.sizes or key(job) in done or time.time() - started > args.deadline:
                     continue
                 random_init_checkpoint_apart(size, args.tokenizer_dir, args.work / "models", nf4=size in STORED_NF4)
-                # each row compiles into an empty cache of its own: first steps compare, kernels can be read
-                row_name = re.sub(r"[^A-Za-z0-9]+", "-", f"{size} {backend} {variant} {args.cap or ''}").strip("-")
-                cache = args.work / "inductor" / row_name
-                shutil.rmtree(cache, ignore_errors=True)
                 ran = subprocess.run([sys.executable, "-m", "tools.dora_benchmark", str(args.tokenizer_dir), "--work",
                                       str(args.work), "--out", str(args.out), "--one", json.dumps(job), "--steps",
                                       str(args.steps), "--warmup", str(args.warmup)]
                                      + (["--profile"] if args.profile else [])
                                      + (["--stacks", str(args.stacks)] if args.stacks else []),
-                                     cwd=ROOT, capture_output=True, text=True,
-                                     env=os.environ | {"PYTHONUNBUFFERED": "1", "TORCHINDUCTOR_CACHE_DIR": str(cache)})
+                                     cwd=ROOT, capture_output=True, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
                 rows = [json.loads(l[4:]) for l in ran.stdout.splitlines() if l.startswith("ROW ")]
                 if not rows:
                     print(ran.stderr[-4000:], flush=True)
