@@ -309,8 +309,8 @@ class NormRefresh:
 def dora_blocks(model, layers) -> list | None:
     """The blocks (decoder layers) holding `layers`: for each (module, adapter), its outermost
     ancestor that is an element of a ModuleList. None if a layer has no such ancestor."""
-    path = {id(module): name for name, module in model.named_modules()}
     modules = dict(model.named_modules())
+    path = {id(module): name for name, module in modules.items()}
     blocks = {}
     for module, _ in layers:
         parts = path[id(module)].split(".")

@@ -22,7 +22,8 @@ training step, split into the terms alive at that moment:
   at a time in backward (Chen et al. 2016, arXiv:1604.06174); unsloth's offloaded checkpointing
   moves those inputs to CPU RAM. DoRA adds, per layer, the weight norm ||W + s B A|| computed
   through a full out x in matrix (DoRA, arXiv:2402.09353, section 4.3; peft materialises it in
-  fp32). The full-vocabulary loss keeps the logits of every token (262k entries: bf16 logits,
+  fp32); the course's fast DoRA (`lib.fast_dora`) does not, and its few extra buffers are
+  counted (`FAST_DORA_BYTES`). The full-vocabulary loss keeps the logits of every token (262k entries: bf16 logits,
   their fp32 copy, the fp32 softmax and its gradient); a chunked loss (unsloth's fused
   cross-entropy; Cut Cross-Entropy, Wijmans et al. 2024, arXiv:2411.09009) keeps a fixed workspace.
   The bytes per unit of each of these are coefficients fitted to the GPU measurements in
