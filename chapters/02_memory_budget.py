@@ -261,8 +261,8 @@ pd.DataFrame([{"size": r["shape"], "seq": r["max_seq_length"], "DoRA": r["dora"]
 # `dora-27b-h200.json`, provenance inside; README "Fast DoRA"), made on different days and cards
 # as the code changed: each row is compared with the LoRA row of its own run, and says where and
 # when it was measured. The 27B is uncapped here and under an L4's memory in the next section.
-# The estimator's DoRA terms still follow peft's DoRA, so for the course's default they err on
-# the high side:
+# The estimator counts the fast DoRA's few extra buffers (section 4 sets its estimate against
+# the 27B's measured peak):
 
 # %%
 from lib.fast_dora import compare_with_lora
@@ -490,7 +490,7 @@ fast_27b = [r for r in dora_rows if r["size"] == "27B" and r["variant"] == "DoRA
 l4_27b = [r for r in dora_rows if r["size"] == "27B" and r["variant"].startswith("DoRA") and r.get("cap") == "L4"][-1]
 ledger.measure("C22", f"Trinity seq 4096 (unsloth): 4B {peak('4B'):.1f} GiB, 12B {trinity_12b:.1f} GiB measured; "
                f"27B with the course's fast DoRA {fast_27b['peak_allocated_gib']:.1f} GiB measured "
-               f"({fast_27b['measured']}; the estimator, fitted to peft's DoRA, says "
+               f"({fast_27b['measured']}; the estimator says "
                f"{claim_estimate['27B'].peak_allocated:.1f}), and "
                f"{'trained' if 'step_seconds' in l4_27b else 'ran out of memory'} under an L4's memory",
                "4. Which GPU fits which model",

@@ -219,9 +219,7 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
     row["optimizer_step_seconds"] = round(statistics.median(optimizer_times[warmup:]), 4)
     if implementation == "fast" and use_dora:
-        from lib.fast_dora import norm_refresh_hook
-
-        from lib.fast_dora import dora_blocks, fast_dora_layers
+        from lib.fast_dora import dora_blocks, fast_dora_layers, norm_refresh_hook
 
         row["norm_cuda_graph"] = norm_refresh_hook(model).cuda_graph  # what the steps used
         row["norm_refresh_at"] = "model" if dora_blocks(model, fast_dora_layers(model)) is None else "first block"
