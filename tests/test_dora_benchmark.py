@@ -29,3 +29,13 @@ def test_a_rerun_runs_again_only_the_rows_whose_process_failed(tmp_path, monkeyp
     rows = json.loads((tmp_path / "out.json").read_text())["rows"]
     assert [(r["variant"], r.get("step_seconds"), "error" in r) for r in rows] == [
         ("LoRA", 0.2, False), ("DoRA (fast)", 0.3, False), ("DoRA (peft)", None, True)]
+
+
+def test_gpu_idle_charges_each_gap_to_the_innermost_host_op_around_it():
+    kernels = [(0, 100), (50, 120), (200, 300), (305, 400), (1000, 1100)]  # gaps: 120-200, 400-1000 (300-305 too short)
+    host = [(0, 2000, "step"), (100, 250, "step > launch"), (500, 900, "step > optimizer")]
+    idle = benchmark.gpu_idle(kernels, host, min_gap_us=20)
+    assert idle["gaps"] == 2 and idle["idle_ms"] == 0.68
+    assert idle["by_host_op"] == [{"name": "step > optimizer", "ms": 0.6, "gaps": 1},
+                                  {"name": "step > launch", "ms": 0.08, "gaps": 1}]
+    assert benchmark.gpu_idle(kernels, [], min_gap_us=20)["by_host_op"][0]["name"] == "(none)"

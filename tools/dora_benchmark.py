@@ -128,8 +128,52 @@ def profile_step(model, step, rows: int = 15) -> dict[str, list[dict]]:
             for e in sorted(events, key=lambda e: -e.device_time_total)[:rows]]
     cpu = [{"name": e.key[:90], "calls": e.count, "cpu_self_ms": round(e.self_cpu_time_total / 1e3, 2)}
            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]]
+    timeline = prof.events()
+    kernels = [(e.time_range.start, e.time_range.end) for e in timeline if e.device_type.name == "CUDA"]
+    host = [(e.time_range.start, e.time_range.end, host_path(e)) for e in timeline if e.device_type.name == "CPU"]
     return {"cuda": cuda, "cpu": cpu, "cpu_self_ms_total": round(sum(e.self_cpu_time_total for e in events) / 1e3, 1),
-            "cuda_ms_total": round(sum(e.self_device_time_total for e in events) / 1e3, 1)}
+            "cuda_ms_total": round(sum(e.self_device_time_total for e in events) / 1e3, 1),
+            "gpu_idle": gpu_idle(kernels, host, rows=rows)}
+
+
+def host_path(event, depth: int = 3) -> str:
+    """A profiler CPU event with its outermost and nearest enclosing ops: "outer > ... > parent > op"."""
+    chain = [event.name]
+    while event.cpu_parent is not None:
+        event = event.cpu_parent
+        chain.append(event.name)
+    chain = chain[::-1]
+    inner = chain[-depth:] if len(chain) <= depth + 1 else [chain[0], "..."] + chain[-depth:]
+    return " > ".join(name[:60] for name in inner)
+
+
+def gpu_idle(kernels: list[tuple], host: list[tuple], min_gap_us: float = 20.0, rows: int = 15) -> dict:
+    """Where the GPU waited on the host during a profiled step: the gaps of at least `min_gap_us`
+    between kernels (start, end in microseconds, any stream), each charged to the innermost host op
+    (start, end, name) running at the gap's middle ("(none)" if none). Returns {"idle_ms": total,
+    "gaps": count, "by_host_op": [{"name", "ms", "gaps"}] largest first}. A step whose GPU is busy
+    throughout is bound by its kernels; idle time is launch and Python overhead (or a host wait)."""
+    import bisect
+
+    gaps, busy_until = [], None
+    for start, end in sorted(kernels):
+        if busy_until is not None and start - busy_until >= min_gap_us:
+            gaps.append((busy_until, start))
+        busy_until = end if busy_until is None else max(busy_until, end)
+    middles = [(a + b) / 2 for a, b in gaps]
+    owner = [None] * len(gaps)  # (duration, name) of the innermost host op around each gap's middle
+    for start, end, name in host:
+        for i in range(bisect.bisect_left(middles, start), bisect.bisect_right(middles, end)):
+            if owner[i] is None or end - start < owner[i][0]:
+                owner[i] = (end - start, name)
+    charged: dict[str, list] = {}
+    for (a, b), who in zip(gaps, owner):
+        entry = charged.setdefault(who[1] if who else "(none)", [0.0, 0])
+        entry[0] += (b - a) / 1e3
+        entry[1] += 1
+    ranked = sorted(charged.items(), key=lambda item: -item[1][0])[:rows]
+    return {"idle_ms": round(sum(b - a for a, b in gaps) / 1e3, 2), "gaps": len(gaps),
+            "by_host_op": [{"name": name, "ms": round(ms, 2), "gaps": n} for name, (ms, n) in ranked]}
 
 
 def sample_stacks(step, path: Path, steps: int = 10, rate: int = 1000) -> dict:
@@ -326,6 +370,11 @@ def main(argv=None) -> int:
                 print(f"  {p['cuda_ms']:9.2f} ms  {p['calls']:6d}  {p['name']}")
             for p in profile.get("cpu", []):
                 print(f"  {p['cpu_self_ms']:9.2f} ms CPU  {p['calls']:6d}  {p['name']}")
+            if "gpu_idle" in profile:
+                idle = profile["gpu_idle"]
+                print(f"  GPU idle {idle['idle_ms']} ms in {idle['gaps']} gaps, by the host op running then:")
+                for p in idle["by_host_op"]:
+                    print(f"  {p['ms']:9.2f} ms idle  {p['gaps']:6d}  {p['name']}")
     return 0
 
 
