@@ -82,6 +82,7 @@ ledger = ClaimsLedger("05_oom_ladder", run_dir)
 # %%
 settings = dict(backend=backend, rank=rank, use_dora=use_dora, max_seq_length=max_seq_length, batch_size=batch_size)
 table = pd.DataFrame(oom_ladder.ladder_rows(model_size, gpu, **settings))
+print("as asked:", table["setup"].iloc[0])
 table[["rung", "settings", "weights", "activations", "logits", "total", "fits"]].style.format(
     precision=2).hide(axis="index")
 
@@ -158,8 +159,8 @@ alive = gpu.models_alive()
 pd.DataFrame(demo.rows())[["rung", "settings", "predicted_peak_gib", "outcome", "error"]]
 
 # %%
-print(f"{len(gpu.models_seen)} model forward passes seen over {len(demo.attempts)} attempts; "
-      f"models still alive after the ladder: {alive}")
+print(f"the local ladder trains {source.path_or_id} on {demo_seq_length} tokens: {len(gpu.models_seen)} model "
+      f"forward passes seen over {len(demo.attempts)} attempts; models still alive after the ladder: {alive}")
 assert demo.chosen is not None and alive == 0, "a failed attempt's model was not freed"
 
 # %% [markdown]

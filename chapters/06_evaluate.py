@@ -50,8 +50,8 @@ max_new_tokens = 160
 eval_batch_size = 4
 repetition_penalty = 1.15            # the repetition-controlled decoding compared with greedy
 prompt_shots = 3                     # worked examples shown to the base model when prompting it instead
-min_loss_drop = 0.15                 # gate: response loss >= 15% below baseline
-min_task_gain = 25.0                 # gate: clean-answer rate >= 25 points up ...
+min_loss_drop = 0.15                 # gate: response loss at least 15% below baseline
+min_task_gain = 25.0                 # gate: clean-answer rate at least 25 points up ...
 max_p_value = 0.05                   # ... and significantly (exact McNemar test on the paired prompts)
 compute_dtype = "auto"               # "auto" (lib.precision: measured on a CPU), "bfloat16" or "float32"
 course_repo = "https://github.com/gemma-trinity/gemma3-trinity-course.git"  # Colab
@@ -232,7 +232,8 @@ gates = [baseline_gate(results["base"], metrics_dir / "baseline.json"),
          performance_gate(results["base"], results["fine-tuned"], min_loss_drop, min_task_gain,
                           base_rows=rows["base"], tuned_rows=rows["fine-tuned"], max_p=max_p_value)]
 write_json(metrics_dir / "evaluation.json", {"results": results, "examples": rows, "seconds": seconds,
-                                             "prompt_examples": [r.meta.get("function") for r in shots]})
+                                             "prompt_examples": [r.meta.get("function") for r in shots],
+                                             "compute_dtype": str(model.dtype).removeprefix("torch.")})
 write_gates(metrics_dir / "gates.json", gates)
 pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g in gates])
 

@@ -87,11 +87,12 @@ def dora_caching():
 @dataclass(frozen=True)
 class Generation:
     """One completion: its text, whether it ended by itself (end of turn or EOS) rather than at
-    max_new_tokens, and how many tokens it generated."""
+    max_new_tokens, how many tokens it generated, and which batch (0, 1, ...) generated it."""
 
     text: str
     stopped: bool
     new_tokens: int
+    batch: int = 0
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 4,
@@ -127,7 +128,8 @@ def generate_with_details(model, tokenizer, prompts: list[list[dict]], max_new_t
                 new = out[:, enc["input_ids"].shape[1]:]
                 for row, text in zip(new.tolist(), tokenizer.batch_decode(new, skip_special_tokens=True)):
                     ended = [i for i, token in enumerate(row) if token in stop_ids]
-                    outputs.append(Generation(text, bool(ended), ended[0] if ended else len(row)))
+                    outputs.append(Generation(text, bool(ended), ended[0] if ended else len(row),
+                                              start // batch_size))
     finally:
         tokenizer.padding_side = padding_side
     return outputs
@@ -308,6 +310,7 @@ def code_metrics(generations: list, records: list[Record], run_doctests: bool = 
                "names_resolve": unresolved == [] if unresolved is not None else False,
                "unresolved": unresolved or [], "repeated_line": repeats_a_line(text), "distinct_2": distinct_2(text),
                "stopped": stopped, "doctest": doctest.status if doctest else None,
+               "new_tokens": getattr(generation, "new_tokens", None), "batch": getattr(generation, "batch", None),
                "generation": text, "reference": record.reference}
         row["clean"] = bool(row["defines_function"] and row["names_resolve"] and not row["repeated_line"]
                             and stopped is not False)

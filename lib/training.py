@@ -297,16 +297,18 @@ class SampleCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every <= 0 or not self.prompts or state.global_step % self.every or not is_main_process():
             return
-        from .evaluation import generate
+        from .evaluation import generate_with_details
 
         was_training = model.training
         model.eval()
-        outputs = generate(model, self.tokenizer, self.prompts, self.max_new_tokens, batch_size=len(self.prompts))
+        outputs = generate_with_details(model, self.tokenizer, self.prompts, self.max_new_tokens,
+                                        batch_size=len(self.prompts))
         model.train(was_training)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            for i, text in enumerate(outputs):
-                handle.write(json.dumps({"step": state.global_step, "prompt": i, "text": text}) + "\n")
+            for i, output in enumerate(outputs):
+                handle.write(json.dumps({"step": state.global_step, "prompt": i, "text": output.text,
+                                         "new_tokens": output.new_tokens}) + "\n")
 
 
 class GradientNormCallback(TrainerCallback):

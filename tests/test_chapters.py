@@ -1,10 +1,15 @@
 """nbdev's discipline: every chapter runs (papermill, smoke parameters), the book builds with
 warnings as errors, and a real browser shows each chapter's figures."""
 
+import math
+import shutil
+
 import nbformat
 import pytest
 
-from tools.course import SMOKE_PARAMETERS, build_book, chapters, execute_concurrently, repository
+from parameter_probes import COLAB_ONLY, EXTRA_RUNS, NOT_CHANGED, PROBES, Shown, defaults
+from tools.course import (ROOT, SMOKE_PARAMETERS, build_book, chapter_parameters, chapters, execute_chapter,
+                          execute_concurrently, repository)
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -16,12 +21,16 @@ pytestmark = pytest.mark.timeout(3600)
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def smoke_output(tmp_path_factory):
+    return tmp_path_factory.mktemp("output")
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, smoke_output):
     """All chapters executed with smoke parameters, two at a time, each after the chapters it
     reads from; a failing cell fails here."""
     folder = tmp_path_factory.mktemp("book")
-    out = tmp_path_factory.mktemp("output")
-    execute_concurrently(folder, SMOKE_PARAMETERS | {"*": SMOKE_PARAMETERS["*"] | {"output_dir": str(out)}})
+    execute_concurrently(folder, SMOKE_PARAMETERS | {"*": SMOKE_PARAMETERS["*"] | {"output_dir": str(smoke_output)}})
     return folder
 
 
@@ -46,6 +55,51 @@ def test_training_progress_is_one_line_updated_in_place(executed):
              if "<progress" in o.get("data", {}).get("text/html", "")]
     steps = SMOKE_PARAMETERS["04_trinity_training"]["max_steps"]
     assert len(shown) == 1 and f"done: step {steps}/{steps}" in shown[0], shown
+
+
+def extra_run(stem, smoke, default, smoke_output, tmp_path):
+    """The chapter run again with EXTRA_RUNS' changes on top of its smoke parameters, in a copy of
+    its smoke run folder; returns what it left (a Shown)."""
+    changes = {name: value(tmp_path) if callable(value) else value for name, value in EXTRA_RUNS[stem].items()}
+    out = tmp_path / "output"
+    # what the chapter reads or resumes from; not the later chapters' large outputs (GGUFs, merges)
+    shutil.copytree(smoke_output / smoke["run_name"], out / smoke["run_name"],
+                    ignore=shutil.ignore_patterns("export", "ghost-*", "scale-out", "runs"))
+    given = smoke | changes | {"output_dir": str(out)}
+    execute_chapter(ROOT / "chapters" / f"{stem}.py", tmp_path / f"{stem}.ipynb", given)
+    return Shown(tmp_path / f"{stem}.ipynb", given, default)
+
+
+@pytest.mark.parametrize("stem", PROBES)
+def test_every_parameter_takes_effect(stem, executed, smoke_output, tmp_path):
+    """Each parameter of the chapter is changed (in its smoke run or one more run) and a probe reads
+    back, from what the run wrote or showed, the value that took effect (tests/parameter_probes.py)."""
+    default = defaults(stem, ROOT)
+    probes, exempt = PROBES[stem], NOT_CHANGED.get(stem, {})
+    assert set(exempt) <= set(default), f"{stem}: NOT_CHANGED names no parameter {set(exempt) - set(default)}"
+    unprobed = set(default) - set(probes) - COLAB_ONLY - set(exempt)
+    assert not unprobed, f"{stem}: no probe for {sorted(unprobed)}"
+    smoke = chapter_parameters(SMOKE_PARAMETERS, stem) | {"output_dir": str(smoke_output)}
+    runs = {"smoke": Shown(executed / "chapters" / f"{stem}.ipynb", smoke, default)}
+    if stem in EXTRA_RUNS:
+        runs["extra"] = extra_run(stem, smoke, default, smoke_output, tmp_path)
+    failures = []
+    for name, probe in probes.items():
+        label = "extra" if name in EXTRA_RUNS.get(stem, {}) else "smoke"
+        shown = runs[label]
+        given = shown.given
+        if given.get(name, default[name]) == default[name]:
+            failures.append(f"{name}: the {label} run leaves it at its default {default[name]!r}")
+            continue
+        try:
+            seen = probe(shown)
+        except Exception as error:  # noqa: BLE001 (reported with the others)
+            failures.append(f"{name}: the probe failed: {type(error).__name__}: {error}")
+            continue
+        same = math.isclose(seen, given[name], rel_tol=1e-6) if isinstance(seen, float) else seen == given[name]
+        if not same:
+            failures.append(f"{name}: the {label} run was given {given[name]!r} and shows {seen!r}")
+    assert not failures, f"{stem}:\n" + "\n".join(failures)
 
 
 @pytest.fixture(scope="module")

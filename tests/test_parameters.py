@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, parameters_cell
+from parameter_probes import COLAB_ONLY
 from tools.course import SMOKE_PARAMETERS, chapters
 
 
@@ -42,6 +43,18 @@ def test_smoke_parameters_name_real_parameters(source):
     assert not unknown, f"{source.stem}: SMOKE_PARAMETERS sets {unknown}, which the chapter does not have"
 
 
+@pytest.mark.parametrize("source", chapters(), ids=lambda s: s.stem)
+def test_papermill_reads_every_parameter(source):
+    """papermill parses the cell line by line (its inspection, the names `-p` accepts); a line it
+    cannot parse (an "=" in a comment did) makes it warn "unknown parameter" for a real one."""
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    names, _ = split(source)
+    cell, _ = parameters_cell(source)
+    assert [p.name for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(cell))] == names
+
+
 def test_the_check_finds_an_unread_parameter(tmp_path):
     chapter = tmp_path / "99_example.py"
     chapter.write_text('# %% tags=["parameters"]\nrank = 64\nunused_knob = 3\n\n# %%\nprint(rank)\n')
@@ -53,8 +66,9 @@ def test_the_check_finds_an_unread_parameter(tmp_path):
 
 # Chapters cheap enough to run once per parameter: a builder each, run only for its own chapter,
 # of (the values every run starts from, beyond the defaults; the changed values). Every parameter
-# must be listed (or in COLAB_ONLY), so a new one cannot slip past; the training chapters are
-# checked statically above.
+# must be listed (or in COLAB_ONLY), so a new one cannot slip past. The training chapters: by
+# probes of their smoke runs where tests/parameter_probes.py has them (tests/test_chapters.py),
+# statically above for the others.
 def setup_changes(tmp_path):
     return {}, {"backend": "peft", "compute_dtype": "float32"}
 
@@ -91,7 +105,6 @@ def data_changes(tmp_path):
 CHANGED_VALUES = {"00_setup": setup_changes, "02_memory_budget": memory_budget_changes, "03_data": data_changes}
 
 
-COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test_colab_boot.py boots it
 
 
 # Parts of an output that change from run to run whatever the parameters: pandas Styler's table

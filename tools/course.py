@@ -32,8 +32,14 @@ SMOKE_PARAMETERS = {
     "01_concepts": {"sweep_ranks": [4, 64], "sweep_steps": 3, "track_every": 1},
     "04_trinity_training": {"max_steps": 3, "batch_size": 2, "save_steps": 2, "warmup_steps": 1,
                             "sample_every": 2, "sample_max_new_tokens": 8},
-    "05_oom_ladder": {"demo_steps": 1, "demo_seq_length": 64},
-    "06_evaluate": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2},
+    # every parameter changed (tests/parameter_probes.py); at r=16 the 1.47 GiB simulated GPU still
+    # refuses two rungs before one fits
+    "05_oom_ladder": {"demo_steps": 1, "demo_seq_length": 64, "demo_budget_gib": 1.47, "model_size": "4B",
+                      "gpu": "L4", "backend": "peft", "rank": 16, "use_dora": False, "batch_size": 2},
+    # every parameter changed (tests/parameter_probes.py reads each back): 3 generations in batches of 2
+    "06_evaluate": {"eval_limit": 4, "generate_n": 3, "max_new_tokens": 16, "eval_batch_size": 2,
+                    "repetition_penalty": 1.3, "prompt_shots": 2, "min_loss_drop": 0.1, "min_task_gain": 20.0,
+                    "max_p_value": 0.1, "compute_dtype": "float32"},
     "07_export": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2,
                   "quantizations": ["q4_k_m"]},  # q8_0's path is the same call (tests/test_export.py runs it)
     "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
