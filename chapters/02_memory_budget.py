@@ -270,13 +270,14 @@ from lib.fast_dora import compare_with_lora
 def dora_run(name: str) -> list[dict]:
     """One stored benchmark run's rows, each compared with that run's LoRA row and labelled."""
     measured = json.loads(Path("data/measurements", name).read_text())
-    where = f"{measured['provenance']['gpu'].split(' (')[0]}, {measured['provenance']['date']}"
+    where = measured["provenance"].get("label") or f"{measured['provenance']['gpu'].split(' (')[0]}, " \
+                                                  f"{measured['provenance']['date']}"
     rows = measured["rows"] + [r for run in measured.get("other_runs", [])[:1] for r in run["rows"]]
     return [r | {"measured": where} for r in compare_with_lora(rows)]
 
 
 dora_rows = [r for name in ("dora-benchmark.json", "dora-27b-h200.json", "dora-benchmark-h100-2026-12-07.json",
-                         "dora-benchmark-h200-2026-12-07.json")
+                         "dora-benchmark-h200-2026-12-07.json", "dora-benchmark-h100-2026-12-07-pm.json")
              for r in dora_run(name)]
 pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
                "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],

@@ -171,17 +171,19 @@ def test_backend_ratios_pair_the_same_setting_only():
 
 def test_fast_dora_terms_against_the_benchmark():
     """The fast DoRA's terms are counted, not fitted: checked against tools/dora_benchmark.py's rows
-    of this ScaleChannels (H100 and H200, 2026-12-07): the peak within 3% and the memory over LoRA
+    of this ScaleChannels (H100 and H200, 2026-12-07; 12B too): the peak within 3% and the memory over LoRA
     within 0.2 GiB, where the 27B's graph pool counts (uncapped) and where it does not (an L4's memory)."""
     from lib.fast_dora import compare_with_lora
 
     rows = []
-    for name in ("dora-benchmark-h100-2026-12-07.json", "dora-benchmark-h200-2026-12-07.json"):
+    for name in ("dora-benchmark-h100-2026-12-07.json", "dora-benchmark-h200-2026-12-07.json",
+                 "dora-benchmark-h100-2026-12-07-pm.json"):
         measured = json.loads((memory.MEASUREMENTS.parent / name).read_text())
         rows += [r for r in compare_with_lora(measured["rows"]) if r["variant"].startswith("DoRA (fast")
                  and "step_seconds" in r]
     lora_27b = estimate(gpu_run("27B", use_dora=False)).peak_allocated
-    assert {(r["size"], r.get("cap")) for r in rows} == {("1B", None), ("4B", None), ("27B", None), ("27B", "L4")}
+    assert {(r["size"], r.get("cap")) for r in rows} == {("1B", None), ("4B", None), ("12B", None), ("27B", None),
+                                                         ("27B", "L4")}
     for row in rows:
         spec = gpu_run(row["size"], max_seq_length=row["seq"])
         predicted = estimate(spec, allocator_gib=row.get("allocator_cap_gib"))
