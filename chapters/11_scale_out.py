@@ -197,6 +197,9 @@ sharded = compare_with_one_process(model_name, train_records, load_tokenizer(res
                                    processes=processes, steps=fsdp_steps, global_batch=processes * batch_size,
                                    length=fsdp_window, rank=rank, learning_rate=learning_rate, seed=seed,
                                    storages=tuple(fsdp_storages))
+from lib.artifacts import write_json
+
+write_json(runs_dir / "fsdp.json", sharded)  # per storage and process count: losses, bytes held, differences
 MiB = 2 ** 20
 fsdp_table = pd.DataFrame([{
     "storage": row["storage"], "processes": row["processes"],

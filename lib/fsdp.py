@@ -259,6 +259,7 @@ def compare_with_one_process(model: str, records, tokenizer, processes: int = 2,
             row["adapter_relative_difference"] = adapter_difference(row["adapter"], one["adapter"])
     for row in rows:
         del row["adapter"]  # the folder went with the scratch directory
+        row["window_tokens"] = len(job["windows"][0])
     return sorted(rows, key=lambda row: (storages.index(row["storage"]), row["processes"]))
 
 

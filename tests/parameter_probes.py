@@ -46,18 +46,19 @@ class Shown:
     def json(self, relative: str):
         return json.loads((self.run_dir / relative).read_text(encoding="utf-8"))
 
-    def training_args(self):
-        """The TrainingArguments the Trainer ran with, as it saved them in the last checkpoint."""
+    def training_args(self, run: str = ""):
+        """The TrainingArguments the Trainer ran with, as it saved them in the last checkpoint (of
+        the training run in folder `run` of the run folder: a short run's)."""
         import torch
 
-        return torch.load(self.last_checkpoint() / "training_args.bin", weights_only=False)
+        return torch.load(self.last_checkpoint(run) / "training_args.bin", weights_only=False)
 
-    def last_checkpoint(self) -> Path:
-        return max((self.run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    def last_checkpoint(self, run: str = "") -> Path:
+        return max((self.run_dir / run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
-    def trainer_state(self) -> dict:
+    def trainer_state(self, run: str = "") -> dict:
         """The last checkpoint's trainer_state.json (transformers' record of the run)."""
-        return json.loads((self.last_checkpoint() / "trainer_state.json").read_text(encoding="utf-8"))
+        return json.loads((self.last_checkpoint(run) / "trainer_state.json").read_text(encoding="utf-8"))
 
 
 def defaults(stem: str, root: Path) -> dict:
@@ -74,13 +75,21 @@ def fresh(shown: Shown, path: Path) -> bool:
     return path.exists() and path.stat().st_mtime >= started - 1
 
 
+MARKERS = {"11_scale_out": "scale-out/data-parallel/result.json"}  # chapters without a claims ledger
+
+
 def stem_of(shown: Shown) -> str:
     return Path(shown.notebook.metadata["papermill"]["input_path"]).stem.removesuffix(".source")
 
 
+def marker(shown: Shown) -> str:
+    """A file each execution of the chapter writes in its run folder (relative to it)."""
+    return MARKERS.get(stem_of(shown), f"claims/{stem_of(shown)}.json")
+
+
 def run_folder(shown: Shown) -> str:
-    """The run folder's name: the one folder under output_dir this execution wrote its claims into."""
-    names = [p.parent.parent.name for p in shown.output_dir.glob(f"*/claims/{stem_of(shown)}.json") if fresh(shown, p)]
+    """The run folder's name: the one folder under output_dir this execution wrote its marker into."""
+    names = [p.name for p in shown.output_dir.glob("*") if fresh(shown, p / marker(shown))]
     assert len(names) == 1, names
     return names[0]
 
@@ -88,7 +97,7 @@ def run_folder(shown: Shown) -> str:
 def output_folder(shown: Shown, root: Path) -> str:
     """Where this execution wrote its run folder: the given output_dir or the default, root/output."""
     written = [str(folder) for folder in (shown.output_dir, root / "output")
-               if fresh(shown, folder / shown.run_name / "claims" / f"{stem_of(shown)}.json")]
+               if fresh(shown, folder / shown.run_name / marker(shown))]
     assert len(written) == 1, written
     return written[0]
 
@@ -201,6 +210,21 @@ PROBES = {
                                  s.find(r"over (\d+) attempts", int) + 1) // 2,
         "gpu_transcript": lambda s: shown_file(s, "gpu_transcript", lambda data: data["provenance"]["date"]),
     },
+    "11_scale_out": {  # the data-parallel run's folder (lib.adapter_runs) and the FSDP check's rows
+        "model_name": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["base_model"],
+        "run_name": run_folder,
+        "output_dir": lambda s: output_folder(s, ROOT),
+        "compute_dtype": lambda s: s.json(f"{DATA_PARALLEL}/result.json")["compute_dtype"],
+        "batch_size": lambda s: s.trainer_state(DATA_PARALLEL)["train_batch_size"],
+        "steps": lambda s: len(s.json(f"{DATA_PARALLEL}/result.json")["log"]),
+        "max_seq_length": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["config"]["max_seq_length"],
+        "rank": lambda s: s.json(f"{DATA_PARALLEL}/adapter/adapter_config.json")["r"],
+        "learning_rate": lambda s: max(r["learning_rate"] for r in s.json(f"{DATA_PARALLEL}/result.json")["log"]),
+        "seed": lambda s: s.training_args(DATA_PARALLEL).seed,
+        "fsdp_steps": lambda s: len(s.json("scale-out/fsdp.json")[0]["losses"]),
+        "fsdp_window": lambda s: s.json("scale-out/fsdp.json")[0]["window_tokens"],
+        "fsdp_storages": lambda s: list(dict.fromkeys(r["storage"] for r in s.json("scale-out/fsdp.json"))),
+    },
     "06_evaluate": {
         "run_name": run_folder,
         "output_dir": lambda s: output_folder(s, ROOT),
@@ -221,8 +245,18 @@ PROBES = {
 
 COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test_colab_boot.py boots it
 
+DATA_PARALLEL = "scale-out/data-parallel"
+
+# Values made for the smoke runs themselves (a callable of a scratch folder), where no later
+# chapter reads the run: tests/test_chapters.py adds them to tools.course.SMOKE_PARAMETERS.
+MADE_SMOKE_VALUES = {"11_scale_out": {"model_name": linked_model}}
+
 # Parameters no run here can change, with the reason (checked to be parameters of the chapter).
 NOT_CHANGED = {
+    "11_scale_out": {"processes": "the smoke run needs 2 to compare data-parallel with one process, and 3 "
+                                  "processes of the 270M plus the FSDP check took 8.4 GiB at 2 beside the other "
+                                  "test worker; tests/test_distributed.py launches 1 and 2 through the same "
+                                  "call (run_in_fresh_process)"},
     "06_evaluate": {"model_name": "the base must be the model chapter 04's smoke adapter was trained on; "
                                   "chapter 04's probe covers the loader taking a local folder"},
 }

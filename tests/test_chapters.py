@@ -7,7 +7,7 @@ import shutil
 import nbformat
 import pytest
 
-from parameter_probes import COLAB_ONLY, EXTRA_RUNS, NOT_CHANGED, PROBES, Shown, defaults
+from parameter_probes import COLAB_ONLY, EXTRA_RUNS, MADE_SMOKE_VALUES, NOT_CHANGED, PROBES, Shown, defaults
 from tools.course import (ROOT, SMOKE_PARAMETERS, build_book, chapter_parameters, chapters, execute_chapter,
                           execute_concurrently, repository)
 
@@ -26,11 +26,22 @@ def smoke_output(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory, smoke_output):
+def smoke_parameters(tmp_path_factory, smoke_output):
+    """tools.course.SMOKE_PARAMETERS, writing to `smoke_output`, with the values made for the test
+    (parameter_probes.MADE_SMOKE_VALUES)."""
+    made = tmp_path_factory.mktemp("made")
+    parameters = SMOKE_PARAMETERS | {"*": SMOKE_PARAMETERS["*"] | {"output_dir": str(smoke_output)}}
+    for stem, values in MADE_SMOKE_VALUES.items():
+        parameters[stem] = parameters.get(stem, {}) | {name: make(made) for name, make in values.items()}
+    return parameters
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, smoke_parameters):
     """All chapters executed with smoke parameters, two at a time, each after the chapters it
     reads from; a failing cell fails here."""
     folder = tmp_path_factory.mktemp("book")
-    execute_concurrently(folder, SMOKE_PARAMETERS | {"*": SMOKE_PARAMETERS["*"] | {"output_dir": str(smoke_output)}})
+    execute_concurrently(folder, smoke_parameters)
     return folder
 
 
@@ -71,7 +82,7 @@ def extra_run(stem, smoke, default, smoke_output, tmp_path):
 
 
 @pytest.mark.parametrize("stem", PROBES)
-def test_every_parameter_takes_effect(stem, executed, smoke_output, tmp_path):
+def test_every_parameter_takes_effect(stem, executed, smoke_parameters, smoke_output, tmp_path):
     """Each parameter of the chapter is changed (in its smoke run or one more run) and a probe reads
     back, from what the run wrote or showed, the value that took effect (tests/parameter_probes.py)."""
     default = defaults(stem, ROOT)
@@ -79,7 +90,7 @@ def test_every_parameter_takes_effect(stem, executed, smoke_output, tmp_path):
     assert set(exempt) <= set(default), f"{stem}: NOT_CHANGED names no parameter {set(exempt) - set(default)}"
     unprobed = set(default) - set(probes) - COLAB_ONLY - set(exempt)
     assert not unprobed, f"{stem}: no probe for {sorted(unprobed)}"
-    smoke = chapter_parameters(SMOKE_PARAMETERS, stem) | {"output_dir": str(smoke_output)}
+    smoke = chapter_parameters(smoke_parameters, stem)
     runs = {"smoke": Shown(executed / "chapters" / f"{stem}.ipynb", smoke, default)}
     if stem in EXTRA_RUNS:
         runs["extra"] = extra_run(stem, smoke, default, smoke_output, tmp_path)

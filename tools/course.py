@@ -54,7 +54,8 @@ SMOKE_PARAMETERS = {
                        "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
                        "blend_methods": ["linear", "cat"], "blend_eval_records": 1},
     "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4, "fsdp_steps": 2, "fsdp_window": 32,
-                     "fsdp_storages": ["uint8"]},  # tests/test_fsdp.py shards both storages
+                     "fsdp_storages": ["uint8"],  # tests/test_fsdp.py shards both storages
+                     "learning_rate": 1e-4, "seed": 7, "compute_dtype": "float32"},
 }
 
 
