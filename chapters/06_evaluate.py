@@ -233,7 +233,8 @@ gates = [baseline_gate(results["base"], metrics_dir / "baseline.json"),
                           base_rows=rows["base"], tuned_rows=rows["fine-tuned"], max_p=max_p_value)]
 write_json(metrics_dir / "evaluation.json", {"results": results, "examples": rows, "seconds": seconds,
                                              "prompt_examples": [r.meta.get("function") for r in shots],
-                                             "compute_dtype": str(model.dtype).removeprefix("torch.")})
+                                             "compute_dtype": str(model.dtype).removeprefix("torch."),
+                                             "base_model": model.get_base_model().config._name_or_path})
 write_gates(metrics_dir / "gates.json", gates)
 pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g in gates])
 

@@ -386,10 +386,12 @@ def evaluate_gguf(path: str | Path, tokenizer, records, generate_n: int, max_new
         metrics = gguf_response_loss(llm, tokenizer, records)
         subset = generation_subset(records, generate_n)
         generations, speed = gguf_generate(llm, tokenizer, [r.prompt_messages for r in subset], max_new_tokens)
+        context = llm.n_ctx()  # the context llama.cpp allocated
     finally:
         llm.close()
     code, rows = code_metrics(generations, subset)
-    return metrics | code | speed | {"load_seconds": load_seconds, "file_mib": Path(path).stat().st_size / 2**20}, rows
+    return metrics | code | speed | {"load_seconds": load_seconds, "file_mib": Path(path).stat().st_size / 2**20,
+                                     "n_ctx": context}, rows
 
 
 def evaluate_merged(folder: str | Path, tokenizer, records, generate_n: int, max_new_tokens: int,
@@ -408,7 +410,8 @@ def evaluate_merged(folder: str | Path, tokenizer, records, generate_n: int, max
         raise ValueError(f"{folder}: the model still has LoRA modules; merge_adapter writes a plain model")
     metrics, rows = evaluate_model(merged, tokenizer, records, generate_n, max_new_tokens, batch_size)
     size = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
-    return metrics | {"load_seconds": load_seconds, "file_mib": size}, rows
+    return metrics | {"load_seconds": load_seconds, "file_mib": size,
+                      "compute_dtype": str(merged.dtype).removeprefix("torch.")}, rows
 
 
 # ------------------------------------------------------------------ Ollama

@@ -127,17 +127,26 @@ def largest_batch(rows: list[dict]) -> int:
     return max(Counter(r["batch"] for r in rows).values())
 
 
-def linked_model(folder: Path) -> str:
+def linked_adapter(folder: Path, parameters: dict) -> str:
+    """A symlink to the adapter chapter 04's smoke run will write (dangling until then): the same
+    adapter reached through another path, which chapter 07 names when it exports it."""
+    link = folder / "linked-adapter"
+    link.symlink_to(Path(parameters["*"]["output_dir"]) / parameters["*"]["run_name"] / "adapter")
+    return str(link)
+
+
+def linked_model(folder: Path, parameters: dict | None = None) -> str:
     """The embedded model's converted folder reached through a symlink in `folder`: the same weights
     as a local folder path, which the run records where the alias would record the cache's path."""
     from lib.model import resolve_model
 
     link = folder / "linked-model"
-    link.symlink_to(resolve_model("gemma-3-270m").path_or_id)
+    if not link.is_symlink():  # one link serves every chapter given it
+        link.symlink_to(resolve_model("gemma-3-270m").path_or_id)
     return str(link)
 
 
-def dated_transcript(folder: Path) -> str:
+def dated_transcript(folder: Path, parameters: dict | None = None) -> str:
     """A copy of chapter 05's stored GPU transcript whose provenance date says it is the copy."""
     data = json.loads((ROOT / "data" / "measurements" / "oom-ladder-gpu.json").read_text(encoding="utf-8"))
     data["provenance"]["date"] = "1999-12-31"
@@ -147,7 +156,7 @@ def dated_transcript(folder: Path) -> str:
 
 
 # Changes the later chapters' smoke runs must not see (they read chapter 04's adapter) or that need
-# a file made for the test (a callable of a scratch folder): made in one more run of the chapter,
+# a file made for the test (a callable of a scratch folder and the parameters): made in one more run of the chapter,
 # in a copy of its smoke run folder (so `resume` has a checkpoint to act on).
 EXTRA_RUNS = {
     "04_trinity_training": {"rank": 16, "alpha": 8, "use_rslora": False, "use_dora": False, "seed": 7,
@@ -225,7 +234,26 @@ PROBES = {
         "fsdp_window": lambda s: s.json("scale-out/fsdp.json")[0]["window_tokens"],
         "fsdp_storages": lambda s: list(dict.fromkeys(r["storage"] for r in s.json("scale-out/fsdp.json"))),
     },
+    "07_export": {  # metrics/export.json: every model's results and generations
+        "run_name": run_folder,
+        "output_dir": lambda s: output_folder(s, ROOT),
+        "adapter_dir": lambda s: s.find(r"exporting (\S+) \(base"),  # the adapter it copied and merged
+        "quantizations": lambda s: sorted(p.stem.removeprefix("model-") for p in (s.run_dir / "export" / "gguf").glob(
+            "model-*.gguf") if fresh(s, p) and p.stem != "model-f16"),
+        "eval_limit": lambda s: s.find(r"; (\d+) test records", int),
+        "generate_n": lambda s: len(s.json("metrics/export.json")["examples"]["merged bf16"]),
+        "max_new_tokens": lambda s: max(r["new_tokens"] for rows in s.json("metrics/export.json")["examples"].values()
+                                        for r in rows),
+        "eval_batch_size": lambda s: largest_batch(s.json("metrics/export.json")["examples"]["merged bf16"]),
+        "n_ctx": lambda s: {r["n_ctx"] for k, r in s.json("metrics/export.json")["results"].items()
+                            if k.startswith("GGUF")}.pop(),
+        "compare_original_merge": lambda s: fresh(s, s.run_dir / "export" / "merged-into-original" / "config.json"),
+        "max_relative_change": lambda s: int(re.search(r"need within (\d+)%", s.json("metrics/export-gates.json")[0]
+                                                       ["detail"]).group(1)) / 100,  # what the gates judged by
+        "compute_dtype": lambda s: s.json("metrics/export.json")["results"]["merged bf16"]["compute_dtype"],
+    },
     "06_evaluate": {
+        "model_name": lambda s: s.json("metrics/evaluation.json")["base_model"],  # the base the adapter ran on
         "run_name": run_folder,
         "output_dir": lambda s: output_folder(s, ROOT),
         "eval_limit": lambda s: s.find(r"(\d+) test records from", int),
@@ -247,16 +275,20 @@ COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test
 
 DATA_PARALLEL = "scale-out/data-parallel"
 
-# Values made for the smoke runs themselves (a callable of a scratch folder), where no later
-# chapter reads the run: tests/test_chapters.py adds them to tools.course.SMOKE_PARAMETERS.
-MADE_SMOKE_VALUES = {"11_scale_out": {"model_name": linked_model}}
+# Values made for the smoke runs themselves (a callable of a scratch folder and the smoke
+# parameters), where no later chapter reads what they change: tests/test_chapters.py adds them to
+# tools.course.SMOKE_PARAMETERS.
+MADE_SMOKE_VALUES = {"06_evaluate": {"model_name": linked_model},
+                     "07_export": {"adapter_dir": linked_adapter},
+                     "11_scale_out": {"model_name": linked_model}}
 
 # Parameters no run here can change, with the reason (checked to be parameters of the chapter).
 NOT_CHANGED = {
+    "07_export": {"model_name": "another name for the same base is a local folder, and llama.cpp's converter "
+                                "needs that folder's tokenizer.model, which the course rebuilds only for the "
+                                "embedded alias (the converted folder has none; offline, nothing else provides it)"},
     "11_scale_out": {"processes": "the smoke run needs 2 to compare data-parallel with one process, and 3 "
                                   "processes of the 270M plus the FSDP check took 8.4 GiB at 2 beside the other "
                                   "test worker; tests/test_distributed.py launches 1 and 2 through the same "
                                   "call (run_in_fresh_process)"},
-    "06_evaluate": {"model_name": "the base must be the model chapter 04's smoke adapter was trained on; "
-                                  "chapter 04's probe covers the loader taking a local folder"},
 }

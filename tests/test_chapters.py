@@ -32,7 +32,7 @@ def smoke_parameters(tmp_path_factory, smoke_output):
     made = tmp_path_factory.mktemp("made")
     parameters = SMOKE_PARAMETERS | {"*": SMOKE_PARAMETERS["*"] | {"output_dir": str(smoke_output)}}
     for stem, values in MADE_SMOKE_VALUES.items():
-        parameters[stem] = parameters.get(stem, {}) | {name: make(made) for name, make in values.items()}
+        parameters[stem] = parameters.get(stem, {}) | {name: make(made, parameters) for name, make in values.items()}
     return parameters
 
 
@@ -71,7 +71,7 @@ def test_training_progress_is_one_line_updated_in_place(executed):
 def extra_run(stem, smoke, default, smoke_output, tmp_path):
     """The chapter run again with EXTRA_RUNS' changes on top of its smoke parameters, in a copy of
     its smoke run folder; returns what it left (a Shown)."""
-    changes = {name: value(tmp_path) if callable(value) else value for name, value in EXTRA_RUNS[stem].items()}
+    changes = {name: value(tmp_path, smoke) if callable(value) else value for name, value in EXTRA_RUNS[stem].items()}
     out = tmp_path / "output"
     # what the chapter reads or resumes from; not the later chapters' large outputs (GGUFs, merges)
     shutil.copytree(smoke_output / smoke["run_name"], out / smoke["run_name"],

@@ -40,8 +40,9 @@ SMOKE_PARAMETERS = {
     "06_evaluate": {"eval_limit": 4, "generate_n": 3, "max_new_tokens": 16, "eval_batch_size": 2,
                     "repetition_penalty": 1.3, "prompt_shots": 2, "min_loss_drop": 0.1, "min_task_gain": 20.0,
                     "max_p_value": 0.1, "compute_dtype": "float32"},
-    "07_export": {"eval_limit": 4, "generate_n": 2, "max_new_tokens": 16, "eval_batch_size": 2,
-                  "quantizations": ["q4_k_m"]},  # q8_0's path is the same call (tests/test_export.py runs it)
+    "07_export": {"eval_limit": 4, "generate_n": 3, "max_new_tokens": 16, "eval_batch_size": 2,
+                  "quantizations": ["q4_k_m"],  # q8_0's path is the same call (tests/test_export.py runs it)
+                  "n_ctx": 512, "compare_original_merge": False, "max_relative_change": 0.1, "compute_dtype": "float32"},
     "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
                            "eval_n": 2, "max_new_tokens": 16, "eval_batch_size": 2, "vision_max_steps": 2,
                            "vision_eval_n": 1},
