@@ -2,12 +2,15 @@
 wrote or showed, the value of one parameter that took effect (tests/test_chapters.py).
 
 A chapter listed in PROBES has every parameter of its parameters cell changed from its default,
-in the smoke run (tools.course.SMOKE_PARAMETERS) or in one more run of that chapter (EXTRA_RUNS,
-for changes the later chapters' smoke runs should not see), and a probe for each: the test fails
-if a probe reads back anything but the value the run was given. Probes read effects (the adapter's
-config as peft saved it, the checkpoints' trainer state, generation lengths), not the chapter's
-echo of its parameters. The other chapters are checked statically (tests/test_parameters.py) and
-00, 02 and 03 by one run per parameter there.
+in the smoke run (tools.course.SMOKE_PARAMETERS, plus MADE_SMOKE_VALUES: files made for the test)
+or in one more run of that chapter (EXTRA_RUNS, for changes the later chapters' smoke runs should
+not see), and a probe for each (or a reason in NOT_CHANGED): the test fails
+if a probe reads back anything but the value the run was given. Probes read effects where the run
+leaves them (the adapter's config as peft saved it, the checkpoints' trainer state and arguments,
+generation lengths and batches, files written); where a parameter only shapes what the chapter
+prints (the spec chapter 05 estimates, the adapter path chapter 07 exports), the printed value.
+The other chapters are checked statically (tests/test_parameters.py) and 00, 02 and 03 by one run
+per parameter there.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def fresh(shown: Shown, path: Path) -> bool:
     return path.exists() and path.stat().st_mtime >= started - 1
 
 
-MARKERS = {"11_scale_out": "scale-out/data-parallel/result.json"}  # chapters without a claims ledger
+DATA_PARALLEL = "scale-out/data-parallel"  # chapter 11's data-parallel short run (lib.adapter_runs)
+MARKERS = {"11_scale_out": f"{DATA_PARALLEL}/result.json"}  # chapters without a claims ledger
 
 
 def stem_of(shown: Shown) -> str:
@@ -219,20 +223,22 @@ PROBES = {
                                  s.find(r"over (\d+) attempts", int) + 1) // 2,
         "gpu_transcript": lambda s: shown_file(s, "gpu_transcript", lambda data: data["provenance"]["date"]),
     },
-    "11_scale_out": {  # the data-parallel run's folder (lib.adapter_runs) and the FSDP check's rows
-        "model_name": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["base_model"],
+    "06_evaluate": {
+        "model_name": lambda s: s.json("metrics/evaluation.json")["base_model"],  # the base the adapter ran on
         "run_name": run_folder,
         "output_dir": lambda s: output_folder(s, ROOT),
-        "compute_dtype": lambda s: s.json(f"{DATA_PARALLEL}/result.json")["compute_dtype"],
-        "batch_size": lambda s: s.trainer_state(DATA_PARALLEL)["train_batch_size"],
-        "steps": lambda s: len(s.json(f"{DATA_PARALLEL}/result.json")["log"]),
-        "max_seq_length": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["config"]["max_seq_length"],
-        "rank": lambda s: s.json(f"{DATA_PARALLEL}/adapter/adapter_config.json")["r"],
-        "learning_rate": lambda s: max(r["learning_rate"] for r in s.json(f"{DATA_PARALLEL}/result.json")["log"]),
-        "seed": lambda s: s.training_args(DATA_PARALLEL).seed,
-        "fsdp_steps": lambda s: len(s.json("scale-out/fsdp.json")[0]["losses"]),
-        "fsdp_window": lambda s: s.json("scale-out/fsdp.json")[0]["window_tokens"],
-        "fsdp_storages": lambda s: list(dict.fromkeys(r["storage"] for r in s.json("scale-out/fsdp.json"))),
+        "eval_limit": lambda s: s.find(r"(\d+) test records from", int),
+        "generate_n": lambda s: len(generations(s, "base")) - s.find(r"\((\d+) of them added for their doctests", int),
+        "max_new_tokens": lambda s: max(r["new_tokens"] for rows in s.json("metrics/evaluation.json")["examples"].values()
+                                        for r in rows),
+        "eval_batch_size": lambda s: largest_batch(generations(s, "base")),
+        "repetition_penalty": lambda s: float(next(k for k in s.json("metrics/evaluation.json")["results"]
+                                                   if "repetition penalty" in k).rsplit(" ", 1)[1]),
+        "prompt_shots": lambda s: len(s.json("metrics/evaluation.json")["prompt_examples"]),
+        "min_loss_drop": lambda s: s.find(r"lower, need (\d+)%\)", int) / 100,
+        "min_task_gain": lambda s: s.find(r"points, need \+(\d+)\)", float),
+        "max_p_value": lambda s: s.find(r"need < ([0-9.]+)\)", float),
+        "compute_dtype": lambda s: s.json("metrics/evaluation.json")["compute_dtype"],
     },
     "07_export": {  # metrics/export.json: every model's results and generations
         "run_name": run_folder,
@@ -252,28 +258,24 @@ PROBES = {
                                                        ["detail"]).group(1)) / 100,  # what the gates judged by
         "compute_dtype": lambda s: s.json("metrics/export.json")["results"]["merged bf16"]["compute_dtype"],
     },
-    "06_evaluate": {
-        "model_name": lambda s: s.json("metrics/evaluation.json")["base_model"],  # the base the adapter ran on
+    "11_scale_out": {  # the data-parallel run's folder (lib.adapter_runs) and the FSDP check's rows
+        "model_name": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["base_model"],
         "run_name": run_folder,
         "output_dir": lambda s: output_folder(s, ROOT),
-        "eval_limit": lambda s: s.find(r"(\d+) test records from", int),
-        "generate_n": lambda s: len(generations(s, "base")) - s.find(r"\((\d+) of them added for their doctests", int),
-        "max_new_tokens": lambda s: max(r["new_tokens"] for rows in s.json("metrics/evaluation.json")["examples"].values()
-                                        for r in rows),
-        "eval_batch_size": lambda s: largest_batch(generations(s, "base")),
-        "repetition_penalty": lambda s: float(next(k for k in s.json("metrics/evaluation.json")["results"]
-                                                   if "repetition penalty" in k).rsplit(" ", 1)[1]),
-        "prompt_shots": lambda s: len(s.json("metrics/evaluation.json")["prompt_examples"]),
-        "min_loss_drop": lambda s: s.find(r"lower, need (\d+)%\)", int) / 100,
-        "min_task_gain": lambda s: s.find(r"points, need \+(\d+)\)", float),
-        "max_p_value": lambda s: s.find(r"need < ([0-9.]+)\)", float),
-        "compute_dtype": lambda s: s.json("metrics/evaluation.json")["compute_dtype"],
+        "compute_dtype": lambda s: s.json(f"{DATA_PARALLEL}/result.json")["compute_dtype"],
+        "batch_size": lambda s: s.trainer_state(DATA_PARALLEL)["train_batch_size"],
+        "steps": lambda s: len(s.json(f"{DATA_PARALLEL}/result.json")["log"]),
+        "max_seq_length": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["config"]["max_seq_length"],
+        "rank": lambda s: s.json(f"{DATA_PARALLEL}/adapter/adapter_config.json")["r"],
+        "learning_rate": lambda s: max(r["learning_rate"] for r in s.json(f"{DATA_PARALLEL}/result.json")["log"]),
+        "seed": lambda s: s.training_args(DATA_PARALLEL).seed,
+        "fsdp_steps": lambda s: len(s.json("scale-out/fsdp.json")[0]["losses"]),
+        "fsdp_window": lambda s: s.json("scale-out/fsdp.json")[0]["window_tokens"],
+        "fsdp_storages": lambda s: list(dict.fromkeys(r["storage"] for r in s.json("scale-out/fsdp.json"))),
     },
 }
 
 COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test_colab_boot.py boots it
-
-DATA_PARALLEL = "scale-out/data-parallel"
 
 # Values made for the smoke runs themselves (a callable of a scratch folder and the smoke
 # parameters), where no later chapter reads what they change: tests/test_chapters.py adds them to

@@ -68,14 +68,26 @@ def test_training_progress_is_one_line_updated_in_place(executed):
     assert len(shown) == 1 and f"done: step {steps}/{steps}" in shown[0], shown
 
 
+def copy_training_run(source, target):
+    """The prepared data and chapter 04's training run (lib.training.run_paths: what a resume reads),
+    not the later chapters' outputs in the same folder (GBs of merges and short runs)."""
+    from lib.training import run_paths
+
+    target.mkdir(parents=True)
+    for path in [source / "data", *(p for name, p in run_paths(source).items() if name != "run")]:
+        if path.is_dir():
+            shutil.copytree(path, target / path.relative_to(source), dirs_exist_ok=True)
+        elif path.exists():
+            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target / path.relative_to(source))
+
+
 def extra_run(stem, smoke, default, smoke_output, tmp_path):
     """The chapter run again with EXTRA_RUNS' changes on top of its smoke parameters, in a copy of
     its smoke run folder; returns what it left (a Shown)."""
     changes = {name: value(tmp_path, smoke) if callable(value) else value for name, value in EXTRA_RUNS[stem].items()}
     out = tmp_path / "output"
-    # what the chapter reads or resumes from; not the later chapters' large outputs (GGUFs, merges)
-    shutil.copytree(smoke_output / smoke["run_name"], out / smoke["run_name"],
-                    ignore=shutil.ignore_patterns("export", "ghost-*", "scale-out", "runs"))
+    copy_training_run(smoke_output / smoke["run_name"], out / smoke["run_name"])
     given = smoke | changes | {"output_dir": str(out)}
     execute_chapter(ROOT / "chapters" / f"{stem}.py", tmp_path / f"{stem}.ipynb", given)
     return Shown(tmp_path / f"{stem}.ipynb", given, default)
