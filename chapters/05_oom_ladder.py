@@ -160,7 +160,8 @@ pd.DataFrame(demo.rows())[["rung", "settings", "predicted_peak_gib", "outcome", 
 
 # %%
 print(f"the local ladder trains {source.path_or_id} on {demo_seq_length} tokens: {len(gpu.models_seen)} model "
-      f"forward passes seen over {len(demo.attempts)} attempts; models still alive after the ladder: {alive}")
+      f"forward passes seen over {len(demo.attempts)} attempts, {gpu.optimizer_steps} optimizer steps taken; "
+      f"models still alive after the ladder: {alive}")
 assert demo.chosen is not None and alive == 0, "a failed attempt's model was not freed"
 
 # %% [markdown]

@@ -209,7 +209,8 @@ class SimulatedGPU:
     While the context is open, a forward hook on every module raises `torch.OutOfMemoryError` from
     inside the model's forward pass (so its traceback holds the model and activations, as a real
     one does) whenever `fits(spec)` is False for the spec being attempted. Each attempted model
-    is remembered by a weak reference, so the caller can check that recovery freed it.
+    is remembered by a weak reference, so the caller can check that recovery freed it, and every
+    torch optimizer step taken meanwhile is counted (`optimizer_steps`: a refused attempt takes none).
 
         probe = probe_attempt(path, steps=2)
         with SimulatedGPU(probe, fits=lambda s: estimate(s).peak_allocated <= 1.5, label="1.5 GiB") as gpu:
@@ -222,6 +223,7 @@ class SimulatedGPU:
         self._attempt, self.fits, self.label = attempt, fits, label
         self.current: RunSpec | None = None
         self.models_seen: list[weakref.ref] = []
+        self.optimizer_steps = 0
 
     def attempt(self, spec: RunSpec) -> float | None:
         """The `attempt` to give `run_ladder`: the wrapped attempt, under this GPU's budget."""
@@ -244,11 +246,18 @@ class SimulatedGPU:
     def __enter__(self) -> "SimulatedGPU":
         import torch
 
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
         self._handle = torch.nn.modules.module.register_module_forward_hook(self._hook)
+        self._steps_handle = register_optimizer_step_post_hook(self._count_step)
         return self
+
+    def _count_step(self, optimizer, args, kwargs) -> None:
+        self.optimizer_steps += 1
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
+        self._steps_handle.remove()
 
 
 def make_optimizer(name: str, params):

@@ -217,10 +217,8 @@ PROBES = {
         # section 3: the ladder run on this machine (its first attempt, and the simulated GPU's error)
         "demo_seq_length": lambda s: s.find(r"0\s+as asked\s+seq (\d+), r=", int),
         "demo_budget_gib": lambda s: s.find(r"CUDA out of memory \(([0-9.]+) GiB GPU, simulated\)", float),
-        # each failed attempt ran one forward pass; the one that fitted, two per optimizer step
-        # (the simulated GPU counts peft's wrapper and the Gemma model inside it)
-        "demo_steps": lambda s: (s.find(r"(\d+) model forward passes seen", int) -
-                                 s.find(r"over (\d+) attempts", int) + 1) // 2,
+        # counted by the simulated GPU's optimizer hook: a refused attempt takes none
+        "demo_steps": lambda s: s.find(r"(\d+) optimizer steps taken", int),
         "gpu_transcript": lambda s: shown_file(s, "gpu_transcript", lambda data: data["provenance"]["date"]),
     },
     "06_evaluate": {

@@ -79,6 +79,7 @@ def test_recovery_frees_the_failed_training_step(tiny_source):
                                        gpu.attempt, start="top", log=lambda _: None)
     assert [a.outcome for a in result.attempts] == ["oom", "ok"]
     assert len(gpu.models_seen) >= 2 and gpu.models_alive() == 0
+    assert gpu.optimizer_steps == 1  # the refused attempt stepped nothing; the one that fit, its one step
 
 
 def test_will_it_fit_command_line():
