@@ -83,8 +83,9 @@ def copy_training_run(source, target):
 
 
 def extra_run(stem, smoke, default, smoke_output, tmp_path):
-    """The chapter run again with EXTRA_RUNS' changes on top of its smoke parameters, in a copy of
-    its smoke run folder; returns what it left (a Shown)."""
+    """The chapter run again with EXTRA_RUNS' changes on top of its smoke parameters, in a new output
+    folder holding a copy of the smoke run's data and training run (`copy_training_run`); returns
+    what it left (a Shown)."""
     changes = {name: value(tmp_path, smoke) if callable(value) else value for name, value in EXTRA_RUNS[stem].items()}
     out = tmp_path / "output"
     copy_training_run(smoke_output / smoke["run_name"], out / smoke["run_name"])
