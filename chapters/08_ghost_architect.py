@@ -429,6 +429,7 @@ from lib.vision import generate_ddl
 
 shown = test_examples[:vision_eval_n]
 answers = generate_ddl(vision, processor, [data_dir / e.image for e in shown], INSTRUCTION, max_new_tokens)
+print(f"{len(shown)} test screenshots read by the vision model ({vision_name}, preset {chosen_preset.name}):")
 vision_report = report([e.id for e in shown], [extract_sql(a) for a in answers], [e.ddl for e in shown])
 vision_report.assign(generated=[a[:60] for a in answers])[["id", "parses", "executes", "column_f1", "generated"]]
 

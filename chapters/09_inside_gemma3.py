@@ -482,6 +482,13 @@ ledger_table(run_dir, only_measured=True).query("id in ('C25', 'C26', 'C27')")
 # ## Summary
 
 # %%
+from lib.artifacts import write_json
+
+write_json(run_dir / "metrics" / "inside-gemma3.json", {  # the measurements above, for later runs to compare with
+    "compute_dtype": str(env.compute_dtype).removeprefix("torch."), "kv_cache": measured_cache.to_dict("records"),
+    "spans": spans.to_dict("records"), "drift": drift, "held_out": held_out, "membership": membership,
+    **{name: [r.to_dict() for r in runs] for name, runs in
+       {"capacity": capacity_runs, "capacity_lora": lora_runs, "real_lora": real_runs}.items()}})
 saved_32k = kv.set_index(["model", "tokens"])["saved"]
 base_row = spans.iloc[0]
 long_rows = spans[spans["evaluated_on"] != "test split"].set_index("change")

@@ -197,6 +197,7 @@ plots.accumulated_rank(growth, final);
 
 # %%
 import torch
+from lib.artifacts import write_json
 from lib.blending import adapter_bytes, blend, blend_effective, load_adapters, switch_cost
 from lib.data import load_prepared
 from lib.evaluation import response_loss
@@ -208,9 +209,11 @@ source = resolve_model(model_name)
 tokenizer = load_tokenizer(source)
 code_test = load_prepared(run_dir / "data")["test"][:blend_eval_records]
 ddl_test = text_records(load_examples(run_dir / "ghost-data"), "test", run_dir / "ghost-data", "ocr")[:blend_eval_records]
-model = load_adapters(load_causal_lm(source, env.compute_dtype), {
-    "code": run_paths(run_dir)["adapter"], "sql": run_paths(run_dir / ghost_adapter)["adapter"]})
+adapters = {"code": run_paths(run_dir)["adapter"], "sql": run_paths(run_dir / ghost_adapter)["adapter"]}
+model = load_adapters(load_causal_lm(source, env.compute_dtype), adapters)
 model.eval()
+print("; ".join(f"{name} adapter: {path}" for name, path in adapters.items())
+      + f"; scored on {len(code_test)} code and {len(ddl_test)} SQL test records")
 
 
 def scores(adapter):
@@ -239,6 +242,8 @@ for w in blend_weights:
     blends.append({"method": "effective (SVD of W' - W)", "w": w, **scores(name), "energy kept": kept["energy_kept_median"]})
     model.set_adapter("code")
     model.delete_adapter(name)
+write_json(run_dir / "metrics" / "blends.json", {"adapters": {k: str(v) for k, v in adapters.items()},
+                                                  "refused": refused, "blends": blends})
 blends = pd.DataFrame(blends)
 print("refused:", refused or "none")
 plots.blend_tradeoff(blends);

@@ -47,8 +47,8 @@ class AdapterRun:
     """One short run: a name, its `spec` (`lib.run_spec.RunSpec`, usually `SHORT_RUN.replace(...)`),
     the data, and what to measure.
 
-    dataset_dir: chapter 03's prepared splits (relative to the repository). `track_every`: record
-    the DoRA paper's Delta M / Delta D every N steps (0: never). ReLoRA (`lib.relora`):
+    dataset_dir: a folder of train/val/test split files (relative to the repository, or absolute).
+    `track_every`: record the DoRA paper's Delta M / Delta D every N steps (0: never). ReLoRA (`lib.relora`):
     relora_every > 0 merges the adapter into the base and restarts it every N steps, pruning that
     share (relora_prune) of the optimizer state and re-warming the learning rate over
     relora_warmup steps (0: the plain cosine; with relora_every 0 the schedule is the spec's).
@@ -189,8 +189,9 @@ def train_adapter(run: AdapterRun, run_dir: str | Path) -> dict:
 
         model.eval()
         # response_loss calls the decoder inside the model, below FSDP2's root unit: gather it all first
+        test = prepared["test"][:run.eval_records]
         with torch.no_grad(), unsharded(model):
-            summary["test_loss"] = response_loss(model, tokenizer, prepared["test"][:run.eval_records])
+            summary["test_loss"] = response_loss(model, tokenizer, test) | {"records": len(test)}
     summary |= summarize(summary["log"], seconds)
     # Every process's view, so a data-parallel run can show that all processes hold one adapter.
     summary["processes"] = world_size()

@@ -242,7 +242,8 @@ def span_cost(model, spans: dict[int, int | None], window: int, *, blocks: torch
     or on conversation `records` with their `tokenizer` (response loss, `lib.evaluation`); exactly
     one of the two. `kv_saved_share` (0..1, negative when a change caches more) is the KV cache the
     change saves at the evaluated length: T for blocks, the longest record for records.
-    Raises ValueError when neither or both are given.
+    `sequences`: how many blocks or records it scored. Raises ValueError when neither or both are
+    given.
     """
     from .data import tokenize_conversation
     from .evaluation import response_loss
@@ -256,7 +257,7 @@ def span_cost(model, spans: dict[int, int | None], window: int, *, blocks: torch
         else:
             loss, tokens = block_loss(model, blocks, from_position=window), blocks.shape[1]
     kinds = layer_kinds(model)
-    return {"loss": loss, "tokens": tokens,
+    return {"loss": loss, "tokens": tokens, "sequences": len(records) if records is not None else blocks.shape[0],
             "kv_saved_share": 1 - cached_tokens(kinds, window, tokens, spans) / cached_tokens(kinds, window, tokens)}
 
 

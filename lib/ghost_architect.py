@@ -223,29 +223,33 @@ def evaluate_text_model(model, tokenizer, examples: list[GhostExample], max_new_
 
     The screen text is `texts[i]` when given (e.g. `read_screens_timed`'s OCR of the screenshots),
     else the example's own (`source`: "dom" or "ocr", see `lib.ghost_dataset.screen_of`). Returns
-    the per-example DataFrame of `lib.sql_eval.report` with the SQL and the generation seconds per
+    the per-example DataFrame of `lib.sql_eval.report` with the SQL, the tokens generated
+    (`new_tokens`), the batch that generated it (`batch`: 0, 1, ...) and the generation seconds per
     screen (a batch's time over its screens), and the total seconds. With adapter=False a peft
     model runs as its base model.
     """
     import time
 
-    from .evaluation import adapter_switch, generate
+    from .evaluation import adapter_switch, generate_with_details
     from .ghost_dataset import screen_of
 
     texts = texts if texts is not None else [screen_of(e, source) for e in examples]
     if len(texts) != len(examples):
         raise ValueError(f"{len(texts)} texts for {len(examples)} examples")
     model.eval()
-    answers, seconds = [], []
+    answers, seconds, batches = [], [], []
     with adapter_switch(model, adapter):
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
             started = time.monotonic()
-            answers += generate(model, tokenizer, [text_prompt(t) for t in batch], max_new_tokens, len(batch))
+            answers += generate_with_details(model, tokenizer, [text_prompt(t) for t in batch], max_new_tokens,
+                                             len(batch))
             seconds += [(time.monotonic() - started) / len(batch)] * len(batch)
-    sql = [extract_sql(a) for a in answers]
+            batches += [start // batch_size] * len(batch)
+    sql = [extract_sql(a.text) for a in answers]
     table = report([e.id for e in examples], sql, [e.ddl for e in examples])
-    return table.assign(sql=sql, generation_seconds=seconds), sum(seconds)
+    return table.assign(sql=sql, new_tokens=[a.new_tokens for a in answers], batch=batches,
+                        generation_seconds=seconds), sum(seconds)
 
 
 def train_text_architect(examples: list[GhostExample], folder: str | Path, source: str, run_dir: str | Path,

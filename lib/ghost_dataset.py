@@ -10,6 +10,7 @@ schema was never seen in training. Repeated schemas are skipped.
     <folder>/images/<id>.png
     <folder>/examples.jsonl        one example per line
     <folder>/dataset.json          the settings it was built with; the same settings reuse it
+    <folder>/build.json            how it was built: {"ocr_processes": processes that read it back}
 
 The whole set is built in a staging folder and moved into place when complete: a build that
 fails or is killed leaves the previous dataset as it was.
@@ -98,13 +99,16 @@ def build_dataset(folder: str | Path, examples: int = 320, seed: int = 0, screen
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
     try:
         captures = screenshot(screens, staging / "images", names=[m[0] for m in meta])
-        read_back = read_screens([c.image for c in captures], workers) if ocr else [""] * len(captures)
+        processes = ocr_processes(len(captures), workers) if ocr else 0
+        read_back = read_screens([c.image for c in captures], processes) if ocr else [""] * len(captures)
         result = [GhostExample(name, split, schema.seed, schema.domain, screen.kind, screen.style, screen.tables,
                                schema.subset(screen.tables).ddl(), str(capture.image.relative_to(staging)),
                                capture.text, text)
                   for (name, split, schema), screen, capture, text in zip(meta, screens, captures, read_back)]
         (staging / "examples.jsonl").write_text("".join(json.dumps(asdict(e)) + "\n" for e in result))
         (staging / "dataset.json").write_text(json.dumps(settings, indent=2) + "\n")
+        # how it was built, beside the settings that decide reuse (which the process count does not)
+        (staging / "build.json").write_text(json.dumps({"ocr_processes": processes}) + "\n")
         replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -121,16 +125,23 @@ def _reuse(folder: Path, settings: dict) -> list[GhostExample] | None:
     return None
 
 
+def ocr_processes(images: int, workers: int | None = None) -> int:
+    """How many processes read `images` screenshots back: `workers`, or by default one per CPU core
+    (at most one per screenshot)."""
+    import os
+
+    return workers or min(images, os.cpu_count() or 1)
+
+
 def read_screens(images: list[Path], workers: int | None = None) -> list[str]:
     """`lib.screen_layout.read_screen` of each screenshot, in `workers` processes (default: one per
-    CPU core; onnxruntime on one thread each)."""
-    import os
+    CPU core, `ocr_processes`; onnxruntime on one thread each)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from .screen_layout import read_screen
 
-    workers = workers or min(len(images), os.cpu_count() or 1)
+    workers = ocr_processes(len(images), workers)
     if workers <= 1:
         return [read_screen(path) for path in images]
     # spawn, not fork: the parent may hold torch's and onnxruntime's threads

@@ -46,7 +46,7 @@ def hidden_states(model, tokenizer, records: list[Record]) -> list[torch.Tensor]
 def drift_by_layer(model, tokenizer, records: list[Record]) -> list[dict]:
     """Base (adapter off) vs fine-tuned (adapter on) hidden states of a peft model, per layer.
 
-    Rows: layer (0 = embeddings), cosine_drift, linear_cka, tokens.
+    Rows: layer (0 = embeddings), cosine_drift, linear_cka, tokens (over all `records`), records.
     """
     with adapter_switch(model, enabled=False):
         base = hidden_states(model, tokenizer, records)
@@ -55,5 +55,5 @@ def drift_by_layer(model, tokenizer, records: list[Record]) -> list[dict]:
     for layer, (x, y) in enumerate(zip(base, tuned)):
         cosine = torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=-1).mean()
         rows.append({"layer": layer, "cosine_drift": float(1 - cosine), "linear_cka": linear_cka(x, y),
-                     "tokens": x.shape[0]})
+                     "tokens": x.shape[0], "records": len(records)})
     return rows

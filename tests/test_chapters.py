@@ -7,7 +7,8 @@ import shutil
 import nbformat
 import pytest
 
-from parameter_probes import COLAB_ONLY, EXTRA_RUNS, MADE_SMOKE_VALUES, NOT_CHANGED, PROBES, Shown, defaults
+from parameter_probes import (COLAB_ONLY, EXTRA_RUN_REUSES, EXTRA_RUNS, MADE_SMOKE_VALUES, NOT_CHANGED, PROBES, Shown,
+                              defaults)
 from tools.course import (ROOT, SMOKE_PARAMETERS, build_book, chapter_parameters, chapters, execute_chapter,
                           execute_concurrently, repository)
 
@@ -68,13 +69,15 @@ def test_training_progress_is_one_line_updated_in_place(executed):
     assert len(shown) == 1 and f"done: step {steps}/{steps}" in shown[0], shown
 
 
-def copy_training_run(source, target):
-    """The prepared data and chapter 04's training run (lib.training.run_paths: what a resume reads),
-    not the later chapters' outputs in the same folder (GBs of merges and short runs)."""
+def copy_training_run(source, target, also=()):
+    """The prepared data and chapter 04's training run (lib.training.run_paths: what a resume reads)
+    and the folders named in `also`, not the later chapters' outputs in the same folder (GBs of
+    merges and short runs)."""
     from lib.training import run_paths
 
     target.mkdir(parents=True)
-    for path in [source / "data", *(p for name, p in run_paths(source).items() if name != "run")]:
+    for path in [source / "data", *(p for name, p in run_paths(source).items() if name != "run"),
+                 *(source / name for name in also)]:
         if path.is_dir():
             shutil.copytree(path, target / path.relative_to(source), dirs_exist_ok=True)
         elif path.exists():
@@ -84,11 +87,11 @@ def copy_training_run(source, target):
 
 def extra_run(stem, smoke, default, smoke_output, tmp_path):
     """The chapter run again with EXTRA_RUNS' changes on top of its smoke parameters, in a new output
-    folder holding a copy of the smoke run's data and training run (`copy_training_run`); returns
-    what it left (a Shown)."""
+    folder holding a copy of the smoke run's data and training run (`copy_training_run`) and what
+    EXTRA_RUN_REUSES names; returns what it left (a Shown)."""
     changes = {name: value(tmp_path, smoke) if callable(value) else value for name, value in EXTRA_RUNS[stem].items()}
     out = tmp_path / "output"
-    copy_training_run(smoke_output / smoke["run_name"], out / smoke["run_name"])
+    copy_training_run(smoke_output / smoke["run_name"], out / smoke["run_name"], EXTRA_RUN_REUSES.get(stem, ()))
     given = smoke | changes | {"output_dir": str(out)}
     execute_chapter(ROOT / "chapters" / f"{stem}.py", tmp_path / f"{stem}.ipynb", given)
     return Shown(tmp_path / f"{stem}.ipynb", given, default)

@@ -155,7 +155,7 @@ def test_span_cost_scores_blocks_past_the_window_and_counts_the_cache_it_saves()
     model = tiny()  # layer 5 global, window 4
     blocks = torch.randint(0, 100, (2, 12))
     as_built = A.span_cost(model, {}, 4, blocks=blocks)
-    assert as_built["kv_saved_share"] == 0 and as_built["tokens"] == 12
+    assert as_built["kv_saved_share"] == 0 and as_built["tokens"] == 12 and as_built["sequences"] == 2
     windowed = A.span_cost(model, {5: 4}, 4, blocks=blocks)
     assert windowed["loss"] != pytest.approx(as_built["loss"], abs=1e-6)
     # all six layers keep 3 tokens after windowing; before, the global one kept all 12

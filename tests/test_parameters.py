@@ -67,8 +67,7 @@ def test_the_check_finds_an_unread_parameter(tmp_path):
 # Chapters cheap enough to run once per parameter: a builder each, run only for its own chapter,
 # of (the values every run starts from, beyond the defaults; the changed values). Every parameter
 # must be listed (or in COLAB_ONLY), so a new one cannot slip past. The training chapters: by
-# probes of their smoke runs where tests/parameter_probes.py has them (tests/test_chapters.py),
-# statically above for the others.
+# probes of their smoke runs (tests/parameter_probes.py, run by tests/test_chapters.py).
 def setup_changes(tmp_path):
     return {}, {"backend": "peft", "compute_dtype": "float32"}
 
@@ -103,6 +102,14 @@ def data_changes(tmp_path):
 
 
 CHANGED_VALUES = {"00_setup": setup_changes, "02_memory_budget": memory_budget_changes, "03_data": data_changes}
+
+
+def test_every_chapter_has_its_parameters_changed_by_a_test():
+    """One run per parameter here, or probes of the smoke runs: no chapter is checked statically only."""
+    from parameter_probes import PROBES
+
+    unchanged = [s.stem for s in chapters() if s.stem not in set(CHANGED_VALUES) | set(PROBES)]
+    assert not unchanged, f"no test changes the parameters of {unchanged}"
 
 
 

@@ -29,7 +29,10 @@ BOOK_FILES = ("_config.yml", "_toc.yml", "intro.md")
 # update (about 25 s at the 270M's size), through the same loop; tests/test_blending.py runs them.
 SMOKE_PARAMETERS = {
     "*": {"run_name": "smoke", "max_seq_length": 256},
-    "01_concepts": {"sweep_ranks": [4, 64], "sweep_steps": 3, "track_every": 1},
+    # every parameter changed (tests/parameter_probes.py reads each back); the DoRA run at the sweep's low rank
+    "01_concepts": {"sweep_ranks": [4, 64], "sweep_steps": 3, "track_every": 1, "batch_size": 1,
+                    "max_seq_length": 128, "learning_rate": 1e-4, "alpha": 16, "dora_rank": 4, "table_ranks": [8, 32],
+                    "seed": 7, "compute_dtype": "float32"},
     "04_trinity_training": {"max_steps": 3, "batch_size": 2, "save_steps": 2, "warmup_steps": 1,
                             "sample_every": 2, "sample_max_new_tokens": 8},
     # every parameter changed (tests/parameter_probes.py); at r=16 the 1.47 GiB simulated GPU still
@@ -43,17 +46,24 @@ SMOKE_PARAMETERS = {
     "07_export": {"eval_limit": 4, "generate_n": 3, "max_new_tokens": 16, "eval_batch_size": 2,
                   "quantizations": ["q4_k_m"],  # q8_0's path is the same call (tests/test_export.py runs it)
                   "n_ctx": 512, "compare_original_merge": False, "max_relative_change": 0.1, "compute_dtype": "float32"},
-    "08_ghost_architect": {"dataset_examples": 24, "max_steps": 2, "batch_size": 2, "max_seq_length": 768,
-                           "eval_n": 2, "max_new_tokens": 16, "eval_batch_size": 2, "vision_max_steps": 2,
-                           "vision_eval_n": 1},
-    "09_inside_gemma3": {"context_lengths": [128, 640], "span_blocks": 1, "span_test_limit": 3, "short_window": 32,
+    # every parameter changed: 8 schemas of 3 screens, the 24GB vision preset (cut to 2 steps)
+    "08_ghost_architect": {"dataset_examples": 24, "dataset_seed": 1, "screens_per_schema": 3, "ocr_workers": 1,
+                           "max_steps": 2, "batch_size": 2, "learning_rate": 1e-4, "max_seq_length": 1024,
+                           "backend": "peft", "compute_dtype": "float32", "seed": 7, "eval_n": 2,
+                           "max_new_tokens": 16, "eval_batch_size": 2, "vision_preset": "24GB",
+                           "vision_max_steps": 2, "vision_eval_n": 1},
+    "09_inside_gemma3": {"compute_dtype": "float32", "rank": 16, "alpha": 8, "seed": 7, "context_lengths": [128, 640],
+                         "span_blocks": 1, "span_test_limit": 3, "short_window": 32,
                          "drift_records": 2, "own_train_records": 4, "own_max_steps": 2, "own_batch_size": 2,
                          "held_out_every": 1, "held_out_records": 2, "capacity_hidden_sizes": [8, 16],
                          "capacity_dataset_multiples": [0.5, 1.0], "capacity_steps": 20, "capacity_lora_ranks": [2],
                          "real_lora_ranks": [1], "real_lora_sequences": 2, "real_lora_steps": 2},
-    "10_beyond_lora": {"steps": 2, "batch_size": 1, "lora_rank": 8, "relora_rank": 4, "relora_every": 1,
-                       "relora_warmup": 0, "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
-                       "blend_methods": ["linear", "cat"], "blend_eval_records": 1},
+    # every parameter changed: 3 steps, so that ReLoRA's merge at step 2 is followed by its re-warm-up step
+    "10_beyond_lora": {"steps": 3, "batch_size": 1, "max_seq_length": 192, "learning_rate": 1e-4, "lora_rank": 8,
+                       "relora_rank": 4, "relora_every": 2, "relora_prune": 0.5, "relora_warmup": 1,
+                       "rank1_merge_every": [1], "eval_records": 2, "blend_weights": [0.5],
+                       "blend_methods": ["linear", "cat"], "blend_eval_records": 1, "ghost_adapter": "ghost-dom",
+                       "seed": 7, "compute_dtype": "float32"},
     "11_scale_out": {"steps": 2, "batch_size": 1, "max_seq_length": 128, "rank": 4, "fsdp_steps": 2, "fsdp_window": 32,
                      "fsdp_storages": ["uint8"],  # tests/test_fsdp.py shards both storages
                      "learning_rate": 1e-4, "seed": 7, "compute_dtype": "float32"},
