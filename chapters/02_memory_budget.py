@@ -281,7 +281,7 @@ dora_rows = [r for name in ("dora-benchmark.json", "dora-27b-h200.json", "dora-b
              for r in dora_run(name)]
 pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
                "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],
-               "peak reserved (GiB)": r["peak_reserved_gib"], "over LoRA (GiB)": r["gib_over_lora"],
+               "peak reserved (GiB)": r.get("peak_reserved_gib"), "over LoRA (GiB)": r["gib_over_lora"],
                "measured": r["measured"]}
               for r in dora_rows if r.get("cap") is None]).round(2)
 

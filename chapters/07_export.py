@@ -244,7 +244,8 @@ from lib.evaluation import quantization_gate, write_gates
 gates = [quantization_gate(results["merged bf16"], results[f"GGUF {kind}"], kind, examples["merged bf16"],
                            examples[f"GGUF {kind}"], max_relative_change) for kind in ["f16", *quantizations]]
 write_gates(run_dir / "metrics" / "export-gates.json", gates)
-write_json(run_dir / "metrics" / "export.json", {"results": results, "examples": examples})
+write_json(run_dir / "metrics" / "export.json", {"base_model": source.path_or_id, "results": results,
+                                                  "examples": examples})
 pd.DataFrame([{"gate": g.name, "verdict": g.verdict, "detail": g.detail} for g in gates])
 
 # %% [markdown]

@@ -374,13 +374,17 @@ def compare_with_lora(rows: list[dict]) -> list[dict]:
     """Benchmark rows (tools/dora_benchmark.py) with step time and peak memory relative to LoRA.
 
     Adds `time_vs_lora` (step seconds / LoRA's) and `gib_over_lora` (peak allocated - LoRA's) to
-    each row that has a LoRA row of the same size, backend and memory cap; None otherwise.
+    each row that has a LoRA row of the same size, backend, memory cap and mode (interleaved or
+    not); None otherwise. Interleaved rows compare their paired ratio (`time_vs_lora_paired`) and
+    no memory (their peak is all models' together).
     """
-    same = lambda r: (r["size"], r["backend"], r.get("cap"))  # noqa: E731
+    same = lambda r: (r["size"], r["backend"], r.get("cap"), bool(r.get("interleaved")))  # noqa: E731
     lora = {same(r): r for r in rows if r["variant"] == "LoRA" and "step_seconds" in r}
     compared = []
     for r in rows:
         base = lora.get(same(r)) if "step_seconds" in r else None
-        compared.append(r | {"time_vs_lora": r["step_seconds"] / base["step_seconds"] if base else None,
-                             "gib_over_lora": r["peak_allocated_gib"] - base["peak_allocated_gib"] if base else None})
+        time_ratio = r.get("time_vs_lora_paired") or (r["step_seconds"] / base["step_seconds"] if base else None)
+        memory = base and r.get("peak_allocated_gib") is not None and base.get("peak_allocated_gib") is not None
+        compared.append(r | {"time_vs_lora": time_ratio if base else None,
+                             "gib_over_lora": r["peak_allocated_gib"] - base["peak_allocated_gib"] if memory else None})
     return compared

@@ -112,37 +112,46 @@ def write_sentencepiece_model(source: ModelSource, target: str | Path) -> Path:
     """Write the base model's SentencePiece `tokenizer.model` into `target`.
 
     llama.cpp's converter reads Gemma's vocabulary from it (without it, it falls back to a GPT-2
-    BPE vocabulary that Gemma does not use). Hub checkpoints ship the file; for the embedded
-    model it is rebuilt from the GGUF's tokenizer fields (pieces, scores, token types).
+    BPE vocabulary that Gemma does not use). Hub checkpoints ship the file, and so does the
+    embedded model's converted folder (and so any copy of it); an embedded model converted before
+    that has it rebuilt from the GGUF's tokenizer fields (`sentencepiece_model`).
     """
-    if source.kind == "embedded":
+    from .artifacts import atomic_write_bytes
+
+    local = Path(source.path_or_id) / "tokenizer.model"
+    if local.exists():
+        data = local.read_bytes()
+    elif source.kind == "embedded":
         import importlib
 
-        from sentencepiece import sentencepiece_model_pb2 as spm
-
         with tempfile.TemporaryDirectory() as work:
-            gguf_path = importlib.import_module(EMBEDDED_MODELS[source.name]).assemble(Path(work) / "m.gguf")
-            tokens, scores, types = gguf_vocabulary(gguf_path)
-        proto = spm.ModelProto()
-        proto.trainer_spec.model_type = spm.TrainerSpec.BPE
-        proto.trainer_spec.vocab_size = len(tokens)
-        proto.trainer_spec.byte_fallback = True
-        proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 3, 2, 1
-        proto.trainer_spec.pad_id = 0
-        proto.normalizer_spec.name = "identity"
-        proto.normalizer_spec.add_dummy_prefix = False
-        proto.normalizer_spec.remove_extra_whitespaces = False
-        for token, score, kind in zip(tokens, scores, types):  # GGUF token types use SentencePiece's codes
-            proto.pieces.add(piece=token, score=score, type=kind)
-        data = proto.SerializeToString()
+            data = sentencepiece_model(importlib.import_module(EMBEDDED_MODELS[source.name]).assemble(
+                Path(work) / "m.gguf"))
     else:
         from huggingface_hub import hf_hub_download
 
-        local = Path(source.path_or_id) / "tokenizer.model"
-        data = (local if local.exists() else Path(hf_hub_download(source.path_or_id, "tokenizer.model"))).read_bytes()
-    path = Path(target) / "tokenizer.model"
-    path.write_bytes(data)
-    return path
+        data = Path(hf_hub_download(source.path_or_id, "tokenizer.model")).read_bytes()
+    return atomic_write_bytes(Path(target) / "tokenizer.model", data)
+
+
+def sentencepiece_model(gguf_path: str | Path) -> bytes:
+    """A serialized SentencePiece BPE model (`tokenizer.model`) of a Gemma GGUF's tokenizer fields:
+    its pieces, scores and token types (GGUF's types use SentencePiece's codes)."""
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    tokens, scores, types = gguf_vocabulary(gguf_path)
+    proto = spm.ModelProto()
+    proto.trainer_spec.model_type = spm.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = len(tokens)
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 3, 2, 1
+    proto.trainer_spec.pad_id = 0
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    for token, score, kind in zip(tokens, scores, types):
+        proto.pieces.add(piece=token, score=score, type=kind)
+    return proto.SerializeToString()
 
 
 def write_added_tokens(tokenizer, folder: str | Path) -> None:
@@ -182,6 +191,7 @@ def _convert_embedded(package: str, folder: Path) -> None:
         model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        (folder / "tokenizer.model").write_bytes(sentencepiece_model(gguf))  # for llama.cpp's converter
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -200,7 +210,10 @@ def resolve_model(name: str, cache_dir: str | Path = DEFAULT_CACHE) -> ModelSour
         target.parent.mkdir(parents=True, exist_ok=True)
         # converted once, under a lock, in a staging folder: safe with several processes at once
         build_once(target, lambda folder: _convert_embedded(EMBEDDED_MODELS[name], folder))
-        return ModelSource(name, str(target), "embedded")
+        source = ModelSource(name, str(target), "embedded")
+        if not (target / "tokenizer.model").exists():  # converted before the folder kept it
+            write_sentencepiece_model(source, target)
+        return source
     tried.append(f"embedded models {sorted(EMBEDDED_MODELS)}: no such alias")
     path = Path(name).expanduser()
     if (path / "config.json").exists():

@@ -385,7 +385,8 @@ PROBES = {
         "max_p_value": lambda s: s.find(r"need < ([0-9.]+)\)", float),
         "compute_dtype": lambda s: s.json("metrics/evaluation.json")["compute_dtype"],
     },
-    "07_export": {  # metrics/export.json: every model's results and generations
+    "07_export": {  # metrics/export.json: the base merged into, every model's results and generations
+        "model_name": lambda s: s.json("metrics/export.json")["base_model"],
         "run_name": run_folder,
         "output_dir": lambda s: output_folder(s, ROOT),
         "adapter_dir": lambda s: s.find(r"exporting (\S+) \(base"),  # the adapter it copied and merged
@@ -524,7 +525,7 @@ COLAB_ONLY = {"course_repo"}  # acts in the setup cell on Colab only: tests/test
 # tools.course.SMOKE_PARAMETERS.
 MADE_SMOKE_VALUES = {"01_concepts": {"model_name": linked_model, "dataset_dir": smaller_dataset},
                      "06_evaluate": {"model_name": linked_model},
-                     "07_export": {"adapter_dir": linked_adapter},
+                     "07_export": {"adapter_dir": linked_adapter, "model_name": linked_model},
                      "08_ghost_architect": {"model_name": linked_model, "vision_model": linked_vision_model},
                      "09_inside_gemma3": {"model_name": linked_model},
                      "10_beyond_lora": {"model_name": linked_model},
@@ -532,9 +533,6 @@ MADE_SMOKE_VALUES = {"01_concepts": {"model_name": linked_model, "dataset_dir": 
 
 # Parameters no run here can change, with the reason (checked to be parameters of the chapter).
 NOT_CHANGED = {
-    "07_export": {"model_name": "another name for the same base is a local folder, and llama.cpp's converter "
-                                "needs that folder's tokenizer.model, which the course rebuilds only for the "
-                                "embedded alias (the converted folder has none; offline, nothing else provides it)"},
     "11_scale_out": {"processes": "the smoke run needs 2 to compare data-parallel with one process, and 3 "
                                   "processes of the 270M plus the FSDP check took 8.4 GiB at 2 beside the other "
                                   "test worker; tests/test_distributed.py launches 1 and 2 through the same "

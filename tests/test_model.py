@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -82,3 +84,20 @@ def test_dense_4bit_weights_give_the_same_outputs_and_go_away_after(tiny_source,
     assert switched == len(layers) > 0 and nested == 0
     assert torch.equal(dense, reference) and torch.equal(after, reference)
     assert not any("forward" in vars(layer) for layer in layers)  # Linear4bit.forward is back
+
+
+def test_the_converted_model_keeps_tokenizer_model_so_a_copy_exports_offline(tmp_path):
+    """llama.cpp's converter needs tokenizer.model; the embedded model's folder keeps it (rebuilt
+    from the GGUF), so another path to the same weights exports without the hub."""
+    from lib.model import ModelSource, resolve_model, write_sentencepiece_model
+
+    source = resolve_model("gemma-3-270m")
+    kept = Path(source.path_or_id) / "tokenizer.model"
+    link = tmp_path / "linked-model"
+    link.symlink_to(source.path_or_id)
+    copied = write_sentencepiece_model(resolve_model(str(link)), tmp_path / "export")
+    assert copied.read_bytes() == kept.read_bytes()
+    # the same bytes as rebuilt from the GGUF's tokenizer fields, where no folder has the file
+    rebuilt = write_sentencepiece_model(ModelSource("gemma-3-270m", str(tmp_path / "none"), "embedded"),
+                                        tmp_path / "rebuilt")
+    assert rebuilt.read_bytes() == kept.read_bytes()

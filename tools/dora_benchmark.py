@@ -44,7 +44,24 @@ from tools.memory_grid import (checkpoint_dir, cuda_context_gib, provenance,  # 
 SHAPES = (("1B", 2048), ("4B", 2048), ("12B", 4096), ("27B", 4096))
 STORED_NF4 = {"27B"}  # checkpoints written already quantized (disk), loaded as the same NF4 weights
 VARIANTS = {"LoRA": (False, "peft"), "DoRA (peft)": (True, "peft"), "DoRA (fast)": (True, "fast"),
-            "DoRA (fast, eager norms)": (True, "fast")}  # no CUDA graph, so no private memory pool for it
+            "DoRA (fast, eager norms)": (True, "fast"),  # no CUDA graph, so no private memory pool for it
+            "DoRA (fast, fused m)": (True, "fast")}  # the magnitudes in torch's fused AdamW (`optimizers`)
+
+
+def optimizers(model, variant: str) -> list:
+    """The step's optimizers: 8-bit AdamW (bitsandbytes) for every trainable parameter, or for
+    "DoRA (fast, fused m)" only for A and B, with DoRA's magnitude vectors in torch's fused AdamW
+    (one kernel for all of them, where bitsandbytes launches one per tensor: 336 at 12B)."""
+    import torch
+
+    from lib.oom_ladder import make_optimizer
+
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if variant != "DoRA (fast, fused m)":
+        return [make_optimizer("adamw_8bit", [p for _, p in trainable])]
+    magnitudes = [p for n, p in trainable if "lora_magnitude_vector" in n]
+    return [make_optimizer("adamw_8bit", [p for n, p in trainable if "lora_magnitude_vector" not in n]),
+            torch.optim.AdamW(magnitudes, lr=1e-4, fused=True)]
 
 
 def gpu_parity(model, tokens: int = 64) -> dict:
@@ -192,6 +209,92 @@ def sample_stacks(step, path: Path, steps: int = 10, rate: int = 1000) -> dict:
     return {"file": path.name, "steps": steps, "rate_hz": rate, "py_spy": output.strip().splitlines()[-1:]}
 
 
+def load_variant(seq: int, backend: str, variant: str, model_dir: Path):
+    """(model, step, optimizer_times): `variant` on the checkpoint, and one training step of random
+    tokens (forward with labels, backward, optimizer step) that appends its optimizer seconds."""
+    import torch
+
+    from lib.run_spec import RunSpec
+    from lib.training import load_for_training
+
+    use_dora, implementation = VARIANTS[variant]
+    model, _ = load_for_training(RunSpec.of(str(model_dir), rank=64, use_dora=use_dora, backend=backend,
+                                            compute_dtype="bfloat16", max_seq_length=seq,
+                                            dora_implementation=implementation))
+    if variant == "DoRA (fast, eager norms)":
+        from lib.fast_dora import norm_refresh_hook
+
+        norm_refresh_hook(model).cuda_graph = False
+    model.train()
+    steppers = optimizers(model, variant)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    optimizer_times = []
+
+    def step():
+        ids = torch.randint(0, vocab, (1, seq), device="cuda")
+        model(input_ids=ids, labels=ids).loss.backward()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for optimizer in steppers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        optimizer_times.append(time.perf_counter() - started)
+
+    return model, step, optimizer_times
+
+
+def timed(step) -> float:
+    """Seconds of one call of `step`, between CUDA synchronisations."""
+    import torch
+
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def paired_ratios(times: dict[str, list[float]], warmup: int) -> dict[str, dict]:
+    """Per variant of interleaved steps {variant: seconds of its step 0, 1, ...}: the median step
+    time after `warmup` steps, and the median over rounds of its step time / LoRA's in the same
+    round (None without LoRA): a slow spell of the machine slows both sides of a round alike."""
+    lora = times.get("LoRA")
+    result = {}
+    for variant, seconds in times.items():
+        timed_steps = seconds[warmup:]
+        ratios = [mine / theirs for mine, theirs in zip(timed_steps, lora[warmup:])] if lora else []
+        result[variant] = {"step_seconds": round(statistics.median(timed_steps), 4),
+                           "time_vs_lora_paired": round(statistics.median(ratios), 4) if ratios else None,
+                           "time_vs_lora_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None}
+    return result
+
+
+def measure_interleaved(size: str, seq: int, backend: str, variants: list[str], model_dir: Path, steps: int,
+                        warmup: int, cap: str | None = None) -> list[dict]:
+    """One row per variant, all loaded in this process and stepped in turn (each round's order
+    rotated), so that they share every slow or fast spell of the machine (`paired_ratios`). Peak
+    memory is the process's, of all the models together: compare memory in separate rows."""
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (patches transformers; must come first)
+    import torch
+
+    memory = {"cuda_context_gib": round(cuda_context_gib(), 3)}
+    loaded = {variant: load_variant(seq, backend, variant, model_dir) for variant in variants}
+    times = {variant: [] for variant in variants}
+    for i in range(warmup + steps):
+        order = variants[i % len(variants):] + variants[:i % len(variants)]
+        for variant in order:
+            times[variant].append(timed(loaded[variant][1]))
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return [{"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": cap, **memory, "rank": 64,
+             "batch": 1, "interleaved": variants, "peak_allocated_gib": None, "peak_allocated_gib_all_models": peak,
+             "step_seconds_all": [round(t, 4) for t in times[variant]], "warmup_steps": warmup,
+             "first_step_seconds": round(times[variant][0], 2),
+             "optimizer_step_seconds": round(statistics.median(loaded[variant][2][warmup:]), 4), **stats}
+            for variant, stats in paired_ratios(times, warmup).items()]
+
+
 def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, steps: int, warmup: int,
             profile: bool, cap: str | None = None, stacks_dir: Path | None = None) -> dict:
     """One row: this (size, backend, variant) trained in this process, under `cap`'s memory if given."""
@@ -207,36 +310,10 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
     else:
         memory = {"cuda_context_gib": round(cuda_context_gib(), 3)}
 
-    from lib.oom_ladder import make_optimizer
-    from lib.run_spec import RunSpec
-    from lib.training import load_for_training
-
     use_dora, implementation = VARIANTS[variant]
-    model, _ = load_for_training(RunSpec.of(str(model_dir), rank=64, use_dora=use_dora, backend=backend,
-                                            compute_dtype="bfloat16", max_seq_length=seq,
-                                            dora_implementation=implementation))
-    if variant == "DoRA (fast, eager norms)":
-        from lib.fast_dora import norm_refresh_hook
-
-        norm_refresh_hook(model).cuda_graph = False
-    model.train()
+    model, step, optimizer_times = load_variant(seq, backend, variant, model_dir)
     load_seconds = time.perf_counter() - started
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer("adamw_8bit", trainable)
-    vocab = model.get_input_embeddings().weight.shape[0]
-
-    optimizer_times = []
-
-    def step():
-        ids = torch.randint(0, vocab, (1, seq), device="cuda")
-        model(input_ids=ids, labels=ids).loss.backward()
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        optimizer_times.append(time.perf_counter() - started)
-
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     row = {"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": cap, **memory, "rank": 64,
@@ -246,11 +323,7 @@ def measure(size: str, seq: int, backend: str, variant: str, model_dir: Path, st
     times = []
     try:
         for i in range(warmup + steps):
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-            step()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
+            times.append(timed(step))
     except torch.OutOfMemoryError as error:  # the row says how far it got: "needs more than this"
         return row | {"error": f"{type(error).__name__}: {str(error).splitlines()[0]}", "steps_done": len(times),
                       "peak_allocated_gib_before_error": round(torch.cuda.max_memory_allocated() / 2**30, 3),
@@ -294,10 +367,12 @@ def table(rows: list[dict]) -> str:
             continue
         ratio = f"{r['time_vs_lora']:.2f}" if r["time_vs_lora"] is not None else ""
         extra = f"{r['gib_over_lora']:+.2f}" if r["gib_over_lora"] is not None else ""
-        lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']} | {r.get('cap') or ''} | "
+        peak = f"{r['peak_allocated_gib']:.2f}" if r.get("peak_allocated_gib") is not None else "(all models)"
+        mode = " (interleaved)" if r.get("interleaved") else ""
+        lines.append(f"| {r['size']} | {r['seq']} | {r['backend']} | {r['variant']}{mode} | {r.get('cap') or ''} | "
                      f"{r['step_seconds']:.3f} | "
                      f"{ratio} | {r.get('optimizer_step_seconds', '')} | {r.get('norm_refresh_seconds', '')} | "
-                     f"{r['peak_allocated_gib']:.2f} | {extra} |")
+                     f"{peak} | {extra} |")
     return "\n".join(lines)
 
 
@@ -315,27 +390,36 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline", type=float, default=540, help="seconds; no new row starts after")
     parser.add_argument("--cap", help="a GPU of lib.memory.GPU_PROFILES (e.g. L4): cap every row's allocator to it")
     parser.add_argument("--stacks", type=Path, help="a folder: py-spy samples 10 more steps of each row into it")
+    parser.add_argument("--interleave", action="store_true",
+                        help="all variants of a size in one process, their steps in turn (paired ratios)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         job = json.loads(args.one)
         model_dir = checkpoint_dir(args.work / "models", job["size"], nf4=job["size"] in STORED_NF4)
-        print("ROW " + json.dumps(measure(**job, model_dir=model_dir, steps=args.steps, warmup=args.warmup,
-                                          profile=args.profile, stacks_dir=args.stacks)), flush=True)
+        if "variants" in job:
+            rows = measure_interleaved(**job, model_dir=model_dir, steps=args.steps, warmup=args.warmup)
+        else:
+            rows = [measure(**job, model_dir=model_dir, steps=args.steps, warmup=args.warmup, profile=args.profile,
+                            stacks_dir=args.stacks)]
+        for row in rows:
+            print("ROW " + json.dumps(row), flush=True)
         return 0
     started = time.time()
     results = args.work / "rows.jsonl"
     args.work.mkdir(parents=True, exist_ok=True)
-    key = lambda r: (r["size"], r["backend"], r["variant"], r.get("cap"))  # noqa: E731
+    key = lambda r: (r["size"], r["backend"], r["variant"], r.get("cap"), bool(r.get("interleaved")))  # noqa: E731
     # A row is done when it measured or ran out of memory (a result); one whose process failed is run again.
     finished = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     done = {key(r) for r in finished if "error" not in r or "steps_done" in r}
     # This process never touches CUDA (checkpoints are made apart): each row measures its own context.
     for size, seq in SHAPES:
         for backend in args.backends:
-            for variant in args.variants:
-                job = {"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": args.cap}
-                if size not in args.sizes or key(job) in done or time.time() - started > args.deadline:
+            for variants in [args.variants] if args.interleave else [[v] for v in args.variants]:
+                job = {"size": size, "seq": seq, "backend": backend, "cap": args.cap}
+                job |= {"variants": variants} if args.interleave else {"variant": variants[0]}
+                keys = [key(job | {"variant": v, "interleaved": args.interleave}) for v in variants]
+                if size not in args.sizes or set(keys) <= done or time.time() - started > args.deadline:
                     continue
                 random_init_checkpoint_apart(size, args.tokenizer_dir, args.work / "models", nf4=size in STORED_NF4)
                 ran = subprocess.run([sys.executable, "-m", "tools.dora_benchmark", str(args.tokenizer_dir), "--work",
@@ -347,10 +431,14 @@ def main(argv=None) -> int:
                 rows = [json.loads(l[4:]) for l in ran.stdout.splitlines() if l.startswith("ROW ")]
                 if not rows:
                     print(ran.stderr[-4000:], flush=True)
-                    rows = [job | {"error": (ran.stderr.strip().splitlines() or ["?"])[-1][:300]}]
+                    error = (ran.stderr.strip().splitlines() or ["?"])[-1][:300]
+                    rows = [{k: v for k, v in job.items() if k != "variants"} | {
+                        "variant": v, "error": error, **({"interleaved": variants} if args.interleave else {})}
+                        for v in variants]
                 with results.open("a") as f:
-                    f.write(json.dumps(rows[0]) + "\n")
-                print(f"{time.time() - started:5.0f} s  {json.dumps({k: v for k, v in rows[0].items() if k not in ('step_seconds_all', 'profile')})}", flush=True)
+                    f.write("".join(json.dumps(row) + "\n" for row in rows))
+                for row in rows:
+                    print(f"{time.time() - started:5.0f} s  {json.dumps({k: v for k, v in row.items() if k not in ('step_seconds_all', 'profile')})}", flush=True)
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     rows = list({key(r): r for r in rows}.values())  # a row run again replaces its failed try
     command = "python -m tools.dora_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
