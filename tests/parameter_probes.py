@@ -4,8 +4,8 @@ wrote or showed, the value of one parameter that took effect (tests/test_chapter
 A chapter listed in PROBES has every parameter of its parameters cell changed from its default,
 in the smoke run (tools.course.SMOKE_PARAMETERS, plus MADE_SMOKE_VALUES: files made for the test)
 or in one more run of that chapter (EXTRA_RUNS, for changes the later chapters' smoke runs should
-not see), and a probe for each (or a reason in NOT_CHANGED): the test fails
-if a probe reads back anything but the value the run was given. Probes read effects where the run
+not see or its smoke run needs as they are), and a probe for each (or a reason in NOT_CHANGED,
+empty today): the test fails if a probe reads back anything but the value the run was given. Probes read effects where the run
 leaves them (the adapter's config as peft saved it, the checkpoints' trainer state and arguments,
 generation lengths and batches, files written); where a parameter only shapes what the chapter
 prints (the spec chapter 05 estimates, the adapter path chapter 07 exports), the printed value.
@@ -275,9 +275,10 @@ def ghost_rows(shown: Shown) -> list[dict]:
     return [row for rows in shown.json("metrics/ghost-architect.json")["examples"].values() for row in rows]
 
 
-# Changes the later chapters' smoke runs must not see (they read chapter 04's adapter) or that need
-# a file made for the test (a callable of a scratch folder and the parameters): made in one more run of the chapter,
-# in a copy of its smoke run folder (so `resume` has a checkpoint to act on).
+# Changes the later chapters' smoke runs must not see (they read chapter 04's adapter), that the
+# smoke run needs as they are, or that need a file made for the test (a callable of a scratch
+# folder and the parameters): made in one more run of the chapter, in a copy of its smoke run
+# folder (so `resume` has a checkpoint to act on).
 EXTRA_RUNS = {
     "04_trinity_training": {"rank": 16, "alpha": 8, "use_rslora": False, "use_dora": False, "seed": 7,
                             "learning_rate": 1e-4, "gradient_accumulation_steps": 2, "backend": "peft",
@@ -285,6 +286,9 @@ EXTRA_RUNS = {
     "05_oom_ladder": {"model_name": linked_model, "gpu_transcript": dated_transcript},
     # chapter 10 blends the OCR adapter with chapter 04's: "linear" needs both of one rank
     "08_ghost_architect": {"rank": 16, "alpha": 8, "use_rslora": False, "use_dora": False},
+    # the smoke run needs 2 to compare data-parallel with one process; 3 processes of the 270M beside
+    # the FSDP check took 8.4 GiB at 2, beside the other test worker: one process instead
+    "11_scale_out": {"processes": 1},
 }
 
 # What an extra run reuses from the smoke run's folder besides the data and chapter 04's run: chapter
@@ -503,6 +507,7 @@ PROBES = {
     },
     "11_scale_out": {  # the data-parallel run's folder (lib.adapter_runs) and the FSDP check's rows
         "model_name": lambda s: s.json(f"{DATA_PARALLEL}/run-spec.json")["base_model"],
+        "processes": lambda s: s.json(f"{DATA_PARALLEL}/result.json")["processes"],  # its world size
         "run_name": run_folder,
         "output_dir": lambda s: output_folder(s, ROOT),
         "compute_dtype": lambda s: s.json(f"{DATA_PARALLEL}/result.json")["compute_dtype"],
@@ -532,9 +537,4 @@ MADE_SMOKE_VALUES = {"01_concepts": {"model_name": linked_model, "dataset_dir": 
                      "11_scale_out": {"model_name": linked_model}}
 
 # Parameters no run here can change, with the reason (checked to be parameters of the chapter).
-NOT_CHANGED = {
-    "11_scale_out": {"processes": "the smoke run needs 2 to compare data-parallel with one process, and 3 "
-                                  "processes of the 270M plus the FSDP check took 8.4 GiB at 2 beside the other "
-                                  "test worker; tests/test_distributed.py launches 1 and 2 through the same "
-                                  "call (run_in_fresh_process)"},
-}
+NOT_CHANGED: dict[str, dict[str, str]] = {}
