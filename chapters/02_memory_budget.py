@@ -260,7 +260,9 @@ pd.DataFrame([{"size": r["shape"], "seq": r["max_seq_length"], "DoRA": r["dora"]
 # benchmark is stored measurements (`data/measurements/dora-benchmark*.json` and
 # `dora-27b-h200.json`, provenance inside; README "Fast DoRA"), made on different days and cards
 # as the code changed: each row is compared with the LoRA row of its own run, and says where and
-# when it was measured. The 27B is uncapped here and under an L4's memory in the next section.
+# when it was measured; the interleaved run (its models in one process, their steps in turn) gives
+# the median of each round's ratio and no memory of its own, its models' being counted together.
+# The 27B is uncapped here and under an L4's memory in the next section.
 # The estimator counts the fast DoRA's few extra buffers (section 4 sets its estimate against
 # the 27B's measured peak):
 
@@ -277,7 +279,8 @@ def dora_run(name: str) -> list[dict]:
 
 
 dora_rows = [r for name in ("dora-benchmark.json", "dora-27b-h200.json", "dora-benchmark-h100-2026-12-07.json",
-                         "dora-benchmark-h200-2026-12-07.json", "dora-benchmark-h100-2026-12-07-pm.json")
+                         "dora-benchmark-h200-2026-12-07.json", "dora-benchmark-h100-2026-12-07-pm.json",
+                         "dora-benchmark-h100-2026-12-07-interleaved.json")
              for r in dora_run(name)]
 pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
                "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],
