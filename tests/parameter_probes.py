@@ -115,6 +115,21 @@ def shown_file(shown: Shown, name: str, marker) -> str:
     return seen[0]
 
 
+def adapter_shape(folder: str) -> dict:
+    """Probes of rank, alpha, use_rslora and use_dora: the adapter config peft saved in `folder`
+    of the run folder."""
+    def saved(key):
+        return lambda shown: shown.json(f"{folder}/adapter_config.json")[key]
+
+    return {"rank": saved("r"), "alpha": saved("lora_alpha"), "use_rslora": saved("use_rslora"),
+            "use_dora": saved("use_dora")}
+
+
+def backend_shown(shown: Shown) -> str:
+    """The training backend: unsloth announces the model it loads; the peft backend loads it silently."""
+    return "unsloth" if "Unsloth (CPU): Gemma3ForCausalLM" in shown.text() else "peft"
+
+
 def peak_learning_rate_step(state: dict) -> int:
     """The first logged step at the run's highest learning rate."""
     logged = [(r["step"], r["learning_rate"]) for r in state["log_history"] if "learning_rate" in r]
@@ -327,12 +342,8 @@ PROBES = {
         "output_dir": lambda s: output_folder(s, ROOT),
         "max_steps": lambda s: s.trainer_state()["global_step"],
         "max_seq_length": lambda s: s.json("run-spec.json")["config"]["max_seq_length"],
-        "rank": lambda s: s.json("adapter/adapter_config.json")["r"],
-        "alpha": lambda s: s.json("adapter/adapter_config.json")["lora_alpha"],
-        "use_rslora": lambda s: s.json("adapter/adapter_config.json")["use_rslora"],
-        "use_dora": lambda s: s.json("adapter/adapter_config.json")["use_dora"],
-        # unsloth announces the model it loads; the peft backend loads it silently
-        "backend": lambda s: "unsloth" if "Unsloth (CPU): Gemma3ForCausalLM" in s.text() else "peft",
+        **adapter_shape("adapter"),
+        "backend": backend_shown,
         "compute_dtype": lambda s: s.json("metrics/training-stats.json")["compute_dtype"],
         "seed": lambda s: s.training_args().seed,
         "batch_size": lambda s: s.trainer_state()["train_batch_size"],
@@ -423,11 +434,8 @@ PROBES = {
         "batch_size": lambda s: s.trainer_state("ghost-ocr")["train_batch_size"],
         "learning_rate": lambda s: s.training_args("ghost-ocr").learning_rate,  # 2 steps end inside the warm-up
         "max_seq_length": lambda s: s.json("ghost-ocr/run-spec.json")["config"]["max_seq_length"],
-        "rank": lambda s: s.json("ghost-ocr/adapter/adapter_config.json")["r"],
-        "alpha": lambda s: s.json("ghost-ocr/adapter/adapter_config.json")["lora_alpha"],
-        "use_rslora": lambda s: s.json("ghost-ocr/adapter/adapter_config.json")["use_rslora"],
-        "use_dora": lambda s: s.json("ghost-ocr/adapter/adapter_config.json")["use_dora"],
-        "backend": lambda s: "unsloth" if "Unsloth (CPU): Gemma3ForCausalLM" in s.text() else "peft",
+        **adapter_shape("ghost-ocr/adapter"),
+        "backend": backend_shown,
         "compute_dtype": lambda s: one(t["compute_dtype"] for t in s.json("metrics/ghost-architect.json")
                                        ["training"].values()),
         "seed": lambda s: s.training_args("ghost-ocr").seed,
