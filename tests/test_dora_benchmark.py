@@ -75,3 +75,13 @@ def test_an_interleaved_size_is_one_process_and_a_row_per_variant(tmp_path, monk
     assert "| 1.10 |" in benchmark.table(rows)  # the paired ratio, not the ratio of the medians
     benchmark.main(arguments)
     assert len(jobs) == 1  # measured: a rerun skips it
+
+
+def test_interleaved_rows_take_no_memory_cap(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        benchmark.main([str(tmp_path), "--work", str(tmp_path), "--out", str(tmp_path / "out.json"), "--interleave",
+                        "--cap", "L4"])
+    with pytest.raises(ValueError, match="no cap"):
+        benchmark.measure_interleaved("4B", 2048, "unsloth", ["LoRA"], tmp_path, 1, 0, cap="L4")

@@ -274,7 +274,10 @@ def measure_interleaved(size: str, seq: int, backend: str, variants: list[str], 
                         warmup: int, cap: str | None = None) -> list[dict]:
     """One row per variant, all loaded in this process and stepped in turn (each round's order
     rotated), so that they share every slow or fast spell of the machine (`paired_ratios`). Peak
-    memory is the process's, of all the models together: compare memory in separate rows."""
+    memory is the process's, of all the models together: compare memory in separate rows. Raises
+    ValueError for a memory `cap` (one cap cannot stand for several models' cards)."""
+    if cap:
+        raise ValueError(f"interleaved rows share one process's memory: no cap ({cap!r}) can apply to each model")
     if backend == "unsloth":
         import unsloth  # noqa: F401  (patches transformers; must come first)
     import torch
@@ -394,6 +397,8 @@ def main(argv=None) -> int:
                         help="all variants of a size in one process, their steps in turn (paired ratios)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.interleave and args.cap:
+        parser.error("--interleave measures several models in one process: it takes no --cap")
     if args.one:
         job = json.loads(args.one)
         model_dir = checkpoint_dir(args.work / "models", job["size"], nf4=job["size"] in STORED_NF4)
