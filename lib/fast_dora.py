@@ -324,6 +324,20 @@ def dora_blocks(model, layers) -> list | None:
     return list(blocks.values())
 
 
+def allow_compile_cache() -> None:
+    """Let torch's AOTAutograd cache keep compiled graphs that hold `ScaleChannels`.
+
+    By default that cache skips ("bypasses") every graph with a custom autograd.Function in it, so
+    each process traces those graphs' joint forward and backward again, warm caches or not: every
+    decoder layer of a fast DoRA model under unsloth. Dynamo traces the Function's forward and
+    backward into the graph it caches under, so their code is part of the key. The environment
+    variable TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD=0 still turns it off.
+    """
+    import torch._functorch.config
+
+    torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
+
+
 def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
     """Switch every peft DoRA Linear layer of `model` to the fast forward; returns how many.
 
@@ -348,6 +362,7 @@ def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
                     persistent=False)
                 switched.append((module, adapter))
     if switched:
+        allow_compile_cache()
         refresh = NormRefresh(switched, cuda_graph)
         blocks = dora_blocks(model, switched)
         if blocks is None:  # nowhere to defer to: refresh at the model's forward
@@ -368,6 +383,85 @@ def norm_refresh_hook(model) -> NormRefresh:
     if not hooks:
         raise ValueError("no fast DoRA norm refresh on this model: call lib.fast_dora.use_fast_dora(model) first")
     return hooks[0]
+
+
+class ChainedOptimizer(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped, zeroed, saved and scheduled as one.
+
+    `param_groups` is the parts' groups in order, the same dicts: an LR scheduler's changes reach
+    every part. `state_dict()` is {"chained": [each part's state dict]}; `load_state_dict` takes only
+    that form, with as many parts (ValueError otherwise). The parts keep their own step hooks, so
+    torch's global optimizer hooks (fast DoRA's step counter) run once per part.
+    """
+
+    def __init__(self, optimizers):
+        # Not torch.optim.Optimizer.__init__: the parameters, their groups and state live in the parts.
+        self.optimizers = list(optimizers)
+        if not self.optimizers:
+            raise ValueError("ChainedOptimizer needs at least one optimizer")
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+        self.defaults = self.optimizers[0].defaults
+
+    @property
+    def state(self) -> dict:
+        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"chained": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        parts = state_dict.get("chained") if isinstance(state_dict, dict) else None
+        if parts is None or len(parts) != len(self.optimizers):
+            found = f"{len(parts)} parts" if parts is not None else "one optimizer's state"
+            raise ValueError(f"optimizer state of {found}, expected {len(self.optimizers)} chained parts "
+                             f"({', '.join(type(o).__name__ for o in self.optimizers)}): a checkpoint saved "
+                             "with another optimizer split (e.g. on another device) cannot resume here")
+        for optimizer, part in zip(self.optimizers, parts):
+            optimizer.load_state_dict(part)
+        # torch's load_state_dict puts new group dicts in the parts: share those, or a scheduler
+        # would go on setting the learning rate of groups no part reads
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def __repr__(self) -> str:
+        return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+def magnitudes_in_fused_adamw(optimizer, model):
+    """`optimizer` with every fast DoRA magnitude vector moved into torch's AdamW (fused on a GPU),
+    as a `ChainedOptimizer`; `optimizer` itself where it is not bitsandbytes' or `model` has no fast
+    DoRA layers. Call before the first step (the parameters leave `optimizer`'s groups).
+
+    bitsandbytes' optimizers launch their update once per tensor, with its Python overhead: DoRA's
+    magnitudes add one tensor per layer (336 for the 12B) to LoRA's A and B, +41 ms an optimizer
+    step on an H100 (tools/dora_benchmark.py, 2026-12-07). torch's fused AdamW updates them all in
+    one launch. Each magnitude keeps its group's lr, betas, eps and weight decay; its moments are
+    float32 (8 bytes per entry: 18 MB for the 12B's 2.2 M magnitudes), which bitsandbytes also
+    uses for tensors under its 4096-entry 8-bit threshold.
+    """
+    if not type(optimizer).__module__.startswith("bitsandbytes"):
+        return optimizer
+    magnitudes = {id(module.lora_magnitude_vector[adapter].weight) for module, adapter in fast_dora_layers(model)}
+    moved = []
+    for group in optimizer.param_groups:
+        mine = [p for p in group["params"] if id(p) in magnitudes]
+        if mine:
+            group["params"] = [p for p in group["params"] if id(p) not in magnitudes]
+            moved.append({"params": mine, **{k: group[k] for k in ("lr", "betas", "eps", "weight_decay")}})
+    if not moved:
+        return optimizer
+    fused = all(p.is_cuda for group in moved for p in group["params"]) or None
+    optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+    return ChainedOptimizer([optimizer, torch.optim.AdamW(moved, fused=fused)])
 
 
 def compare_with_lora(rows: list[dict]) -> list[dict]:

@@ -386,9 +386,11 @@ def training_arguments(config: TrainingConfig, run_dir: Path, device: str, compu
 
 
 def course_trainer_class():
-    """transformers' Trainer with the chunked response-only loss (`lib.loss`) on a CPU."""
+    """transformers' Trainer with the chunked response-only loss (`lib.loss`) on a CPU and fast
+    DoRA's magnitudes in torch's fused AdamW where the optimizer is bitsandbytes' (`lib.fast_dora`)."""
     from transformers import Trainer
 
+    from .fast_dora import magnitudes_in_fused_adamw
     from .loss import response_only_loss
 
     class CourseTrainer(Trainer):
@@ -403,6 +405,13 @@ def course_trainer_class():
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: ranks sum gradients
             return loss
+
+        def create_optimizer(self, model=None):
+            # fast DoRA's magnitude vectors in torch's fused AdamW beside bitsandbytes' 8-bit AdamW
+            # for A and B: one launch for all of them instead of one per layer (lib.fast_dora)
+            optimizer = super().create_optimizer(model)
+            self.optimizer = magnitudes_in_fused_adamw(optimizer, self.model if model is None else model)
+            return self.optimizer
 
         def _load_optimizer_and_scheduler(self, checkpoint):
             # transformers 5.17 loads the optimizer state with map_location=args.device when several

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from helpers import tiny_run
+from helpers import ROOT, tiny_run
 
 import lib.fast_dora
 from lib.fast_dora import dora_weight_norm, use_fast_dora
@@ -335,3 +335,137 @@ def test_norm_graph_is_kept_only_where_its_pool_is_a_small_share_of_the_allocato
     smallest_capacity = 160 * 96 * 4 / GRAPH_POOL_SHARE
     assert norm_graph_fits(layers, int(smallest_capacity) + 1)
     assert not norm_graph_fits(layers, int(smallest_capacity) - 1)
+
+
+def two_part_problem(seed: int = 0):
+    """(parameters, one gradient per step for each): a fixed little problem for the optimizers."""
+    generator = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(5, generator=generator)) for _ in range(3)]
+    grads = [[torch.randn(5, generator=generator) for _ in params] for _ in range(4)]
+    return params, grads
+
+
+def run_steps(optimizer, scheduler, params, grads) -> None:
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+
+def test_chained_optimizer_steps_schedules_and_resumes_as_its_parts():
+    from lib.fast_dora import ChainedOptimizer
+
+    def chained(params):
+        return ChainedOptimizer([torch.optim.AdamW(params[:2], lr=0.1, weight_decay=0.01),
+                                 torch.optim.SGD(params[2:], lr=0.1, momentum=0.9)])
+
+    halve = lambda step: 0.5 ** step  # noqa: E731
+    # the reference: each part its own optimizer and scheduler
+    expected, grads = two_part_problem()
+    parts = [torch.optim.AdamW(expected[:2], lr=0.1, weight_decay=0.01), torch.optim.SGD(expected[2:], lr=0.1, momentum=0.9)]
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(part, halve) for part in parts]
+    for step_grads in grads:
+        for p, g in zip(expected, step_grads):
+            p.grad = g.clone()
+        for part, scheduler in zip(parts, schedulers):
+            part.step()
+            scheduler.step()
+    # chained, interrupted after two steps and resumed from its state dicts in fresh objects
+    params, grads = two_part_problem()
+    optimizer = chained(params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, halve)
+    run_steps(optimizer, scheduler, params, grads[:2])
+    assert [g["lr"] for g in optimizer.param_groups] == [0.025, 0.025]  # the schedule reached both parts
+    saved = copy.deepcopy((optimizer.state_dict(), scheduler.state_dict(), [p.detach().clone() for p in params]))
+    resumed = [torch.nn.Parameter(p) for p in saved[2]]
+    optimizer = chained(resumed)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, halve)
+    optimizer.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    run_steps(optimizer, scheduler, resumed, grads[2:])
+    for mine, reference in zip(resumed, expected):
+        torch.testing.assert_close(mine, reference)
+    assert len(optimizer.state) == 3
+    with pytest.raises(ValueError, match="one optimizer's state, expected 2 chained parts"):
+        optimizer.load_state_dict(parts[0].state_dict())
+
+
+def test_magnitudes_in_fused_adamw_train_as_bitsandbytes_did(tiny_source):
+    """The tiny model's magnitudes are under bitsandbytes' 4096-entry threshold, so it runs them in
+    32-bit AdamW too: the split must give the same parameters after a few steps."""
+    import bitsandbytes as bnb
+
+    from lib.fast_dora import ChainedOptimizer, magnitudes_in_fused_adamw
+
+    _, fast = dora_pair(load_causal_lm(tiny_source, torch.float32, load_in_4bit=False))
+    split_model = copy.deepcopy(fast)
+
+    def optimizer_for(model):
+        decay = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" in n]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_A" not in n]
+        return bnb.optim.AdamW8bit([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                   lr=1e-2)
+
+    whole, split = optimizer_for(fast), magnitudes_in_fused_adamw(optimizer_for(split_model), split_model)
+    assert isinstance(split, ChainedOptimizer)
+    bits, adamw = split.optimizers
+    named = {id(p): n for n, p in split_model.named_parameters()}
+    moved = [named[id(p)] for g in adamw.param_groups for p in g["params"]]
+    kept = [named[id(p)] for g in bits.param_groups for p in g["params"]]
+    assert moved and all("lora_magnitude_vector" in n for n in moved)
+    assert not any("lora_magnitude_vector" in n for n in kept)
+    assert sorted(moved + kept) == sorted(n for n, p in split_model.named_parameters() if p.requires_grad)
+    assert {g["weight_decay"] for g in adamw.param_groups} == {0.0} and adamw.param_groups[0]["lr"] == 1e-2
+    for step in range(3):
+        ids = torch.randint(0, 5000, (2, 12), generator=torch.Generator().manual_seed(step))
+        for model, optimizer in ((fast, whole), (split_model, split)):
+            model.train()
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, mine), (_, reference) in zip(split_model.named_parameters(), fast.named_parameters()):
+        if mine.requires_grad:
+            assert relative_error(mine.detach(), reference.detach()) < 1e-5, name
+    # torch's own optimizers and models without fast DoRA are left as they are
+    plain = torch.optim.AdamW([p for p in fast.parameters() if p.requires_grad])
+    assert magnitudes_in_fused_adamw(plain, fast) is plain
+    lora_only = get_peft_model(load_causal_lm(tiny_source, torch.float32, load_in_4bit=False),
+                               TrinityConfig(rank=4, use_dora=False).to_peft())
+    eight_bit = optimizer_for(lora_only)
+    assert magnitudes_in_fused_adamw(eight_bit, lora_only) is eight_bit
+
+
+CACHED_SCALE = """
+import sys, torch
+from torch._dynamo.utils import counters
+from lib.fast_dora import ScaleChannels, allow_compile_cache
+if sys.argv[1] == "allow":
+    allow_compile_cache()
+@torch.compile
+def scaled(z, m, norm):
+    return ScaleChannels.apply(z * 1, m, norm).sin()
+m = torch.ones(8, requires_grad=True)
+scaled(torch.randn(4, 8), m, torch.full((8,), 2.0)).sum().backward()
+print(dict(counters["aot_autograd"]))
+"""
+
+
+def test_compiled_scale_channels_is_kept_by_the_autograd_cache_when_allowed(tmp_path):
+    """A fresh process finds the compiled graph holding ScaleChannels in AOTAutograd's cache
+    (no joint-graph tracing again) once `allow_compile_cache` ran; by default torch bypasses it."""
+    import os
+    import subprocess
+    import sys
+
+    def run(mode):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / mode)}
+        env.pop("TORCHINDUCTOR_AUTOGRAD_CACHE_ALLOW_CUSTOM_AUTOGRAD", None)
+        done = subprocess.run([sys.executable, "-c", CACHED_SCALE, mode], env=env, cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert "autograd_cache_bypass" in run("default")
+    assert "autograd_cache_saved" in run("allow")
+    assert "autograd_cache_hit" in run("allow")

@@ -199,3 +199,40 @@ def test_seconds_per_example_interpolates_the_measured_step_times():
     assert seconds_per_example(measured, [10, 4000]) == pytest.approx((0.3 + 0.5) / 2)  # clamped at both ends
     with pytest.raises(ValueError, match="need measured step times"):
         seconds_per_example({}, [100])
+
+
+def test_fast_dora_under_8bit_adamw_trains_its_magnitudes_in_fused_adamw_and_resumes(tiny_source, tmp_path):
+    """On a GPU the course's optimizer is bitsandbytes' 8-bit AdamW (here asked for on the CPU):
+    the trainer moves fast DoRA's magnitudes into torch's AdamW, saves both parts' state in its
+    checkpoints and resumes from them to the same losses as a run never stopped."""
+    from lib.fast_dora import ChainedOptimizer
+
+    class Record(TrainerCallback):
+        seen = []
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            self.seen.append(type(getattr(optimizer, "optimizer", optimizer)))  # inside accelerate's wrapper
+
+    class StopAt3(Record):
+        def on_step_end(self, args, state, control, **kwargs):
+            super().on_step_end(args, state, control, **kwargs)
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    spec = tiny_run(tiny_source, rank=4, max_steps=4, save_steps=2, optim="adamw_8bit")
+    model, tokenizer = load_for_training(spec)
+    reference = train(model, tokenizer, code_records(8), spec, tmp_path / "reference", "cpu",
+                      extra_callbacks=[Record()])
+    assert set(Record.seen) == {ChainedOptimizer}
+    model, tokenizer = load_for_training(spec)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu", extra_callbacks=[StopAt3()])
+    model, tokenizer = load_for_training(spec)
+    resumed = train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu")
+    assert resumed.stats["resumed_from"] == "checkpoint-2" and resumed.stats["steps"] == 4
+    assert [e["loss"] for e in read_log(tmp_path / "run")] == pytest.approx(
+        [e["loss"] for e in read_log(tmp_path / "reference")], rel=1e-3)
+    # both parts' moments went on from checkpoint-2's: 4 steps each, not 2 after a fresh start
+    saved = torch.load(last_checkpoint(tmp_path / "run") / "optimizer.pt", weights_only=False)["chained"]
+    assert len(saved) == 2 and saved[1]["state"] and reference.stats["steps"] == 4
+    assert {float(s["step"]) for part in saved for s in part["state"].values()} == {4.0}

@@ -51,17 +51,12 @@ VARIANTS = {"LoRA": (False, "peft"), "DoRA (peft)": (True, "peft"), "DoRA (fast)
 def optimizers(model, variant: str) -> list:
     """The step's optimizers: 8-bit AdamW (bitsandbytes) for every trainable parameter, or for
     "DoRA (fast, fused m)" only for A and B, with DoRA's magnitude vectors in torch's fused AdamW
-    (one kernel for all of them, where bitsandbytes launches one per tensor: 336 at 12B)."""
-    import torch
-
+    (`lib.fast_dora.magnitudes_in_fused_adamw`, what the course's trainer does on a GPU)."""
+    from lib.fast_dora import magnitudes_in_fused_adamw
     from lib.oom_ladder import make_optimizer
 
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if variant != "DoRA (fast, fused m)":
-        return [make_optimizer("adamw_8bit", [p for _, p in trainable])]
-    magnitudes = [p for n, p in trainable if "lora_magnitude_vector" in n]
-    return [make_optimizer("adamw_8bit", [p for n, p in trainable if "lora_magnitude_vector" not in n]),
-            torch.optim.AdamW(magnitudes, lr=1e-4, fused=True)]
+    optimizer = make_optimizer("adamw_8bit", [p for p in model.parameters() if p.requires_grad])
+    return [magnitudes_in_fused_adamw(optimizer, model) if variant == "DoRA (fast, fused m)" else optimizer]
 
 
 def gpu_parity(model, tokens: int = 64) -> dict:
@@ -289,6 +284,8 @@ def measure_interleaved(size: str, seq: int, backend: str, variants: list[str], 
         order = variants[i % len(variants):] + variants[:i % len(variants)]
         for variant in order:
             times[variant].append(timed(loaded[variant][1]))
+        # progress on stderr: what a run cut short by its time limit still shows
+        print(f"round {i}: " + ", ".join(f"{v} {times[v][-1]:.4f} s" for v in variants), file=sys.stderr, flush=True)
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return [{"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": cap, **memory, "rank": 64,
              "batch": 1, "interleaved": variants, "peak_allocated_gib": None, "peak_allocated_gib_all_models": peak,

@@ -51,6 +51,7 @@ def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_
     import time
 
     phases, started = {}, time.perf_counter()
+    record_cache_bypasses()
 
     def phase(name):
         nonlocal started
@@ -93,14 +94,39 @@ def run_one(model_dir: Path, backend: str, steps: int, batch_size: int, max_seq_
             | steady_state(read_log(run_dir), warmup_steps=min(5, steps - 1)) | {"compilation": compilation_report()})
 
 
+_cache_bypasses: list[str] = []
+
+
+def record_cache_bypasses() -> None:
+    """Keep why AOTAutograd's cache was bypassed (torch logs it at INFO, one line per graph): a
+    bypassed graph's joint forward/backward is traced again in every process, warm caches or not."""
+    import logging
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            _cache_bypasses.append(record.getMessage()[:300])
+
+    logger = logging.getLogger("torch._functorch._aot_autograd.autograd_cache")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Keep(logging.INFO))
+
+
 def compilation_report() -> dict:
     """Where torch.compile spent this process's time: seconds per dynamo-timed phase (summed over
-    every graph), and the counts of frames, graphs, recompiles and graph breaks."""
+    every graph); the counts of frames, graphs, recompiles and graph breaks; the hits, misses and
+    bypasses of AOTAutograd's and inductor's caches, and the reasons for bypasses
+    (`record_cache_bypasses`)."""
+    from collections import Counter
+
     from torch._dynamo.utils import compilation_time_metrics, counters
 
     seconds = {name: round(sum(values), 2) for name, values in compilation_time_metrics.items()}
     counts = {group: dict(counters[group]) for group in ("frames", "stats", "recompiles", "graph_break") if counters[group]}
-    return {"seconds": dict(sorted(seconds.items(), key=lambda kv: -kv[1])[:12]), "counts": counts}
+    caches = {f"{group}.{name}": n for group in ("aot_autograd", "inductor") for name, n in counters[group].items()
+              if "cache" in name}
+    bypasses = Counter(message for message in _cache_bypasses if "ypass" in message)
+    return {"seconds": dict(sorted(seconds.items(), key=lambda kv: -kv[1])[:12]), "counts": counts,
+            "caches": caches, "cache_bypass_reasons": dict(bypasses.most_common(8))}
 
 
 def steady_state(log: list[dict], warmup_steps: int) -> dict:
