@@ -109,6 +109,7 @@ def record_cache_bypasses() -> None:
     logger = logging.getLogger("torch._functorch._aot_autograd.autograd_cache")
     logger.setLevel(logging.INFO)
     logger.addHandler(Keep(logging.INFO))
+    logger.propagate = False  # torch's handlers would print every cache lookup at INFO
 
 
 def compilation_report() -> dict:
