@@ -177,13 +177,16 @@ def weight_bytes(spec: RunSpec) -> float:
     return linear + other * other_dtype_bytes
 
 
-def trainable_tensors(spec: RunSpec) -> list[int]:
-    """Element counts of every trainable tensor: A (r x in), B (out x r) and DoRA's m (out) per target."""
+def trainable_tensors(spec: RunSpec, magnitudes: bool | None = None) -> list[int]:
+    """Element counts of every trainable tensor: A (r x in), B (out x r) and DoRA's m (out) per
+    target; only the magnitudes (magnitudes=True) or all but them (False)."""
     shape, adapter, sizes = model_shape(spec.model), spec.adapter, []
     for module in adapter.target_modules:
         out_features, in_features = shape.linear_shapes()[module]
-        magnitude = [out_features] if adapter.use_dora else []
-        sizes += [adapter.rank * in_features, out_features * adapter.rank] + magnitude
+        if magnitudes is not True:
+            sizes += [adapter.rank * in_features, out_features * adapter.rank]
+        if magnitudes is not False and adapter.use_dora:
+            sizes.append(out_features)
     return sizes * shape.num_hidden_layers
 
 
@@ -197,10 +200,15 @@ def optimizer_bytes(spec: RunSpec) -> float:
 
     8-bit: per tensor of >= 4096 elements, 2 uint8 moments + 2 fp32 absmax per block of 256 + 2
     256-entry fp32 code tables; smaller tensors keep 2 fp32 moments. Paged 8-bit: the uint8
-    moments live in paged (unified) memory; absmax, code tables and small tensors stay.
+    moments live in paged (unified) memory; absmax, code tables and small tensors stay. Fast
+    DoRA's magnitudes under either: 2 fp32 moments (torch's AdamW, as the course's trainer runs them).
     """
     total, optimizer = 0.0, spec.optimisation.optimizer_for("cuda")
-    for n in trainable_tensors(spec):
+    # The course's trainer steps fast DoRA's magnitudes in torch's AdamW beside bitsandbytes'
+    # (lib.fast_dora.magnitudes_in_fused_adamw): two fp32 moments each, whatever their size.
+    fused = optimizer != "adamw_torch" and spec.adapter.use_dora and spec.loading.dora_implementation == "fast"
+    total += 8 * sum(trainable_tensors(spec, magnitudes=True)) if fused else 0.0
+    for n in trainable_tensors(spec, magnitudes=False if fused else None):
         if optimizer == "adamw_torch" or n < 4096:
             total += 8 * n
         else:  # absmax and code tables stay in the allocator; paged moments do not

@@ -36,6 +36,7 @@ def test_exact_terms_equal_what_the_gpu_counted():
 
 
 def test_exact_terms_equal_a_loaded_4bit_model(tiny_source):
+    from lib.fast_dora import ChainedOptimizer, magnitudes_in_fused_adamw
     from lib.oom_ladder import make_optimizer
     from lib.quantization import stored_bytes
     from lib.run_spec import RunSpec
@@ -46,7 +47,9 @@ def test_exact_terms_equal_a_loaded_4bit_model(tiny_source):
                       optim="adamw_8bit")
     model, _ = load_for_training(spec)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(spec.optimisation.optim, trainable)
+    # as the course's trainer builds it: fast DoRA's magnitudes in torch's AdamW
+    optimizer = magnitudes_in_fused_adamw(make_optimizer(spec.optimisation.optim, trainable), model)
+    assert isinstance(optimizer, ChainedOptimizer)
     ids = torch.tensor([[1, 2, 3, 4]])
     model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
