@@ -280,7 +280,8 @@ def dora_run(name: str) -> list[dict]:
 
 dora_rows = [r for name in ("dora-benchmark.json", "dora-27b-h200.json", "dora-benchmark-h100-2026-12-07.json",
                          "dora-benchmark-h200-2026-12-07.json", "dora-benchmark-h100-2026-12-07-pm.json",
-                         "dora-benchmark-h100-2026-12-07-interleaved.json")
+                         "dora-benchmark-h100-2026-12-07-interleaved.json",
+                         "dora-benchmark-h100-2026-12-07-interleaved-12b.json")
              for r in dora_run(name)]
 pd.DataFrame([{"size": r["size"], "seq": r["seq"], "DoRA": r["variant"], "s/step": r["step_seconds"],
                "x LoRA time": r["time_vs_lora"], "peak allocated (GiB)": r["peak_allocated_gib"],

@@ -232,6 +232,21 @@ estimates = pd.DataFrame({size: {"H200 min / 1,000 examples": 1000 * s / 60,
 estimates.round(1)
 
 # %% [markdown]
+# The first step waits for torch.compile: unsloth compiles every decoder layer, and the graphs
+# are cached on disk, so a second run on the same machine starts warmer. Fast DoRA's per-channel
+# scale is a custom autograd Function, which torch's AOTAutograd cache skips unless told it is
+# safe (`lib.fast_dora.allow_compile_cache`, called by `use_fast_dora`). Measured on an H100 for
+# the 270M at this chapter's settings (stored with its provenance):
+
+# %%
+first_steps = read_json("data/measurements/unsloth-first-step-h100-2026-12-07.json")
+print(f"{first_steps['provenance']['gpu']}, {first_steps['provenance']['date']}")
+pd.DataFrame([{"run": r["run"], "first step (s)": r["first_step_seconds"], "s/step after": r["steady_seconds_per_step"],
+               "graphs from the AOTAutograd cache": r["compilation"]["caches"].get("aot_autograd.autograd_cache_hit", 0),
+               "graphs traced again (bypassed)": r["compilation"]["caches"].get("aot_autograd.autograd_cache_bypass", 0)}
+              for r in first_steps["runs"]])
+
+# %% [markdown]
 # ## Claims ledger
 #
 # The source documents expect the loss to fall "from ~2.5 to ~0.8". Measured here as the mean
