@@ -214,17 +214,29 @@ class NormRefresh:
     such a wait (py-spy, 2026-12-07). So the model's pre-hook (`defer`) only finds what is stale, and
     the pre-hook of every block holding DoRA layers (`before_block`) refreshes it at the first block
     that runs, after that read, while the host is busy launching the layers' kernels.
+
+    overlap=True (with `blocks`, on a GPU, with CUDA graphs): `defer` queues one graph per block on a
+    side stream instead, each followed by an event, and each block's pre-hook makes the forward wait
+    only for its own block's event. The refresh (mostly dequantizing the base weights: memory
+    traffic) then runs beside the forward's first blocks (matrix products) rather than before them.
     """
 
-    def __init__(self, layers, cuda_graph: bool | str = "auto"):
+    def __init__(self, layers, cuda_graph: bool | str = "auto", blocks=None, overlap: bool = False):
         self.layers = layers  # (module, adapter) pairs
         self.cuda_graph = cuda_graph  # True, False, or "auto": decided on the first refresh on a GPU
         self.graph, self.graph_pointers = None, None
         self.pending = None  # (keys, stale indices) found by `defer`, refreshed by `before_block`
+        self.blocks = blocks  # [(block, indices into layers)] in forward order (`layers_by_block`)
+        self.overlap = overlap
+        self.block_graphs, self.side, self.ready = None, None, {}  # ready: id(block) -> its CUDA event
+
+    def _refresh_layers(self, indices) -> None:
+        for i in indices:
+            module, adapter = self.layers[i]
+            module.lora_magnitude_vector[adapter].weight_norm.copy_(weight_norm_by_expansion(module, adapter))
 
     def _refresh_all(self) -> None:
-        for module, adapter in self.layers:
-            module.lora_magnitude_vector[adapter].weight_norm.copy_(weight_norm_by_expansion(module, adapter))
+        self._refresh_layers(range(len(self.layers)))
 
     def _pointers(self, keys: list) -> tuple:
         """Where the graph's tensors live: A, B (and s) from each layer's `_norm_key`, W and the norm buffer."""
@@ -232,7 +244,7 @@ class NormRefresh:
                                 module.lora_magnitude_vector[adapter].weight_norm.data_ptr())
                      for (module, adapter), key in zip(self.layers, keys))
 
-    def _capture(self, keys: list) -> None:
+    def _warm_up(self) -> None:
         for module, _ in self.layers:
             _base_row_norms_squared(module)  # cached outside the graph
         side = torch.cuda.Stream()
@@ -240,33 +252,75 @@ class NormRefresh:
         with torch.cuda.stream(side):  # warm-up, as torch.cuda.graph asks
             self._refresh_all()
         torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self, keys: list) -> None:
+        self._warm_up()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._refresh_all()
         self.graph, self.graph_pointers = graph, self._pointers(keys)
 
-    def _replay(self, keys: list) -> bool:
-        """Refresh all norms through the CUDA graph; False where that is not possible. keys: each
-        layer's `_norm_key` now, from the staleness check (a second pass over the 4B's 238 layers
-        for the graph's pointers was half of ~5 ms of host time a step; py-spy on an H200)."""
+    def _capture_blocks(self, keys: list) -> None:
+        """One graph per block, sharing one memory pool (they replay one after another)."""
+        self._warm_up()
+        pool, graphs = torch.cuda.graph_pool_handle(), []
+        for _, indices in self.blocks:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._refresh_layers(indices)
+            graphs.append(graph)
+        self.block_graphs, self.graph_pointers = graphs, self._pointers(keys)
+        self.side = self.side or torch.cuda.Stream()
+
+    def _graph_allowed(self) -> bool:
         first = self.layers[0][0].lora_A[self.layers[0][1]].weight if self.layers else None
         if not (self.cuda_graph and first is not None and first.is_cuda):
             return False
         if self.cuda_graph == "auto":
             self.cuda_graph = norm_graph_fits(self.layers, allocator_capacity(first.device))
-            if not self.cuda_graph:
-                return False
+        return bool(self.cuda_graph)
+
+    def _graph_failed(self, error: RuntimeError) -> None:
+        import warnings
+
+        warnings.warn(f"fast DoRA: CUDA graph capture failed ({error}); refreshing norms eagerly")
+        self.cuda_graph, self.graph, self.block_graphs, self.overlap = False, None, None, False
+
+    def _replay(self, keys: list) -> bool:
+        """Refresh all norms through the CUDA graph; False where that is not possible. keys: each
+        layer's `_norm_key` now, from the staleness check (a second pass over the 4B's 238 layers
+        for the graph's pointers was half of ~5 ms of host time a step; py-spy on an H200)."""
+        if not self._graph_allowed():
+            return False
         try:
             if self.graph is None or self.graph_pointers != self._pointers(keys):
                 self._capture(keys)
             self.graph.replay()
             return True
         except RuntimeError as error:  # e.g. an op that cannot be captured: eager from now on
-            import warnings
-
-            warnings.warn(f"fast DoRA: CUDA graph capture failed ({error}); refreshing norms eagerly")
-            self.cuda_graph, self.graph = False, None
+            self._graph_failed(error)
             return False
+
+    def _launch_beside(self, keys: list) -> bool:
+        """Queue every block's graph on the side stream, an event after each (`ready`); False where
+        that is not possible (no blocks, no GPU, no graphs)."""
+        if not (self.overlap and self.blocks and self._graph_allowed()):
+            return False
+        try:
+            if self.block_graphs is None or self.graph_pointers != self._pointers(keys):
+                self._capture_blocks(keys)
+            self.side.wait_stream(torch.cuda.current_stream())  # A and B as the optimizer step left them
+            ready = {}
+            with torch.cuda.stream(self.side):
+                for (block, _), graph in zip(self.blocks, self.block_graphs):
+                    graph.replay()
+                    ready[id(block)] = torch.cuda.Event()
+                    ready[id(block)].record(self.side)
+        except RuntimeError as error:
+            self._graph_failed(error)
+            return False
+        self.ready = ready
+        return True
 
     @torch.profiler.record_function("fast_dora.find_stale")  # named in a profile's timeline
     def _stale(self) -> tuple[list, list[int]]:
@@ -275,18 +329,29 @@ class NormRefresh:
                  if getattr(module.lora_magnitude_vector[adapter], "_norm_key", None) != key]
         return keys, stale
 
+    def _mark_fresh(self, keys: list) -> None:
+        for (module, adapter), key in zip(self.layers, keys):
+            module.lora_magnitude_vector[adapter]._norm_key = key
+
     @torch.profiler.record_function("fast_dora.norm_refresh")
     def _refresh(self, keys: list, stale: list[int]) -> None:
         if len(stale) == len(self.layers) and self._replay(keys):
-            for (module, adapter), key in zip(self.layers, keys):
-                module.lora_magnitude_vector[adapter]._norm_key = key
+            self._mark_fresh(keys)
             return
         for i in stale:
             dora_weight_norm(*self.layers[i])
 
+    def _drain(self) -> None:
+        """Wait for the side stream's refresh of blocks that did not run (a forward cut short):
+        the next optimizer step must not change A and B under it."""
+        if self.ready:
+            torch.cuda.current_stream().wait_stream(self.side)
+            self.ready = {}
+
     @torch.compiler.disable
     def refresh(self, *hook_args) -> None:
         """Recompute every stale norm now (usable as a forward pre-hook)."""
+        self._drain()
         self.pending = None
         self._refresh(*self._stale())
 
@@ -294,34 +359,51 @@ class NormRefresh:
 
     @torch.compiler.disable
     def defer(self, *hook_args) -> None:
-        """The model's forward pre-hook: note the stale norms for `before_block` to refresh."""
+        """The model's forward pre-hook: note the stale norms for `before_block` to refresh, or
+        with `overlap`, queue their refresh beside the forward."""
+        self._drain()
         keys, stale = self._stale()
         self.pending = (keys, stale) if stale else None
+        if stale and len(stale) == len(self.layers) and self._launch_beside(keys):
+            self._mark_fresh(keys)
+            self.pending = None
 
     @torch.compiler.disable
     def before_block(self, *hook_args) -> None:
-        """A block's forward pre-hook: refresh what `defer` found stale, once (a gradient
+        """A block's forward pre-hook (hook_args: the block and its inputs): wait for this block's
+        norms from the side stream, or refresh what `defer` found stale, once (a gradient
         checkpointing recompute of the block finds nothing pending)."""
+        event = self.ready.pop(id(hook_args[0]), None) if self.ready and hook_args else None
+        if event is not None:
+            torch.cuda.current_stream().wait_event(event)
         if self.pending is not None:
             keys, stale = self.pending
             self.pending = None
             self._refresh(keys, stale)
 
 
-def dora_blocks(model, layers) -> list | None:
-    """The blocks (decoder layers) holding `layers`: for each (module, adapter), its outermost
-    ancestor that is an element of a ModuleList. None if a layer has no such ancestor."""
+def layers_by_block(model, layers) -> list[tuple] | None:
+    """[(block, indices into `layers`)] in the order of `layers`: each layer's block is its
+    outermost ancestor that is an element of a ModuleList (a decoder layer). None if a layer has
+    no such ancestor."""
     modules = dict(model.named_modules())
     path = {id(module): name for name, module in modules.items()}
     blocks = {}
-    for module, _ in layers:
+    for i, (module, _) in enumerate(layers):
         parts = path[id(module)].split(".")
-        block = next((modules[".".join(parts[:i + 1])] for i in range(len(parts))
-                      if isinstance(modules[".".join(parts[:i])], torch.nn.ModuleList)), None)
+        block = next((modules[".".join(parts[:j + 1])] for j in range(len(parts))
+                      if isinstance(modules[".".join(parts[:j])], torch.nn.ModuleList)), None)
         if block is None:
             return None
-        blocks[id(block)] = block
+        blocks.setdefault(id(block), (block, []))[1].append(i)
     return list(blocks.values())
+
+
+def dora_blocks(model, layers) -> list | None:
+    """The blocks (decoder layers) holding `layers`: for each (module, adapter), its outermost
+    ancestor that is an element of a ModuleList. None if a layer has no such ancestor."""
+    grouped = layers_by_block(model, layers)
+    return None if grouped is None else [block for block, _ in grouped]
 
 
 def allow_compile_cache() -> None:
@@ -338,13 +420,14 @@ def allow_compile_cache() -> None:
     torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
 
 
-def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
+def use_fast_dora(model, cuda_graph: bool | str = "auto", overlap: bool = False) -> int:
     """Switch every peft DoRA Linear layer of `model` to the fast forward; returns how many.
 
     Parameters, state dict and adapter files are unchanged (a plain peft install loads what this
     model saves; the norm is a non-persistent buffer). Embedding and convolution DoRA layers keep
     peft's code. Requires peft >= 0.18 (LoRA variants). cuda_graph: refresh the norms through
     a CUDA graph on a GPU (`NormRefresh`): True, False, or "auto" (where its memory is to spare).
+    overlap: refresh them on a side stream beside the forward's first blocks (`NormRefresh`).
     """
     global _step_hook
     from peft.tuners.lora.variants import DoraLinearVariant
@@ -363,13 +446,13 @@ def use_fast_dora(model, cuda_graph: bool | str = "auto") -> int:
                 switched.append((module, adapter))
     if switched:
         allow_compile_cache()
-        refresh = NormRefresh(switched, cuda_graph)
-        blocks = dora_blocks(model, switched)
+        blocks = layers_by_block(model, switched)
+        refresh = NormRefresh(switched, cuda_graph, blocks, overlap)
         if blocks is None:  # nowhere to defer to: refresh at the model's forward
             model.register_forward_pre_hook(refresh.refresh)
         else:
             model.register_forward_pre_hook(refresh.defer)
-            for block in blocks:
+            for block, _ in blocks:
                 block.register_forward_pre_hook(refresh.before_block)
         if _step_hook is None:
             _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)

@@ -285,6 +285,37 @@ def test_norms_are_refreshed_at_the_first_block_not_before(tiny_source):
     assert refreshed == [len(layers)]
 
 
+def test_layers_are_grouped_by_decoder_block_in_forward_order(tiny_source):
+    from lib.fast_dora import fast_dora_layers, layers_by_block, norm_refresh_hook
+
+    _, fast = dora_pair(load_causal_lm(tiny_source, torch.float32, load_in_4bit=False))
+    layers = fast_dora_layers(fast)
+    grouped = layers_by_block(fast, layers)
+    decoder_layers = list(fast.base_model.model.model.layers)
+    assert [block for block, _ in grouped] == decoder_layers
+    assert sorted(i for _, indices in grouped for i in indices) == list(range(len(layers)))
+    for block, indices in grouped:  # every layer sits in its own block
+        inside = {id(m) for m in block.modules()}
+        assert all(id(layers[i][0]) in inside for i in indices)
+    assert norm_refresh_hook(fast).blocks == grouped
+
+
+def test_overlap_without_a_gpu_refreshes_at_the_first_block_as_before(tiny_source):
+    """overlap=True queues the refresh on a side stream only on a GPU with CUDA graphs; on a CPU
+    it is the deferred refresh, with the same norms as peft's."""
+    from lib.fast_dora import fast_dora_layers, norm_refresh_hook
+
+    reference, fast = dora_pair(load_causal_lm(tiny_source, torch.float32, load_in_4bit=False))
+    refresh = norm_refresh_hook(fast)
+    refresh.overlap = True
+    ids = torch.randint(0, 5000, (2, 12))
+    reference.eval(), fast.eval()
+    with torch.no_grad():
+        assert relative_error(fast(input_ids=ids).logits, reference(input_ids=ids).logits) < 1e-5
+    assert refresh.ready == {} and refresh.block_graphs is None and refresh.pending is None
+    assert all(m.lora_magnitude_vector[a]._norm_key == lib.fast_dora._norm_key(m, a) for m, a in fast_dora_layers(fast))
+
+
 def test_a_model_without_blocks_refreshes_at_its_forward():
     from lib.fast_dora import dora_blocks, fast_dora_layers
 

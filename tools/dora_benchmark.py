@@ -45,7 +45,9 @@ SHAPES = (("1B", 2048), ("4B", 2048), ("12B", 4096), ("27B", 4096))
 STORED_NF4 = {"27B"}  # checkpoints written already quantized (disk), loaded as the same NF4 weights
 VARIANTS = {"LoRA": (False, "peft"), "DoRA (peft)": (True, "peft"), "DoRA (fast)": (True, "fast"),
             "DoRA (fast, eager norms)": (True, "fast"),  # no CUDA graph, so no private memory pool for it
-            "DoRA (fast, fused m)": (True, "fast")}  # the magnitudes in torch's fused AdamW (`optimizers`)
+            "DoRA (fast, fused m)": (True, "fast"),  # the magnitudes in torch's fused AdamW (`optimizers`)
+            "DoRA (fast, overlapped norms)": (True, "fast")}  # and the norms refreshed beside the forward
+FUSED_MAGNITUDES = {"DoRA (fast, fused m)", "DoRA (fast, overlapped norms)"}  # as the course's trainer
 
 
 def optimizers(model, variant: str) -> list:
@@ -56,7 +58,31 @@ def optimizers(model, variant: str) -> list:
     from lib.oom_ladder import make_optimizer
 
     optimizer = make_optimizer("adamw_8bit", [p for p in model.parameters() if p.requires_grad])
-    return [magnitudes_in_fused_adamw(optimizer, model) if variant == "DoRA (fast, fused m)" else optimizer]
+    return [magnitudes_in_fused_adamw(optimizer, model) if variant in FUSED_MAGNITUDES else optimizer]
+
+
+def overlap_check(model, seq: int) -> dict:
+    """One forward's loss with every norm refreshed on the side stream beside it (`NormRefresh`'s
+    overlap) and, same weights and tokens, refreshed before it: equal unless the forward read a
+    norm before its refresh finished."""
+    import torch
+
+    import lib.fast_dora
+    from lib.fast_dora import norm_refresh_hook
+
+    refresh = norm_refresh_hook(model)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    losses = {}
+    for overlap in (True, False):
+        refresh.overlap = overlap
+        lib.fast_dora._optimizer_steps += 1  # every norm stale, as after an optimizer step
+        with torch.no_grad():
+            losses[overlap] = model(input_ids=ids, labels=ids).loss.item()
+    refresh.overlap = True
+    return {"loss_overlapped": losses[True], "loss_refreshed_first": losses[False],
+            "side_stream_used": refresh.block_graphs is not None,
+            "relative_difference": abs(losses[True] - losses[False]) / abs(losses[False])}
 
 
 def gpu_parity(model, tokens: int = 64) -> dict:
@@ -216,10 +242,13 @@ def load_variant(seq: int, backend: str, variant: str, model_dir: Path):
     model, _ = load_for_training(RunSpec.of(str(model_dir), rank=64, use_dora=use_dora, backend=backend,
                                             compute_dtype="bfloat16", max_seq_length=seq,
                                             dora_implementation=implementation))
-    if variant == "DoRA (fast, eager norms)":
+    if variant in ("DoRA (fast, eager norms)", "DoRA (fast, overlapped norms)"):
         from lib.fast_dora import norm_refresh_hook
 
-        norm_refresh_hook(model).cuda_graph = False
+        if variant == "DoRA (fast, eager norms)":
+            norm_refresh_hook(model).cuda_graph = False
+        else:
+            norm_refresh_hook(model).overlap = True
     model.train()
     steppers = optimizers(model, variant)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -287,11 +316,14 @@ def measure_interleaved(size: str, seq: int, backend: str, variants: list[str], 
         # progress on stderr: what a run cut short by its time limit still shows
         print(f"round {i}: " + ", ".join(f"{v} {times[v][-1]:.4f} s" for v in variants), file=sys.stderr, flush=True)
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    checks = {variant: {"overlap_check": overlap_check(loaded[variant][0], seq)}
+              for variant in variants if variant == "DoRA (fast, overlapped norms)"}
     return [{"size": size, "seq": seq, "backend": backend, "variant": variant, "cap": cap, **memory, "rank": 64,
              "batch": 1, "interleaved": variants, "peak_allocated_gib": None, "peak_allocated_gib_all_models": peak,
              "step_seconds_all": [round(t, 4) for t in times[variant]], "warmup_steps": warmup,
              "first_step_seconds": round(times[variant][0], 2),
-             "optimizer_step_seconds": round(statistics.median(loaded[variant][2][warmup:]), 4), **stats}
+             "optimizer_step_seconds": round(statistics.median(loaded[variant][2][warmup:]), 4), **stats,
+             **checks.get(variant, {})}
             for variant, stats in paired_ratios(times, warmup).items()]
 
 
