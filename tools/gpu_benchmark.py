@@ -125,7 +125,7 @@ def compilation_report() -> dict:
     counts = {group: dict(counters[group]) for group in ("frames", "stats", "recompiles", "graph_break") if counters[group]}
     caches = {f"{group}.{name}": n for group in ("aot_autograd", "inductor") for name, n in counters[group].items()
               if "cache" in name}
-    bypasses = Counter(message for message in _cache_bypasses if "ypass" in message)
+    bypasses = Counter(message for message in _cache_bypasses if "bypass" in message.lower())
     return {"seconds": dict(sorted(seconds.items(), key=lambda kv: -kv[1])[:12]), "counts": counts,
             "caches": caches, "cache_bypass_reasons": dict(bypasses.most_common(8))}
 
