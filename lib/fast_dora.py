@@ -528,9 +528,9 @@ def magnitudes_in_fused_adamw(optimizer, model):
     magnitudes add one tensor per layer (336 for the 12B) to LoRA's A and B. torch's fused AdamW
     updates them all in one launch: the 12B's optimizer step took 0.039 s with every tensor in
     8-bit AdamW and 0.032 s split, against LoRA's 0.026 (H100, interleaved; data/measurements/
-    dora-benchmark-h100-2026-12-07-interleaved-12b.json). Each magnitude keeps its group's lr, betas, eps and weight decay; its moments are
-    float32 (8 bytes per entry: 18 MB for the 12B's 2.2 M magnitudes), which bitsandbytes also
-    uses for tensors under its 4096-entry 8-bit threshold.
+    dora-benchmark-h100-2026-12-07-interleaved-12b.json). Each magnitude keeps its group's lr,
+    betas, eps and weight decay; its moments are float32 (8 bytes per entry: 18 MB for the 12B's
+    2.2 M magnitudes), which bitsandbytes also uses for tensors under its 4096-entry 8-bit threshold.
     """
     if not type(optimizer).__module__.startswith("bitsandbytes"):
         return optimizer
