@@ -8,7 +8,8 @@ import papermill
 import pytest
 
 import tools.course
-from tools.course import PREREQUISITES, chapter_parameters, chapters, execute_concurrently
+from tools.course import PREREQUISITES, chapter_parameters, chapters, declared_parameters, execute_concurrently
+from helpers import ROOT
 
 
 def test_book_order_runs_every_prerequisite_first():
@@ -24,6 +25,11 @@ def test_a_chapter_s_own_parameters_win_over_every_chapter_s():
     assert chapter_parameters(values, "11_scale_out") == {"run_name": "smoke", "max_seq_length": 128}
     assert chapter_parameters(values, "03_data") == {"run_name": "smoke", "max_seq_length": 256}
     assert chapter_parameters(None, "03_data") == {}
+    # "*" values reach only the chapters that have the parameter (chapter 06 has no max_seq_length)
+    declared = declared_parameters(ROOT / "chapters" / "06_evaluate.py")
+    assert "run_name" in declared and "max_seq_length" not in declared
+    assert chapter_parameters(values, "06_evaluate", declared) == {"run_name": "smoke"}
+    assert chapter_parameters(values | {"06_evaluate": {"typo": 1}}, "06_evaluate", declared)["typo"] == 1
 
 
 def fake_chapters(monkeypatch, fail=()):
@@ -49,8 +55,10 @@ def test_chapters_run_at_once_only_after_what_they_read(monkeypatch, tmp_path, w
     seconds = execute_concurrently(tmp_path, {"*": {"run_name": "smoke"}}, workers=workers)
     assert list(seconds) == [source.stem for source in chapters()]
     ended = {stem: end for stem, _, end, _ in runs}
+    has_run_name = {source.stem: "run_name" in declared_parameters(source) for source in chapters()}
+    assert not all(has_run_name.values())  # 00_setup has none: it gets no "*" value
     for stem, started, _, parameters in runs:
-        assert parameters == {"run_name": "smoke"}
+        assert parameters == ({"run_name": "smoke"} if has_run_name[stem] else {})
         assert all(ended[need] <= started for need in PREREQUISITES.get(stem, ())), f"{stem} started too early"
     if workers > 1:  # some chapters overlapped
         assert any(a[1] < b[2] and b[1] < a[2] for a in runs for b in runs if a is not b)

@@ -81,9 +81,24 @@ PREREQUISITES = {
 }
 
 
-def chapter_parameters(parameters: dict[str, dict] | None, stem: str) -> dict:
-    """One chapter's values from {"*": for every chapter, stem: for that one}: the chapter's own win."""
-    return (parameters or {}).get("*", {}) | (parameters or {}).get(stem, {})
+def chapter_parameters(parameters: dict[str, dict] | None, stem: str, declared=None) -> dict:
+    """One chapter's values from {"*": for every chapter that has the parameter, stem: for that
+    one}: the chapter's own win. `declared`: the chapter's parameter names (`declared_parameters`),
+    which "*" values are limited to; None: no limit. A name the chapter's own values set is passed
+    whether declared or not (papermill then warns of it)."""
+    shared = (parameters or {}).get("*", {})
+    if declared is not None:
+        shared = {name: value for name, value in shared.items() if name in declared}
+    return shared | (parameters or {}).get(stem, {})
+
+
+def declared_parameters(source: Path) -> list[str]:
+    """The names a py:percent chapter's `parameters` cell assigns, as papermill reads them."""
+    import jupytext
+    from papermill.translators import PythonTranslator
+
+    cells = [c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
+    return [p.name for cell in cells[:1] for p in PythonTranslator.inspect(cell)]
 
 
 def chapters(root: Path = ROOT) -> list[Path]:
@@ -171,7 +186,7 @@ def execute_all(executed_dir: Path, parameters: dict[str, dict] | None = None,
     for source in sources:
         if only and source.stem not in only:
             continue
-        extra = chapter_parameters(parameters, source.stem)
+        extra = chapter_parameters(parameters, source.stem, declared_parameters(source))
         with PeakMemory() as memory:
             seconds = execute_chapter(source, executed_dir / "chapters" / f"{source.stem}.ipynb", extra)
         timings[source.stem] = {"seconds": round(seconds, 1), "peak_rss_gib": round(memory.peak_gib, 2)}
@@ -206,7 +221,7 @@ def execute_concurrently(executed_dir: Path, parameters: dict[str, dict] | None 
         # Book order lists prerequisites first, and the pool starts tasks in submission order, so a
         # waiting task waits only for tasks already running: no deadlock, whatever `workers` is.
         for source in chapters():
-            extra = chapter_parameters(parameters, source.stem)
+            extra = chapter_parameters(parameters, source.stem, declared_parameters(source))
             needs = [futures[stem] for stem in PREREQUISITES.get(source.stem, ())]
             futures[source.stem] = pool.submit(after, needs, source, extra)
     return {stem: future.result() for stem, future in futures.items()}
