@@ -171,7 +171,8 @@ def quiet_library_logs() -> None:
     """Silence progress bars and advisory warnings of the libraries, so chapters show results.
 
     Hides weight-loading bars, bitsandbytes' note that the optional `kernels` package (a hub
-    download, impossible offline) is missing, and tqdm's ipywidgets notice. Errors still show.
+    download, impossible offline) is missing, torchao's notes on kernels a CPU cannot load, and
+    tqdm's ipywidgets notice. Errors still show.
     Works through environment variables and logger levels, without importing transformers
     (see `import_backend` for why the import order matters).
     """
@@ -183,6 +184,10 @@ def quiet_library_logs() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("sqlglot").setLevel(logging.ERROR)  # "unsupported syntax, parsing as a Command"
+    # torchao (imported by peft and unsloth) tries its CUDA-only kernels on a CPU torch ("Failed to
+    # load ... _C_cutlass_90a.abi3.so") and registers Enums the way torch now deprecates.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="IProgress not found")
 
 

@@ -44,3 +44,13 @@ def test_package_versions_name_what_is_installed_and_skip_what_is_not():
     from lib.environment import package_versions
 
     assert package_versions(("torch", "no-such-package-here")) == {"torch": torch.__version__}
+
+
+def test_quiet_library_logs_hides_import_notes():
+    """The book shows cells' stderr: importing peft (which imports torchao and bitsandbytes) must
+    not print notes on kernels this machine cannot load, or torch's deprecation of torchao's Enum
+    registrations."""
+    code = "from lib.environment import quiet_library_logs; quiet_library_logs(); import peft"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Failed to load" not in result.stderr and "Enum subclass" not in result.stderr, result.stderr
