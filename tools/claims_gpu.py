@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lib.artifacts import write_json  # noqa: E402
 from tools.memory_grid import cuda_context_gib, provenance, random_init_checkpoint, tensor_bytes  # noqa: E402
 
 JOBS = {
@@ -211,10 +212,7 @@ def main(argv=None) -> int:
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     command = "python -m tools.claims_gpu " + " ".join(argv if argv is not None else sys.argv[1:])
     measured = {"provenance": provenance(command) | {"cuda_context_gib": context}, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(measured, indent=1))
-    partial.rename(args.out)
+    write_json(args.out, measured)
     return 0
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lib.artifacts import write_json  # noqa: E402
 from tools.memory_grid import (checkpoint_dir, cuda_context_gib, provenance,  # noqa: E402
                                random_init_checkpoint_apart)
 
@@ -477,10 +478,7 @@ def main(argv=None) -> int:
     rows = list({key(r): r for r in rows}.values())  # a row run again replaces its failed try
     command = "python -m tools.dora_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     measured = {"provenance": provenance(command), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(measured, indent=1))
-    partial.rename(args.out)
+    write_json(args.out, measured)
     print(table(rows))
     for r in rows:
         if "profile" in r:

@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lib.artifacts import write_json  # noqa: E402
+
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTENTION = ALL[:4]
 
@@ -350,10 +352,7 @@ def main(argv=None) -> int:
     measured = {"provenance": provenance(command) | {"cuda_context_gib": context,
                                                        "workers": args.workers},
                 "rows": rows, "pending": [s for s in setups if setup_key(s) not in {setup_key(r) for r in rows}]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(measured, indent=1))
-    partial.rename(args.out)
+    write_json(args.out, measured)
     print("| size | backend | r | DoRA | targets | optimizer | checkpointing | seq | batch | peak allocated GiB | peak reserved GiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lib.artifacts import write_json  # noqa: E402
+
 SCENARIOS = [  # (name, model size, run spec fields, start)
     ("4B, peft, Trinity 4096, source protocol", "4B", {"backend": "peft"}, "top"),
     ("12B, unsloth, Trinity 4096, source protocol", "12B", {"backend": "unsloth"}, "top"),
@@ -83,9 +85,7 @@ def main(argv=None) -> int:
     transcripts = [json.loads(line) for line in lines_file.read_text().splitlines()]
     command = "python -m tools.oom_ladder_gpu " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {"provenance": provenance(command) | {"capped_to": args.gpu}, "scenarios": transcripts}
-    partial = args.out.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=1))
-    partial.rename(args.out)
+    write_json(args.out, record)
     return 0
 
 

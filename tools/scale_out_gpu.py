@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lib.artifacts import write_json  # noqa: E402
 from tools.memory_grid import provenance, random_init_checkpoint_apart  # noqa: E402
 
 SHAPES = {"4B": 2048, "12B": 4096, "27B": 4096}  # tokens per sequence, as in tools.dora_benchmark
@@ -107,10 +108,7 @@ def main(argv=None) -> int:
     record = {"provenance": provenance(" ".join(["python -m tools.scale_out_gpu", *(argv or sys.argv[1:])]))
               | {"gpus_on_machine": available, "not_run_for_lack_of_gpus": skipped},
               "rows": with_efficiency(rows)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    staging = args.out.with_suffix(".partial")
-    staging.write_text(json.dumps(record, indent=1) + "\n")
-    staging.replace(args.out)
+    write_json(args.out, record)
     print("| size | mode | GPUs | s/step | tokens/s | efficiency | peak reserved GiB per GPU |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
