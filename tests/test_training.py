@@ -51,16 +51,28 @@ def test_dataset_labels_mask_prompt_and_refuse_too_long(tokenizer):
         tokenized_dataset(tokenizer, records, 8)
 
 
-def test_status_file_and_interrupt_are_recorded(tiny_source, tmp_path):
-    class CtrlC(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
+class InterruptAt(TrainerCallback):
+    """Raises KeyboardInterrupt, as Ctrl-C would, at the end of step `step`."""
 
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def interrupted_after_step_3(tiny_source, folder):
+    """A 5-step run on 10 records, checkpointed every 2 steps, stopped after step 3: (spec, model, tokenizer)."""
     spec = tiny_run(tiny_source, rank=8, max_steps=5, save_steps=2)
     model, tokenizer = load_for_training(spec)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(10), spec, tmp_path, "cpu", extra_callbacks=[CtrlC()])
+        train(model, tokenizer, code_records(10), spec, folder, "cpu", extra_callbacks=[InterruptAt(3)])
+    return spec, model, tokenizer
+
+
+def test_status_file_and_interrupt_are_recorded(tiny_source, tmp_path):
+    interrupted_after_step_3(tiny_source, tmp_path)
     status = read_json(run_paths(tmp_path)["status"])
     assert set(status) == {"running", "step", "total_steps", "epoch", "total_epochs", "loss", "learning_rate",
                            "eta_seconds", "started_at", "checkpoint_at", "error"}
@@ -165,15 +177,7 @@ def test_a_kill_during_a_checkpoint_save_resumes_from_the_one_before(tiny_source
 
 
 def test_resuming_with_other_settings_or_data_is_refused(tiny_source, tmp_path):
-    class Stop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
-    spec = tiny_run(tiny_source, rank=8, max_steps=5, save_steps=2)
-    model, tokenizer = load_for_training(spec)
-    with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(10), spec, tmp_path, "cpu", extra_callbacks=[Stop()])
+    spec, model, tokenizer = interrupted_after_step_3(tiny_source, tmp_path)
     with pytest.raises(ValueError, match=r"config.learning_rate: 0.0002 then, 0.001 now"):
         train(model, tokenizer, code_records(10), spec.replace(learning_rate=1e-3), tmp_path, "cpu")
     with pytest.raises(ValueError, match=r"data.sha256"):
@@ -213,12 +217,6 @@ def test_fast_dora_under_8bit_adamw_trains_its_magnitudes_in_fused_adamw_and_res
         def on_step_end(self, args, state, control, optimizer=None, **kwargs):
             self.seen.append(type(getattr(optimizer, "optimizer", optimizer)))  # inside accelerate's wrapper
 
-    class StopAt3(Record):
-        def on_step_end(self, args, state, control, **kwargs):
-            super().on_step_end(args, state, control, **kwargs)
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
     spec = tiny_run(tiny_source, rank=4, max_steps=4, save_steps=2, optim="adamw_8bit")
     model, tokenizer = load_for_training(spec)
     reference = train(model, tokenizer, code_records(8), spec, tmp_path / "reference", "cpu",
@@ -226,7 +224,7 @@ def test_fast_dora_under_8bit_adamw_trains_its_magnitudes_in_fused_adamw_and_res
     assert set(Record.seen) == {ChainedOptimizer}
     model, tokenizer = load_for_training(spec)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu", extra_callbacks=[StopAt3()])
+        train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu", extra_callbacks=[Record(), InterruptAt(3)])
     model, tokenizer = load_for_training(spec)
     resumed = train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu")
     assert resumed.stats["resumed_from"] == "checkpoint-2" and resumed.stats["steps"] == 4
