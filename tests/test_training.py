@@ -224,7 +224,8 @@ def test_fast_dora_under_8bit_adamw_trains_its_magnitudes_in_fused_adamw_and_res
     assert set(Record.seen) == {ChainedOptimizer}
     model, tokenizer = load_for_training(spec)
     with pytest.raises(KeyboardInterrupt):
-        train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu", extra_callbacks=[Record(), InterruptAt(3)])
+        train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu",
+              extra_callbacks=[Record(), InterruptAt(3)])
     model, tokenizer = load_for_training(spec)
     resumed = train(model, tokenizer, code_records(8), spec, tmp_path / "run", "cpu")
     assert resumed.stats["resumed_from"] == "checkpoint-2" and resumed.stats["steps"] == 4
