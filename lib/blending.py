@@ -86,6 +86,7 @@ def top_singular(matrix: torch.Tensor, k: int, oversample: int = 10, power_itera
     return u[:, :k], s[:k], v[:, :k].T
 
 
+@torch.no_grad()  # it writes the adapter's weights; autograd has nothing to record
 def blend_effective(model, names: list[str], weights: list[float], blend_name: str, rank: int) -> dict:
     """Add `blend_name`: a plain LoRA adapter (rank `rank`, alpha = rank, so scaling 1) whose
     update is the best rank-`rank` approximation of sum_i w_i (W'_i - W), and make it active.

@@ -1,5 +1,7 @@
 """LoRA blending (lib.blending) on a tiny random model with two saved adapters."""
 
+import warnings
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -70,7 +72,11 @@ def test_dora_magnitudes_are_lost_by_peft_and_kept_by_the_effective_blend(tmp_pa
     first = outputs(model, ids)
     assert blend(model, ["a", "b"], [1.0, 0.0], "linear", "peft_blend") is None
     peft_way = outputs(model, ids)
-    stats = blend_effective(model, ["a", "b"], [1.0, 0.0], "effective", rank=32)  # full rank of these layers
+    for name, parameter in model.named_parameters():  # as a model trained in this process has them
+        parameter.requires_grad_("lora_" in name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. autograd recording what only writes weights
+        stats = blend_effective(model, ["a", "b"], [1.0, 0.0], "effective", rank=32)  # full rank of these layers
     assert stats["energy_kept_median"] == pytest.approx(1.0)
     assert torch.allclose(outputs(model, ids), first, atol=1e-4)  # exact at full rank
     assert (peft_way - first).abs().max() > 100 * (outputs(model, ids) - first).abs().max()
