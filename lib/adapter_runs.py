@@ -218,11 +218,10 @@ def summarize(log: list[dict], step_seconds: list[float]) -> dict:
 
 
 # What every short run imports: the fork server imports these once (see the module docstring);
-# the last loads the tokenizer of the model named in WARM_MODEL in the server's environment
-# (`start_server`).
-PRELOADED = ["lib.environment", "torch", "transformers", "transformers.data.data_collator", "peft", "trl",
-             "datasets", "lib.data", "lib.dora", "lib.relora", "lib.evaluation", "lib.training", "lib.adapter_runs",
-             "lib.forkserver_warmup"]
+# the first quiets the libraries' import notes and loads the tokenizer of the model named in
+# WARM_MODEL in the server's environment (`start_server`).
+PRELOADED = ["lib.forkserver_warmup", "torch", "transformers", "transformers.data.data_collator", "peft", "trl",
+             "datasets", "lib.data", "lib.dora", "lib.relora", "lib.evaluation", "lib.training", "lib.adapter_runs"]
 WARM_MODEL = "COURSE_FORKSERVER_MODEL"
 
 

@@ -1,6 +1,8 @@
-"""Imported once by the short runs' fork server (`lib.adapter_runs.PRELOADED`): loads the tokenizer
-of the model named in the server's environment, so that each forked run finds it in
-`lib.model.PRELOADED_TOKENIZERS` instead of spending about 6 s loading it.
+"""Imported once by the short runs' fork server (`lib.adapter_runs.PRELOADED`, first): quiets the
+libraries' import notes (the server writes to the notebook's stderr, and logger levels do not pass
+from the chapter to the server), then loads the tokenizer of the model named in the server's
+environment, so that each forked run finds it in `lib.model.PRELOADED_TOKENIZERS` instead of
+spending about 6 s loading it.
 
 A failure here only costs the saving: the server must start whatever happens, and a run whose
 model cannot be loaded raises its own error, naming the model, when it loads it itself.
@@ -8,8 +10,12 @@ model cannot be loaded raises its own error, naming the model, when it loads it 
 
 import os
 
-from .adapter_runs import WARM_MODEL
-from .model import PRELOADED_TOKENIZERS, load_tokenizer, resolve_model
+from .environment import quiet_library_logs
+
+quiet_library_logs()  # before the imports below and the server's other preloads
+
+from .adapter_runs import WARM_MODEL  # noqa: E402
+from .model import PRELOADED_TOKENIZERS, load_tokenizer, resolve_model  # noqa: E402
 
 if os.environ.get(WARM_MODEL):
     try:

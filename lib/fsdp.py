@@ -164,6 +164,9 @@ def _train(rank: int, world: int, init: str, job: dict) -> None:
     imports the stack once."""
     from types import SimpleNamespace
 
+    from .environment import quiet_library_logs
+
+    quiet_library_logs()  # a spawned process starts with Python's logger levels, and writes to the caller's stderr
     import torch.distributed as dist
     from peft import get_peft_model
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +82,23 @@ def tiny_run(source, **changes):
 
     return RunSpec.of(source.path_or_id, **({"backend": "peft", "max_seq_length": 128, "batch_size": 2,
                                              "warmup_steps": 0, "sample_every": 0} | changes))
+
+
+# What the libraries print on import that a chapter must not show: torchao's notes on CUDA kernels a
+# CPU cannot load, torch's deprecation of torchao's Enum registrations, bitsandbytes' missing hub kernel.
+LIBRARY_NOTES = ("Failed to load", "Enum subclass", "kernels-community")
+
+
+@contextmanager
+def stderr_into(path: Path):
+    """Point file descriptor 2, which child processes inherit, at `path` while the block runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as file:
+        os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

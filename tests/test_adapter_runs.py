@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from helpers import LIBRARY_NOTES
 from lib.adapter_runs import ROOT, SHORT_RUN, AdapterRun, run_in_fresh_process, summarize, train_adapter
 from lib.artifacts import read_json, write_json
 
@@ -91,3 +92,26 @@ def test_on_a_cuda_machine_a_run_is_a_new_interpreter_not_a_fork(tmp_path, monke
     adapter_runs.start_server("gemma-3-270m")  # does nothing there
     assert run_in_fresh_process(AdapterRun("cuda", SHORT_RUN), tmp_path) == {"ran": True}
     assert commands == [[sys.executable, "-m", "lib.adapter_runs", str(tmp_path / "spec.json")]]
+
+
+# A chapter's process: quiet, start the fork server, then fork one process from it, which waits for
+# the server's preloads. The server writes to this process's stderr, as it writes to a notebook's.
+QUIET_SERVER = """
+import multiprocessing, os
+from lib.environment import quiet_library_logs
+from lib.adapter_runs import start_server
+if __name__ == "__main__":
+    quiet_library_logs()
+    start_server("gemma-3-270m")
+    worker = multiprocessing.get_context("forkserver").Process(target=os.getpid)
+    worker.start()
+    worker.join()
+    print("forked", worker.exitcode)
+"""
+
+
+def test_the_fork_server_does_not_print_the_libraries_import_notes_into_the_chapter():
+    result = subprocess.run([sys.executable, "-c", QUIET_SERVER], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip() == "forked 0", result.stderr
+    assert not [note for note in LIBRARY_NOTES if note in result.stderr], result.stderr

@@ -4,6 +4,7 @@ the accelerate launch that does the same on GPUs, checked against the installed 
 
 import pytest
 
+from helpers import LIBRARY_NOTES, stderr_into
 from lib.distributed import launch_command
 from lib.fsdp import compare_with_one_process, decoder_layers
 
@@ -15,14 +16,27 @@ PROCESSES = 2
 
 
 @pytest.fixture(scope="module")
-def rows(tiny_source):
+def check(tiny_source, tmp_path_factory):
+    """The check's rows, and what its spawned processes wrote to stderr (a chapter shows that)."""
     from lib.adapter_runs import ROOT
     from lib.data import split_files, validate_files
     from lib.model import load_tokenizer
 
     records = validate_files(split_files(ROOT / "data" / "python-stdlib"))["train"]
-    return compare_with_one_process(tiny_source.path_or_id, records, load_tokenizer(tiny_source),
-                                    processes=PROCESSES, steps=3, global_batch=4, length=32, rank=8)
+    stderr = tmp_path_factory.mktemp("fsdp") / "stderr.txt"
+    with stderr_into(stderr):
+        rows = compare_with_one_process(tiny_source.path_or_id, records, load_tokenizer(tiny_source),
+                                        processes=PROCESSES, steps=3, global_batch=4, length=32, rank=8)
+    return rows, stderr.read_text()
+
+
+@pytest.fixture(scope="module")
+def rows(check):
+    return check[0]
+
+
+def test_the_spawned_processes_do_not_print_the_libraries_import_notes(check):
+    assert not [note for note in LIBRARY_NOTES if note in check[1]], check[1]
 
 
 def by(rows, storage, processes):
