@@ -277,7 +277,27 @@ pd.DataFrame(gpu_check["backends"]).set_index("backend")
 #   course trains with torch's AdamW (`TrainingConfig.optimizer_for`);
 # * checkpoints and status files written by every process at once: the course writes them on the
 #   main process only, and transformers writes each process's RNG state beside them (section 4).
+
+# %% [markdown]
+# ## 7. The claims ledger, whole
 #
+# Chapter 01 listed the source documents' quantitative claims; chapters 01-10 measured what they
+# could on the way. Here is the whole ledger as this run's chapters left it: every claim beside
+# every measurement of it (value, where, the verdict `lib.claims.check` computed), in chapter order.
+# A claim whose chapter has not run in `output_dir` says "not measured yet".
+
+# %%
+from lib.claims import ledger_table
+
+ledger = ledger_table(Path(output_dir) / run_name)
+pd.set_option("display.max_colwidth", None)
+ledger.style.hide(axis="index")
+
+# %%
+verdicts = ledger.groupby("verdict").id.nunique().rename("claims")
+verdicts.to_frame()
+
+# %% [markdown]
 # ## Summary
 
 # %%
@@ -296,4 +316,6 @@ print(f"""Measured in {time.monotonic() - started:.0f} s ({env.device}, {env.com
   largest relative loss difference from one process {fsdp_worst:.1e} ({' and '.join(fsdp_table.storage.unique())} storage);
   the 4-bit base takes {base_mib[processes]:.1f} MiB per process against {base_mib[1]:.1f} MiB in one;
 * FSDP2 through Trainer on one GPU ({gpu_check['provenance']['gpu']}, {gpu_check['provenance']['date']}): {fsdp_gpu_outcome};
-* multi-GPU scaling: not measured (no multi-GPU machine).""")
+* multi-GPU scaling: not measured (no multi-GPU machine);
+* the claims ledger: {ledger.id.nunique()} claims, {(ledger.verdict != "not measured yet").sum()} measurements; claims per verdict:
+  {', '.join(f'{verdict} {count}' for verdict, count in verdicts.items())} (a claim measured in several chapters counts under each verdict it got).""")
