@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -513,8 +514,9 @@ def train(model, tokenizer, train_records, spec: RunSpec, run_dir: str | Path, d
     With `resume` and a checkpoint in <run>/checkpoints, training continues from the last complete
     one (`last_checkpoint`): optimizer, scheduler, RNG and data order restored, so the loss curve
     continues. A resume with other settings or data than the run was started with raises
-    ValueError naming the differences (`check_resume`; max_steps and logging may change). A
-    KeyboardInterrupt or error is recorded in training-status.json and re-raised.
+    ValueError naming the differences (`check_resume`; max_steps and logging may change). A fresh
+    start (`resume` False, or no checkpoint) deletes an earlier run's checkpoints, log and samples
+    in `run_dir`. A KeyboardInterrupt or error is recorded in training-status.json and re-raised.
     """
     from transformers import DataCollatorForSeq2Seq
 
@@ -556,6 +558,8 @@ def train_dataset(model, processing_class, dataset, collator, spec: RunSpec, run
     if checkpoint is None and is_main_process():  # a fresh start: an earlier run's log lines would mix with this one's
         for stale in (paths["log"], paths["samples"]):
             stale.unlink(missing_ok=True)
+        # and its checkpoints would outlive this run's: a later resume would continue from the highest-numbered
+        shutil.rmtree(paths["checkpoints"], ignore_errors=True)
     record = resume_record(model, dataset, config)
     if checkpoint is not None:
         check_resume(run_dir, record)

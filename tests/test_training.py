@@ -186,12 +186,14 @@ def test_resuming_with_other_settings_or_data_is_refused(tiny_source, tmp_path):
     assert train(model, tokenizer, code_records(10), longer, tmp_path, "cpu").stats["steps"] == 6
 
 
-def test_a_fresh_start_in_a_used_folder_logs_only_its_own_steps(tiny_source, tmp_path):
-    longer = tiny_run(tiny_source, rank=4, max_steps=4, save_steps=100)
+def test_a_fresh_start_in_a_used_folder_logs_and_checkpoints_only_its_own_steps(tiny_source, tmp_path):
+    longer = tiny_run(tiny_source, rank=4, max_steps=4, save_steps=2)
     model, tokenizer = load_for_training(longer)
     train(model, tokenizer, code_records(8), longer, tmp_path, "cpu", resume=False)
     train(model, tokenizer, code_records(8), longer.replace(max_steps=2), tmp_path, "cpu", resume=False)
     assert [entry["step"] for entry in read_log(tmp_path)] == [1, 2]  # not steps 3-4 of the first run
+    # a later resume must not continue from the first run's checkpoint-4
+    assert last_checkpoint(tmp_path).name == "checkpoint-2"
 
 
 def test_seconds_per_example_interpolates_the_measured_step_times():
