@@ -78,19 +78,18 @@ quiet_library_logs()
 # one). The worker is the same module the short runs of chapters 01 and 10 use:
 
 # %%
-import shlex
 import time
 
 import pandas as pd
 from IPython.display import display
 from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
-from lib.distributed import launch_command
+from lib.distributed import as_typed, launch_command
 from lib.environment import validate_environment
 
 started = time.monotonic()
 env = validate_environment(compute_dtype)
 runs_dir = Path(output_dir) / run_name / "scale-out"
-print(shlex.join(["accelerate", "launch", *launch_command("lib.adapter_runs", ["RUN_DIR/spec.json"], processes)[3:]]))
+print(as_typed(launch_command("lib.adapter_runs", ["RUN_DIR/spec.json"], processes)))
 print(f"{env.device}, {env.compute_dtype}, {os.cpu_count()} CPU cores; {processes} processes x batch {batch_size} "
       f"= global batch {processes * batch_size}")
 

@@ -73,6 +73,16 @@ def launch_command(module: str, arguments: list[str], processes: int = 1, accele
             *sharding, "-m", module, *arguments]
 
 
+def as_typed(command: list[str]) -> str:
+    """A `launch_command` as a user types it in a shell: `accelerate launch ...` for accelerate's
+    launcher, `python -m ...` for a plain interpreter (this interpreter's path left out)."""
+    import shlex
+
+    if command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]:
+        return shlex.join(["accelerate", "launch", *command[3:]])
+    return shlex.join(["python", *command[1:]] if command[0] == sys.executable else command)
+
+
 def gather(value) -> list:
     """`value` from every process, in rank order (torch.distributed.all_gather_object); [value]
     outside a distributed run. Every process must call it."""

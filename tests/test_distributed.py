@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from lib.adapter_runs import SHORT_RUN, AdapterRun, run_in_fresh_process
-from lib.distributed import launch_command
+from lib.distributed import as_typed, launch_command
 
 STEPS = 4
 # float32 sums in another order (two half-batches, then an all-reduce) round differently: measured
@@ -72,6 +72,13 @@ def test_launch_command_runs_one_process_plainly_and_several_through_accelerate(
     assert one[one.index("--num_processes") + 1] == "1"
     with pytest.raises(ValueError, match="processes must be >= 1"):
         launch_command("lib.adapter_runs", [], processes=0)
+
+
+def test_a_launch_command_reads_as_a_user_types_it():
+    several = as_typed(launch_command("lib.adapter_runs", ["RUN DIR/spec.json"], processes=2))
+    assert several.startswith("accelerate launch --multi_gpu --num_processes 2 ")
+    assert several.endswith(" -m lib.adapter_runs 'RUN DIR/spec.json'")  # quoted for the shell
+    assert as_typed(launch_command("lib.adapter_runs", ["spec.json"])) == "python -m lib.adapter_runs spec.json"
 
 
 def test_only_the_main_process_writes_the_status_file(tmp_path, monkeypatch):
