@@ -1,6 +1,8 @@
 """tools.course: the chapters' order and their concurrent execution (the chapters themselves are
-faked here; tests/test_chapters.py runs the real ones)."""
+faked here; tests/test_chapters.py runs the real ones), and the notebooks published for Colab."""
 
+import json
+import subprocess
 import threading
 import time
 
@@ -73,3 +75,29 @@ def test_a_failed_chapter_stops_those_that_read_it_and_is_raised(monkeypatch, tm
     dependents = {c for c, needs in PREREQUISITES.items() if "04_trinity_training" in needs}
     assert "04_trinity_training" in ran and not ran & dependents
     assert "11_scale_out" in ran  # chapters that do not read it still run
+
+
+def test_the_notebooks_are_published_whole_as_the_branch_colab_opens(tmp_path):
+    """What the book's Colab buttons open: every chapter of _toc.yml as a notebook on the branch
+    `repository.branch`, replaced whole by each publish (`publish_notebooks`, through ghp-import)."""
+    def git(*args, cwd=tmp_path):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+    remote, work, folder = tmp_path / "remote.git", tmp_path / "work", tmp_path / "notebooks"
+    git("init", "-q", "--bare", str(remote))
+    git("init", "-q", str(work))
+    for key, value in (("user.name", "Course"), ("user.email", "course@example.org")):
+        git("config", key, value, cwd=work)
+    git("commit", "-q", "--allow-empty", "-m", "start", cwd=work)
+    retired = folder / "chapters" / "99_retired.ipynb"  # a chapter of an earlier _toc.yml
+    retired.parent.mkdir(parents=True)
+    retired.write_text("{}")
+    tools.course.publish_notebooks(folder, str(remote), repo=work)
+    retired.unlink()
+    tools.course.write_notebooks(folder)
+    tools.course.publish_notebooks(folder, str(remote), repo=work)
+    branch = tools.course.repository()["branch"]
+    on_branch = git("--git-dir", str(remote), "ls-tree", "-r", "--name-only", branch).split()
+    assert on_branch == sorted(f"chapters/{source.stem}.ipynb" for source in chapters())
+    notebook = json.loads(git("--git-dir", str(remote), "show", f"{branch}:chapters/00_setup.ipynb"))
+    assert any("parameters" in cell["metadata"].get("tags", []) for cell in notebook["cells"])

@@ -4,6 +4,7 @@
     python -m tools.course execute        # only execute (into _build/executed)
     python -m tools.course build          # only build from already executed notebooks
     python -m tools.course notebooks      # the chapters as .ipynb, for the branch Colab opens
+    python -m tools.course notebooks --push origin   # and publish them as that branch
 
 The book never re-executes (execute_notebooks: off): what it shows is what papermill ran.
 """
@@ -261,6 +262,19 @@ def write_notebooks(folder: Path) -> list[Path]:
     return written
 
 
+def publish_notebooks(folder: Path, remote: str, repo: Path = ROOT) -> None:
+    """Commit `folder` (`write_notebooks`) as the whole tree of _config.yml's `repository.branch` in
+    the git repository `repo` and force-push that branch to `remote` (a remote's name or URL). The
+    branch is derived output, as a book's gh-pages is: each commit replaces its whole tree, and
+    the push is forced so that a fresh clone (no local copy of the branch) can publish. ghp-import
+    does the git work. Raises subprocess.CalledProcessError where git refuses."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "ghp_import", "--branch", repository()["branch"], "--remote", remote,
+                    "--push", "--force", "--message", f"The chapters as notebooks, from {head}", str(folder)],
+                   cwd=repo, check=True)
+
+
 def repository(root: Path = ROOT) -> dict:
     """_config.yml's `repository` (url, branch): the one place the course's repository is written."""
     return yaml.safe_load((root / "_config.yml").read_text())["repository"]
@@ -271,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("step", choices=["all", "execute", "build", "notebooks"])
     parser.add_argument("--executed-dir", type=Path, default=ROOT / "_build" / "executed")
     parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="execute only these chapters (e.g. 09_inside_gemma3)")
+    parser.add_argument("--push", metavar="REMOTE", help="notebooks: publish them as the Colab branch to this remote")
     args = parser.parse_args(argv)
     if args.step in ("all", "execute"):
         started = time.monotonic()
@@ -281,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"book: {html / 'index.html'}")
     if args.step == "notebooks":
         folder = ROOT / "_build" / "notebooks"
-        print(f"{len(write_notebooks(folder))} notebooks in {folder}: push this folder to the "
-              f"'{repository()['branch']}' branch")
+        shutil.rmtree(folder, ignore_errors=True)  # the branch holds the chapters of _toc.yml, nothing older
+        count = len(write_notebooks(folder))
+        if args.push:
+            publish_notebooks(folder, args.push)
+            print(f"{count} notebooks pushed to {args.push} as the '{repository()['branch']}' branch")
+        else:
+            print(f"{count} notebooks in {folder}: `--push REMOTE` publishes them as the "
+                  f"'{repository()['branch']}' branch")
     return 0
 
 
