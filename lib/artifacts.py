@@ -69,7 +69,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON value in `path` (UTF-8). Raises FileNotFoundError, and json.JSONDecodeError whose
+    message names the file, line and column of what is not JSON."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise json.JSONDecodeError(f"{path}: {error.msg}", error.doc, error.pos) from None
 
 
 def read_jsonl(path: str | Path, torn_tail_ok: bool = False, what: str = "line") -> list:

@@ -498,4 +498,5 @@ def answers_html(rows: dict[str, list[dict]], reference_label: str = "reference"
 
 
 def write_gates(path: str | Path, gates: list[GateResult]) -> None:
+    """Save `gates` to `path` as a JSON list, each gate's fields and its verdict (atomically)."""
     write_json(path, [asdict(g) | {"verdict": g.verdict} for g in gates])

@@ -121,6 +121,8 @@ def tokens_per_pass(spec: RunSpec) -> int:
 
 
 def activation_dtype(spec: RunSpec) -> str:
+    """The dtype the estimator sizes activations in: the run's compute dtype, with "auto" taken as
+    a 2-byte dtype (bfloat16, or float16 on a GPU without it: the same bytes), as on every GPU."""
     return "bfloat16" if spec.loading.compute_dtype == "auto" else spec.loading.compute_dtype
 
 

@@ -228,6 +228,7 @@ def phrases(line: list[TextBox], pixels=None) -> list[TextBox]:
 
 
 def words_of(phrase: TextBox) -> tuple:
+    """The word boxes of an OCR phrase box, or the phrase itself where OCR gave no words."""
     return phrase.words or (phrase,)
 
 

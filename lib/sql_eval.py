@@ -80,6 +80,7 @@ def structure(sql: str) -> Structure:
 
 
 def f1(predicted: set, truth: set) -> float:
+    """F1 of a predicted set against the true one, 0..1; 1.0 when both are empty."""
     if not predicted and not truth:
         return 1.0
     return 2 * len(predicted & truth) / (len(predicted) + len(truth))

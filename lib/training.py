@@ -191,6 +191,7 @@ def _load_peft_model(source: ModelSource, spec: RunSpec, compute_dtype: torch.dt
 # ------------------------------------------------------------------ monitoring
 
 def utc_now() -> str:
+    """The time now in UTC, ISO 8601 to the second ("2026-12-08T04:10:00+00:00")."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

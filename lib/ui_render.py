@@ -65,6 +65,7 @@ def humanize(name: str) -> str:
 
 
 def title(table: str) -> str:
+    """A table's name as a screen shows it: "order_items" -> "Order Items"."""
     return table.replace("_", " ").title()
 
 

@@ -1,11 +1,14 @@
 """Run artifacts and caches: atomic writes, whole-folder replacement, and a cache folder built once
 even when several processes ask for it at the same time."""
 
+import json
 import multiprocessing
 import time
 from pathlib import Path
 
-from lib.artifacts import build_once, write_json
+import pytest
+
+from lib.artifacts import build_once, read_json, write_json
 
 
 def slow_build(folder: Path) -> None:
@@ -43,3 +46,10 @@ def test_a_complete_folder_is_never_rebuilt_and_an_incomplete_one_is(tmp_path):
 def test_atomic_json_leaves_no_temporary_file(tmp_path):
     write_json(tmp_path / "a.json", {"x": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_file_that_is_not_json_is_named_with_the_line_and_column(tmp_path):
+    path = tmp_path / "run-spec.json"
+    path.write_text('{"rank": 64,\n "alpha": }')
+    with pytest.raises(json.JSONDecodeError, match=r"run-spec\.json: Expecting value: line 2 column 11"):
+        read_json(path)
