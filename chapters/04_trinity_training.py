@@ -281,7 +281,7 @@ ledger.measure("C30", f"18,000 examples of this dataset, one epoch, batch 1: H20
                f"12B {18000 * per_example['12B'] / 3600:.1f} h", "The same training on a GPU",
                {f"H200 {size}": {"hours": 18000 * seconds / 3600} for size, seconds in per_example.items()},
                where=gpu_where, note="batching or packing the short examples would cut it")
-ledger_table(run_dir, only_measured=True).query("id in ['C17', 'C18', 'C23', 'C30']")  # the whole ledger: chapter 11
+ledger_table(run_dir, only_measured=True).query("id in @ledger.claim_ids")  # the whole ledger: chapter 11
 
 # %% [markdown]
 # ## Summary

@@ -312,7 +312,7 @@ if "q4_k_m" in quantizations:
     ledger.measure("C19", f"{seconds:.2f} s per response (q4_k_m in llama.cpp, Ollama's engine; up to "
                    f"{max_new_tokens} new tokens; {model_name})", "Every GGUF, run", {"seconds_per_response": seconds},
                    note="llama-cpp-python, not Ollama itself; a 270M model")
-ledger_table(run_dir, only_measured=True).query("id in ['C19', 'C24']")  # the whole ledger: chapter 11
+ledger_table(run_dir, only_measured=True).query("id in @ledger.claim_ids")  # the whole ledger: chapter 11
 
 # %% [markdown]
 # ## Summary

@@ -140,6 +140,11 @@ class ClaimsLedger:
         self.records: list[Measurement] = []
         self.path.unlink(missing_ok=True)  # a rerun replaces this chapter's records
 
+    @property
+    def claim_ids(self) -> list[str]:
+        """The ids of the claims this chapter has recorded so far, in the order first recorded."""
+        return list(dict.fromkeys(r.claim_id for r in self.records))
+
     def record(self, claim_id: str, measured: str, verdict: str, section: str, note: str = "",
                where: str | None = None) -> None:
         """Add one measurement and save. `where` defaults to this machine (`hardware()`)."""

@@ -144,3 +144,12 @@ def test_a_failing_measurement_names_the_checks_it_fails():
     assert failing_checks("C11", **terms) == ["adapter_state_gib 2.47 GiB, stated within 5.122 +- 25%",
                                               "activations_gib 3.73 GiB, stated within 2.328 +- 25%"]
     assert failing_checks("C11", **(terms | {"adapter_state_gib": 5.0, "activations_gib": 2.4})) == []
+
+
+def test_a_chapter_knows_which_claims_it_recorded(tmp_path):
+    ledger = ClaimsLedger("01_concepts", tmp_path)
+    ledger.record("C05", "524,288", "holds", "LoRA", where="CPU: test")
+    ledger.record("C03", "2.23%", "does not hold", "LoRA", where="CPU: test")
+    ledger.record("C05", "524,288 in bf16", "holds", "DoRA", where="CPU: test")
+    ClaimsLedger("04_trinity_training", tmp_path).record("C17", "2.6 -> 1.0", "does not hold", "Training")
+    assert ledger.claim_ids == ["C05", "C03"]  # what the chapter shows as its own, not 04's C17
